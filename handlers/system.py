@@ -1,0 +1,38 @@
+"""System packages: `echo` and `me`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from realtime.packages import Context, Package, Rest
+from realtime.types import JSONObject
+from schema.system import ECHO, ME_RESPONSE, NO_DATA
+
+
+async def echo(ctx: Context, data: JSONObject) -> JSONObject:
+    return data
+
+
+async def me(ctx: Context, data: JSONObject) -> dict[str, Any]:
+    return ctx.principal.public()
+
+
+PACKAGES = [
+    Package(
+        40,
+        "echo",
+        echo,
+        schema=ECHO,
+        response_schema=ECHO,
+        description="Answers with the same object.",
+    ),
+    Package(
+        41,
+        "me",
+        me,
+        schema=NO_DATA,
+        response_schema=ME_RESPONSE,
+        rest=Rest("GET", "/me"),
+        description="The caller, as the server sees it.",
+    ),
+]

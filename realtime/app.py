@@ -1,0 +1,138 @@
+"""The app factory: settings, packages and permissions in; a Starlette app out.
+
+    uvicorn --factory realtime.app:create_app
+
+Configuration is checked here (duplicate packages, permission entries naming nothing,
+invalid schemas) so a bad declaration stops start-up; I/O resources are opened in the
+lifespan and closed in its `finally`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import AsyncIterator, Sequence
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from realtime.builtin import BUILTIN_PACKAGES
+from realtime.connection import Connection, FrameHandler, echo_frame, package_frame
+from realtime.exceptions import AuthError, ConfigError, InvalidData, RequestError
+from realtime.logs import install_redaction
+from realtime.packages import Catalog, Package
+from realtime.permissions import Permissions
+from realtime.rest import (
+    error_response,
+    json_response,
+    package_routes,
+    services_of,
+    unauthorized,
+)
+from realtime.settings import Settings
+from realtime.state import build_services
+
+
+def load_handlers(modules: Sequence[str]) -> list[Package]:
+    """Import each handler module named in REALTIME_HANDLERS and collect its PACKAGES."""
+    packages: list[Package] = []
+    for name in modules:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as error:
+            raise ConfigError(f"REALTIME_HANDLERS: cannot import {name!r}: {error}") from None
+        packages.extend(getattr(module, "PACKAGES", []))
+    return packages
+
+
+def create_app(
+    settings: Settings | None = None, packages: Sequence[Package] | None = None
+) -> Starlette:
+    settings = settings or Settings.from_env()
+    catalog = Catalog([*BUILTIN_PACKAGES, *(packages or load_handlers(settings.handlers))])
+    permissions = Permissions.load(settings.permissions_file)
+    permissions.check(catalog.by_name)
+    install_redaction()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with build_services(settings, catalog, permissions) as services:
+            app.state.services = services
+            yield
+
+    return Starlette(routes=_routes(catalog), lifespan=lifespan)
+
+
+def _routes(catalog: Catalog) -> list[BaseRoute]:
+    return [
+        WebSocketRoute("/ws", _socket(package_frame)),
+        WebSocketRoute("/web", _socket(package_frame)),
+        WebSocketRoute("/ws/echo", _socket(echo_frame)),
+        Route("/health", health),
+        Route("/ready", ready),
+        Route("/metrics", metrics),
+        Route("/packages", packages_catalog),
+        Route("/auth/login", login, methods=["POST"]),
+        *package_routes(catalog),
+    ]
+
+
+def _socket(on_frame: FrameHandler):  # type: ignore[no-untyped-def]
+    async def endpoint(websocket: WebSocket) -> None:
+        await Connection(websocket, services_of(websocket), on_frame).run()
+
+    return endpoint
+
+
+async def health(request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+async def ready(request: Request) -> Response:
+    # later issues add the database and the bus; with neither configured we are ready
+    return json_response({"status": "ready", "checks": {}})
+
+
+async def metrics(request: Request) -> Response:
+    body = services_of(request).metrics.render()
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def packages_catalog(request: Request) -> Response:
+    services = services_of(request)
+    router = services.router
+    return json_response(
+        [
+            {
+                "pkg_id": p.id,
+                "name": p.name,
+                "roles": sorted(router.roles(p)),
+                "paginated": p.paginated,
+                "rest": {"method": p.rest.method, "path": p.rest.path} if p.rest else None,
+                "request_schema": p.request_schema(),
+                "response_schema": p.response_schema,
+                "description": p.description,
+            }
+            for p in services.catalog
+        ]
+    )
+
+
+async def login(request: Request) -> Response:
+    try:
+        body = await request.json()
+    except ValueError:
+        return error_response(InvalidData("request body is not valid JSON"))
+    username = body.get("username") if isinstance(body, dict) else None
+    password = body.get("password") if isinstance(body, dict) else None
+    if not isinstance(username, str) or not isinstance(password, str):
+        return error_response(InvalidData("username and password are required strings"))
+    try:
+        return json_response(await services_of(request).login.login(username, password))
+    except AuthError as error:
+        return unauthorized(error)
+    except RequestError as error:
+        return error_response(error)

@@ -1,0 +1,39 @@
+"""Packages the protocol itself needs (PROTOCOL.md 1.1, 1.2): `auth.refresh`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from realtime.exceptions import InvalidData
+from realtime.packages import Context, Package
+from realtime.types import JSONObject
+
+AUTH_REFRESH_ID = 42
+
+
+async def auth_refresh(ctx: Context, data: JSONObject) -> dict[str, Any]:
+    """Extend an authenticated socket's life with a fresh token for the same subject."""
+    if ctx.session is None:
+        raise InvalidData("auth.refresh is only served on a socket")
+    principal = await ctx.session.refresh(data["token"])
+    return {"sub": principal.sub, "expires_at": principal.expires_at}
+
+
+BUILTIN_PACKAGES = [
+    Package(
+        AUTH_REFRESH_ID,
+        "auth.refresh",
+        auth_refresh,
+        schema={
+            "type": "object",
+            "properties": {"token": {"type": "string", "minLength": 1, "maxLength": 16384}},
+            "required": ["token"],
+            "additionalProperties": False,
+        },
+        response_schema={
+            "type": "object",
+            "properties": {"sub": {"type": "string"}, "expires_at": {"type": "integer"}},
+        },
+        description="Authenticate a socket opened without a token, or extend an open one.",
+    )
+]

@@ -1,0 +1,106 @@
+"""`realtime`: a thin layer over Settings, the app factory and uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from realtime.exceptions import ConfigError
+from realtime.settings import Settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        return int(args.command(settings, args))
+    except ConfigError as error:
+        print(f"realtime: configuration error: {error}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="realtime", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the server on uvicorn")
+    serve.add_argument("--host", help="bind address (REALTIME_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (REALTIME_PORT, default 8000)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes")
+    serve.add_argument("--reload", action="store_true", help="restart on code changes")
+    serve.set_defaults(command=_serve)
+
+    token = commands.add_parser("token", help="print a token from the development issuer")
+    token.add_argument("--sub", required=True, help="subject (user id)")
+    token.add_argument("--roles", default="user", help="comma-separated roles")
+    token.add_argument("--tenant", help="tenant id (default: the subject)")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+    token.set_defaults(command=_token)
+
+    packages = commands.add_parser("packages", help="print the package table")
+    packages.set_defaults(command=_packages)
+    return parser
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from realtime.app import create_app
+    from realtime.logs import log_config
+
+    host, port = args.host or settings.host, args.port or settings.port
+    app = create_app(settings)  # fails here, in one line, on a bad configuration
+    print(f"realtime: listening on http://{host}:{port} (socket: ws://{host}:{port}/ws)")
+    if settings.dev_issuer_enabled:
+        print(
+            "realtime: embedded default, development issuer on. Get a token with:\n"
+            "  realtime token --sub alice --roles user\n"
+            f"  or POST http://{host}:{port}/auth/login with a user of {settings.dev_users_file}"
+        )
+    many = args.workers > 1 or args.reload
+    uvicorn.run(
+        "realtime.app:create_app" if many else app,
+        factory=many,
+        host=host,
+        port=port,
+        workers=args.workers,
+        reload=args.reload,
+        ws_max_size=settings.max_frame_bytes,
+        log_config=log_config(settings.log_level),
+        log_level=settings.log_level,
+    )
+    return 0
+
+
+def _token(settings: Settings, args: argparse.Namespace) -> int:
+    if not settings.dev_issuer_enabled:
+        raise ConfigError(
+            "KEYCLOAK_ISSUER is set: the development issuer is off; get a token from Keycloak"
+        )
+    from realtime.state import dev_issuer
+
+    roles = [role.strip() for role in args.roles.split(",") if role.strip()]
+    print(dev_issuer(settings).mint(args.sub, roles, tenant=args.tenant, ttl=args.ttl))
+    return 0
+
+
+def _packages(settings: Settings, args: argparse.Namespace) -> int:
+    from realtime.app import load_handlers
+    from realtime.builtin import BUILTIN_PACKAGES
+    from realtime.packages import Catalog
+    from realtime.permissions import Permissions
+
+    catalog = Catalog([*BUILTIN_PACKAGES, *load_handlers(settings.handlers)])
+    permissions = Permissions.load(settings.permissions_file)
+    print(f"{'id':>4}  {'name':<24} {'roles':<20} rest")
+    for p in catalog:
+        roles = ",".join(sorted(permissions.package_roles(p.name))) or "(nobody)"
+        rest = f"{p.rest.method} {p.rest.path}" if p.rest else "-"
+        print(f"{p.id:>4}  {p.name:<24} {roles:<20} {rest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

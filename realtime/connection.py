@@ -1,0 +1,359 @@
+"""One WebSocket: handshake checks, authentication, a reader, a bounded writer, in-flight tasks.
+
+Every send goes through the socket's bounded queue, drained by one writer task with a
+timeout: a peer that stops reading fills the queue and is closed with 1013, and never
+blocks the reader, other sockets or the handlers. On disconnect every task of the socket
+(reader, writer, handlers, expiry timer) is cancelled and awaited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from realtime.auth.principal import Principal
+from realtime.exceptions import (
+    AuthError,
+    BinaryFrame,
+    CloseError,
+    ForbiddenOrigin,
+    FrameTooLarge,
+    PermissionDenied,
+    PolicyViolation,
+    RateLimited,
+    RequestError,
+    ServerError,
+    SlowConsumer,
+    SustainedRateLimit,
+    UnknownPackage,
+)
+from realtime.packages import Context, Package
+from realtime.protocol import (
+    EnvelopeError,
+    Request,
+    Status,
+    encode_error,
+    encode_event,
+    encode_ok,
+    parse_request,
+)
+from realtime.state import Services
+
+logger = logging.getLogger("realtime.connection")
+
+SUBPROTOCOL = "realtime.v1"
+BEARER_SUBPROTOCOL = "bearer."
+AUTH_REFRESH = "auth.refresh"
+
+
+class State(enum.Enum):
+    CONNECTING = "connecting"
+    AUTHENTICATING = "authenticating"
+    OPEN = "open"
+    CLOSING = "closing"
+
+
+@dataclass(frozen=True, slots=True)
+class _Close:
+    code: int
+    reason: str
+
+
+class _Disconnected(Exception):
+    """The peer went away; nothing left to answer."""
+
+
+def presented_token(websocket: WebSocket) -> str | None:
+    """The handshake token, checked in PROTOCOL.md 1.1 order: header, subprotocol, query."""
+    authorization = websocket.headers.get("authorization", "")
+    if authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip() or None
+    for offered in websocket.scope.get("subprotocols", []):
+        if offered.startswith(BEARER_SUBPROTOCOL):
+            return offered[len(BEARER_SUBPROTOCOL) :] or None
+    return websocket.query_params.get("token") or None
+
+
+def origin_allowed(websocket: WebSocket, allowed: tuple[str, ...] | None) -> bool:
+    """No Origin (non-browser) passes; unset ALLOWED_ORIGINS means same-origin only."""
+    origin = websocket.headers.get("origin")
+    if origin is None:
+        return True
+    if allowed is None:
+        return urlsplit(origin).netloc.lower() == websocket.headers.get("host", "").lower()
+    return "*" in allowed or origin.rstrip("/") in allowed
+
+
+FrameHandler = Callable[["Connection", str], None]
+
+
+class Connection:
+    """Serves one socket. `on_frame` decides what a text frame means (packages or echo)."""
+
+    def __init__(self, websocket: WebSocket, services: Services, on_frame: FrameHandler) -> None:
+        self.websocket = websocket
+        self.services = services
+        self.settings = services.settings
+        self.principal: Principal | None = None
+        self.state = State.CONNECTING
+        self._on_frame = on_frame
+        self._queue: asyncio.Queue[bytes | _Close] = asyncio.Queue(self.settings.send_queue)
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._reader: asyncio.Task[None] | None = None
+        self._expiry: asyncio.Task[None] | None = None
+        self._invalid_frames = 0
+        self._rate_limited = 0
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        offered = self.websocket.scope.get("subprotocols", [])
+        await self.websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+        self.services.metrics.connections.inc()
+        writer = asyncio.create_task(self._write_loop())
+        self._reader = asyncio.create_task(self._read_loop())
+        try:
+            await self._supervise(self._reader, writer)
+        finally:
+            await self._cleanup(writer)
+            self.services.metrics.connections.dec()
+
+    async def _supervise(self, reader: asyncio.Task[None], writer: asyncio.Task[None]) -> None:
+        await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+        if reader.done() and not reader.cancelled():
+            error = reader.exception()
+            if isinstance(error, CloseError):
+                self.close(error)
+            elif error is not None and not isinstance(error, _Disconnected):
+                logger.error("connection failed", exc_info=error)
+                self.close(CloseError())  # 1011: a bug of ours, never the peer's fault
+        if self.state is State.CLOSING:
+            with contextlib.suppress(TimeoutError):
+                # a send already stuck may need its own timeout before the close gets its turn
+                async with asyncio.timeout(2 * self.settings.send_timeout + 1):
+                    await asyncio.shield(writer)
+
+    async def _cleanup(self, writer: asyncio.Task[None]) -> None:
+        tasks = [t for t in (self._reader, writer, self._expiry, *self._handlers) if t]
+        for task in tasks:
+            task.cancel()
+        # a second cancellation while we wait must not replace the one being raised
+        # (anyio only swallows its own CancelledError), so it is absorbed here
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait(tasks)
+
+    def close(self, error: CloseError) -> None:
+        """Close with `error.code` after what is already queued (or at once if overflowing)."""
+        if self.state is State.CLOSING:
+            return
+        self.state = State.CLOSING
+        self.services.metrics.closes.labels(str(int(error.code))).inc()
+        if isinstance(error, SlowConsumer) or self._queue.full():
+            _drain(self._queue)
+        self._queue.put_nowait(_Close(int(error.code), error.reason))
+        if self._reader is not None and self._reader is not asyncio.current_task():
+            self._reader.cancel()
+
+    # -- writing -----------------------------------------------------------------------
+
+    def enqueue(self, message: bytes) -> None:
+        """Queue one text frame; a full queue means the peer is not reading: 1013."""
+        if self.state is State.CLOSING:
+            return
+        try:
+            self._queue.put_nowait(message)
+        except asyncio.QueueFull:
+            self.close(SlowConsumer())
+
+    async def _write_loop(self) -> None:
+        timeout = self.settings.send_timeout
+        while True:
+            item = await self._queue.get()
+            if isinstance(item, _Close):
+                await self._send_close(item)
+                return
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.websocket.send({"type": "websocket.send", "text": item.decode()})
+            except TimeoutError:
+                self.close(SlowConsumer())
+            except (OSError, RuntimeError, WebSocketDisconnect):
+                return  # the peer is gone
+
+    async def _send_close(self, item: _Close) -> None:
+        # close() waits for the transport like any send: bound it, then give up on the peer
+        with contextlib.suppress(TimeoutError, OSError, RuntimeError, WebSocketDisconnect):
+            async with asyncio.timeout(self.settings.send_timeout):
+                await self.websocket.close(item.code, item.reason)
+
+    # -- reading -----------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        if not origin_allowed(self.websocket, self.settings.allowed_origins):
+            raise ForbiddenOrigin()
+        self.state = State.AUTHENTICATING
+        token = presented_token(self.websocket)
+        principal = await (self._verify(token) if token else self._first_frame_auth())
+        self._authenticated(principal)
+        self.state = State.OPEN
+        while True:
+            self._on_frame(self, await self._receive_text())
+
+    async def _receive_text(self) -> str:
+        message = await self.websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            raise _Disconnected()
+        text = message.get("text")
+        if text is None:
+            raise BinaryFrame()
+        limit = self.settings.max_frame_bytes
+        if len(text) * 4 > limit and len(text.encode()) > limit:
+            raise FrameTooLarge(f"frame larger than {limit} bytes")
+        return str(text)
+
+    # -- authentication ----------------------------------------------------------------
+
+    async def _verify(self, token: str) -> Principal:
+        return await self.services.verifier.verify(token)
+
+    async def _first_frame_auth(self) -> Principal:
+        """No token at the handshake: the first frame must be auth.refresh (PROTOCOL.md 1.1)."""
+        try:
+            async with asyncio.timeout(self.settings.auth_timeout):
+                text = await self._receive_text()
+        except TimeoutError:
+            raise AuthError("no token received in time") from None
+        except BinaryFrame:
+            raise AuthError("the first frame must be auth.refresh") from None
+        request, token = self._auth_request(text)
+        principal = await self._verify(token)
+        self.enqueue(encode_ok(request.pkg_id, request.req_id, _refresh_answer(principal)))
+        return principal
+
+    def _auth_request(self, text: str) -> tuple[Request, str]:
+        try:
+            request = parse_request(text)
+        except EnvelopeError:
+            raise AuthError("the first frame must be auth.refresh") from None
+        package = self.services.catalog.by_id.get(request.pkg_id)
+        token = request.data.get("token")
+        if package is None or package.name != AUTH_REFRESH or not isinstance(token, str):
+            raise AuthError("the first frame must be auth.refresh")
+        return request, token
+
+    def _authenticated(self, principal: Principal) -> None:
+        self.principal = principal
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry = asyncio.create_task(self._expire(principal.expires_at))
+
+    async def _expire(self, expires_at: int) -> None:
+        """Warn `expiry_warning` seconds before exp, close with 4401 at exp (PROTOCOL.md 1.2)."""
+        warn_in = expires_at - time.time() - self.settings.expiry_warning
+        if warn_in > 0:
+            await asyncio.sleep(warn_in)
+        remaining = max(0.0, expires_at - time.time())
+        self.enqueue(encode_event("auth.expiring", {"expires_in": round(remaining)}))
+        await asyncio.sleep(remaining)
+        self.close(AuthError("token expired"))
+
+    async def refresh(self, token: str) -> Principal:
+        """auth.refresh on an open socket: a fresh token for the same subject."""
+        try:
+            principal = await self._verify(token)
+        except AuthError as error:
+            raise PermissionDenied(f"token rejected: {error.reason}") from None
+        if self.principal is not None and principal.sub != self.principal.sub:
+            raise PermissionDenied("token rejected: it belongs to another subject")
+        self._authenticated(principal)
+        return principal
+
+    async def emit(self, event: str, data: Any) -> None:
+        self.enqueue(encode_event(event, data))
+
+    # -- answering ---------------------------------------------------------------------
+
+    def answer_error(self, pkg_id: int | None, req_id: str | None, error: RequestError) -> None:
+        self.enqueue(encode_error(pkg_id, req_id, error.status, error.to_error()))
+        if error.status is not Status.RATE_LIMITED:
+            return
+        self._rate_limited += 1
+        if self._rate_limited >= self.settings.max_rate_limited:
+            self.close(SustainedRateLimit())
+
+    def invalid_frame(self, error: EnvelopeError) -> None:
+        self.enqueue(
+            encode_error(error.pkg_id, error.req_id, Status.INVALID_DATA, {"message": error.reason})
+        )
+        self._invalid_frames += 1
+        if self._invalid_frames >= self.settings.max_invalid_frames:
+            self.close(PolicyViolation())
+
+    def spawn(self, package: Package, request: Request) -> None:
+        """Run one request concurrently, within the socket's in-flight cap."""
+        self._invalid_frames = 0
+        if len(self._handlers) >= self.settings.max_inflight:
+            self.answer_error(
+                package.id, request.req_id, RateLimited(1, "too many requests in flight")
+            )
+            return
+        task = asyncio.create_task(self._handle(package, request))
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+
+    async def _handle(self, package: Package, request: Request) -> None:
+        assert self.principal is not None
+        ctx = Context(self.principal, package, self.services, request.req_id, self)
+        try:
+            data, meta = await self.services.router.call(ctx, request.data, "ws")
+            message = encode_ok(package.id, request.req_id, data, meta)
+        except RequestError as error:
+            self.answer_error(package.id, request.req_id, error)
+            return
+        except TypeError:
+            logger.exception("package %s returned data that is not JSON", package.name)
+            self.answer_error(package.id, request.req_id, ServerError())
+            return
+        self._rate_limited = 0
+        self.enqueue(message)
+
+
+def _drain(queue: asyncio.Queue[Any]) -> None:
+    while not queue.empty():
+        queue.get_nowait()
+
+
+def _refresh_answer(principal: Principal) -> dict[str, Any]:
+    return {"sub": principal.sub, "expires_at": principal.expires_at}
+
+
+# -- frame handlers --------------------------------------------------------------------
+
+
+def package_frame(connection: Connection, text: str) -> None:
+    """`/ws`: a frame is a package request (PROTOCOL.md 2)."""
+    try:
+        request = parse_request(text)
+    except EnvelopeError as error:
+        connection.invalid_frame(error)
+        return
+    try:
+        package = connection.services.catalog.get(request.pkg_id)
+    except UnknownPackage as error:
+        connection.answer_error(request.pkg_id, request.req_id, error)
+        return
+    connection.spawn(package, request)
+
+
+def echo_frame(connection: Connection, text: str) -> None:
+    """`/ws/echo` (compatibility): answer each text frame with `Echo: <text>`."""
+    connection.enqueue(f"Echo: {text}".encode())

@@ -1,0 +1,173 @@
+"""The one exception hierarchy of realtime, and the one table that maps it to the wire.
+
+    RealtimeError                       root; never raised itself
+    ├── RequestError                    answered with a status code; the socket stays open
+    │   ├── ServerError         1 ERROR             (the message is generic, never the cause)
+    │   ├── InvalidData         2 INVALID_DATA      details: [{"path", "reason"}]
+    │   ├── PermissionDenied    3 PERMISSION_DENIED
+    │   ├── NotFound            4 NOT_FOUND
+    │   ├── RateLimited         5 RATE_LIMITED      details: {"retry_after"}
+    │   ├── UnknownPackage      6 UNKNOWN_PACKAGE
+    │   ├── HandlerTimeout      7 TIMEOUT
+    │   ├── Conflict            8 CONFLICT
+    │   └── Unavailable         9 UNAVAILABLE       details: {"retry_after"}
+    ├── CloseError                      ends the socket with a close code
+    │   ├── AuthError           4401 (HTTP 401)
+    │   ├── ForbiddenOrigin     4403 (HTTP 403)
+    │   ├── BinaryFrame         1003
+    │   ├── PolicyViolation     1008
+    │   ├── FrameTooLarge       1009
+    │   ├── SlowConsumer        1013
+    │   └── SustainedRateLimit  4429
+    └── ConfigError                     a bad setting or declaration; stops start-up
+
+Every message of a RequestError or CloseError is safe to show to a client: it never
+carries a stack trace, SQL text, a driver message or a token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from realtime.protocol import CloseCode, Status
+
+# The one table: status code -> HTTP status of the REST mount (PROTOCOL.md 4).
+HTTP_STATUS: dict[Status, int] = {
+    Status.OK: 200,
+    Status.ERROR: 500,
+    Status.INVALID_DATA: 422,
+    Status.PERMISSION_DENIED: 403,
+    Status.NOT_FOUND: 404,
+    Status.RATE_LIMITED: 429,
+    Status.UNKNOWN_PACKAGE: 404,
+    Status.TIMEOUT: 504,
+    Status.CONFLICT: 409,
+    Status.UNAVAILABLE: 503,
+}
+
+
+class RealtimeError(Exception):
+    """Root of every error realtime raises on purpose."""
+
+
+class RequestError(RealtimeError):
+    """A request failed; the client gets `status` with `message` and `details`."""
+
+    status: Status = Status.ERROR
+    default_message = "internal error"
+
+    def __init__(self, message: str | None = None, details: Any = None) -> None:
+        self.message = message or self.default_message
+        self.details = details
+        super().__init__(self.message)
+
+    @property
+    def http_status(self) -> int:
+        return HTTP_STATUS[self.status]
+
+    def to_error(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"message": self.message}
+        if self.details is not None:
+            error["details"] = self.details
+        return error
+
+
+class ServerError(RequestError):
+    status = Status.ERROR
+    default_message = "internal error"
+
+
+class InvalidData(RequestError):
+    status = Status.INVALID_DATA
+    default_message = "invalid data"
+
+
+class PermissionDenied(RequestError):
+    status = Status.PERMISSION_DENIED
+    default_message = "permission denied"
+
+
+class NotFound(RequestError):
+    status = Status.NOT_FOUND
+    default_message = "not found"
+
+
+class _RetryLater(RequestError):
+    def __init__(self, retry_after: float, message: str | None = None) -> None:
+        self.retry_after = max(1, round(retry_after + 0.4999))
+        super().__init__(message, {"retry_after": self.retry_after})
+
+
+class RateLimited(_RetryLater):
+    status = Status.RATE_LIMITED
+    default_message = "rate limit exceeded"
+
+
+class UnknownPackage(RequestError):
+    status = Status.UNKNOWN_PACKAGE
+    default_message = "unknown package"
+
+
+class HandlerTimeout(RequestError):
+    status = Status.TIMEOUT
+    default_message = "the handler ran past its deadline"
+
+
+class Conflict(RequestError):
+    status = Status.CONFLICT
+    default_message = "conflict with the resource's state"
+
+
+class Unavailable(_RetryLater):
+    status = Status.UNAVAILABLE
+    default_message = "a dependency is unavailable, retry later"
+
+
+class CloseError(RealtimeError):
+    """Ends the socket with `code`; `reason` is short and safe to show."""
+
+    code: CloseCode = CloseCode.INTERNAL_ERROR
+    default_reason = "internal error"
+
+    def __init__(self, reason: str | None = None) -> None:
+        self.reason = (reason or self.default_reason)[:120]
+        super().__init__(self.reason)
+
+
+class AuthError(CloseError):
+    code = CloseCode.UNAUTHENTICATED
+    default_reason = "unauthenticated"
+
+
+class ForbiddenOrigin(CloseError):
+    code = CloseCode.FORBIDDEN_ORIGIN
+    default_reason = "origin not allowed"
+
+
+class BinaryFrame(CloseError):
+    code = CloseCode.UNSUPPORTED_DATA
+    default_reason = "binary frames are not supported"
+
+
+class PolicyViolation(CloseError):
+    code = CloseCode.POLICY_VIOLATION
+    default_reason = "too many invalid frames"
+
+
+class FrameTooLarge(CloseError):
+    code = CloseCode.MESSAGE_TOO_BIG
+    default_reason = "frame too large"
+
+
+class SlowConsumer(CloseError):
+    code = CloseCode.TRY_AGAIN_LATER
+    default_reason = "slow consumer"
+
+
+class SustainedRateLimit(CloseError):
+    code = CloseCode.RATE_LIMIT
+    default_reason = "sustained rate-limit violation"
+
+
+class ConfigError(RealtimeError):
+    """A setting, permission entry or package declaration is wrong; start-up stops."""

@@ -1,0 +1,125 @@
+"""Package declarations: one per operation, served on the socket and, with a route, over REST.
+
+A handler author writes::
+
+    async def echo(ctx: Context, data: JSONObject) -> JSONObject:
+        return data
+
+    PACKAGES = [Package(40, "echo", echo, schema={"type": "object"}, rest=Rest("POST", "/echo"))]
+
+and one line in permissions.toml. Duplicate ids or names stop start-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from realtime.exceptions import ConfigError, UnknownPackage
+from realtime.types import JSONObject, Schema
+
+if TYPE_CHECKING:
+    from realtime.auth.principal import Principal
+    from realtime.state import Services
+
+PER_PAGE_DEFAULT = 20
+PER_PAGE_MAX = 100
+PAGINATION_PROPERTIES: JSONObject = {
+    "page": {"type": "integer", "minimum": 1, "default": 1},
+    "per_page": {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": PER_PAGE_MAX,
+        "default": PER_PAGE_DEFAULT,
+    },
+}
+
+
+class Session(Protocol):
+    """What a handler may do with the socket it was called on (absent over REST)."""
+
+    async def emit(self, event: str, data: Any) -> None: ...
+
+    async def refresh(self, token: str) -> Principal: ...
+
+
+@dataclass(slots=True)
+class Context:
+    """Everything a handler receives besides its validated data."""
+
+    principal: Principal
+    package: Package
+    services: Services
+    req_id: str | None = None
+    session: Session | None = None
+
+
+Handler = Callable[[Context, JSONObject], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Rest:
+    """The REST route of a package: path parameters, query and JSON body merge into data."""
+
+    method: str
+    path: str
+    status: int = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """What a paginated handler returns; the router adds `meta`."""
+
+    items: list[Any]
+    total: int
+
+
+@dataclass(frozen=True)
+class Package:
+    id: int
+    name: str
+    handler: Handler
+    schema: Schema = field(default_factory=lambda: {"type": "object"})
+    response_schema: Schema | None = None
+    rest: Rest | None = None
+    paginated: bool = False
+    timeout: float | None = None
+    description: str = ""
+
+    def request_schema(self) -> JSONObject:
+        """The schema validated on every call; pagination fields are added for paginated ones."""
+        schema = dict(self.schema)
+        if self.paginated:
+            schema["properties"] = {**PAGINATION_PROPERTIES, **schema.get("properties", {})}
+        return schema
+
+
+class Catalog:
+    """All packages of the app, by id and by name."""
+
+    def __init__(self, packages: Iterable[Package]) -> None:
+        self.by_id: dict[int, Package] = {}
+        self.by_name: dict[str, Package] = {}
+        for package in packages:
+            self._add(package)
+
+    def _add(self, package: Package) -> None:
+        if package.id in self.by_id:
+            other = self.by_id[package.id].name
+            raise ConfigError(
+                f"package id {package.id} is declared twice ({other}, {package.name})"
+            )
+        if package.name in self.by_name:
+            raise ConfigError(f"package name {package.name!r} is declared twice")
+        self.by_id[package.id] = package
+        self.by_name[package.name] = package
+
+    def get(self, pkg_id: int) -> Package:
+        try:
+            return self.by_id[pkg_id]
+        except KeyError:
+            raise UnknownPackage(f"no package has pkg_id {pkg_id}") from None
+
+    def __iter__(self) -> Any:
+        return iter(sorted(self.by_id.values(), key=lambda package: package.id))

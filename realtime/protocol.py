@@ -1,0 +1,114 @@
+"""Wire constants and the envelope codec (PROTOCOL.md 2).
+
+Encoding is done once per message with orjson; fan-out reuses the bytes.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from realtime.types import JSONObject
+
+REQ_ID_MAX = 64
+
+
+class Status(enum.IntEnum):
+    OK = 0
+    ERROR = 1
+    INVALID_DATA = 2
+    PERMISSION_DENIED = 3
+    NOT_FOUND = 4
+    RATE_LIMITED = 5
+    UNKNOWN_PACKAGE = 6
+    TIMEOUT = 7
+    CONFLICT = 8
+    UNAVAILABLE = 9
+
+
+class CloseCode(enum.IntEnum):
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    UNSUPPORTED_DATA = 1003
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
+    UNAUTHENTICATED = 4401
+    FORBIDDEN_ORIGIN = 4403
+    RATE_LIMIT = 4429
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A parsed request envelope; `pkg_id` is checked against the catalog later."""
+
+    pkg_id: int
+    req_id: str
+    data: JSONObject
+
+
+class EnvelopeError(ValueError):
+    """The frame is not a usable request; `req_id` is set when one could be read."""
+
+    def __init__(self, reason: str, req_id: str | None = None, pkg_id: Any = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.req_id = req_id
+        self.pkg_id = pkg_id if _is_int(pkg_id) else None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _read_req_id(frame: dict[str, Any]) -> str | None:
+    req_id = frame.get("req_id")
+    if isinstance(req_id, str) and 0 < len(req_id) <= REQ_ID_MAX:
+        return req_id
+    return None
+
+
+def parse_request(text: str | bytes) -> Request:
+    """Parse one text frame into a Request or raise EnvelopeError."""
+    try:
+        frame = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise EnvelopeError("frame is not valid JSON") from None
+    if not isinstance(frame, dict):
+        raise EnvelopeError("frame must be a JSON object")
+    req_id = _read_req_id(frame)
+    pkg_id = frame.get("pkg_id")
+    if req_id is None:
+        raise EnvelopeError(f"req_id must be a string of 1 to {REQ_ID_MAX} characters")
+    if not isinstance(pkg_id, int) or isinstance(pkg_id, bool):
+        raise EnvelopeError("pkg_id must be an integer", req_id)
+    data = frame.get("data", {})
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise EnvelopeError("data must be a JSON object", req_id, pkg_id)
+    return Request(pkg_id, req_id, data)
+
+
+def encode_ok(pkg_id: int | None, req_id: str, data: Any, meta: Any = None) -> bytes:
+    message: dict[str, Any] = {"pkg_id": pkg_id, "req_id": req_id, "status_code": 0, "data": data}
+    if meta is not None:
+        message["meta"] = meta
+    return orjson.dumps(message)
+
+
+def encode_error(
+    pkg_id: int | None, req_id: str | None, status: Status, error: dict[str, Any]
+) -> bytes:
+    return orjson.dumps(
+        {"pkg_id": pkg_id, "req_id": req_id, "status_code": int(status), "error": error}
+    )
+
+
+def encode_event(event: str, data: Any, **fields: Any) -> bytes:
+    return orjson.dumps({"event": event, **fields, "data": data})

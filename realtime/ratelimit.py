@@ -1,0 +1,41 @@
+"""Per-caller rate limits: a token bucket per key, in process (Redis comes with the bus)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from realtime.exceptions import RateLimited
+
+PRUNE_EVERY = 10_000
+
+
+class MemoryRateLimiter:
+    """`rate` requests per second with bursts up to `burst`, per key."""
+
+    def __init__(
+        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._rate = rate
+        self._burst = float(max(burst, 1))
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._calls = 0
+
+    def check(self, key: str, cost: float = 1.0) -> None:
+        """Take `cost` tokens from `key`'s bucket or raise RateLimited with retry_after."""
+        now = self._clock()
+        tokens, last = self._buckets.get(key, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - last) * self._rate)
+        if tokens < cost:
+            self._buckets[key] = (tokens, now)
+            raise RateLimited((cost - tokens) / self._rate)
+        self._buckets[key] = (tokens - cost, now)
+        self._calls += 1
+        if self._calls % PRUNE_EVERY == 0:
+            self._prune(now)
+
+    def _prune(self, now: float) -> None:
+        # a bucket that has refilled completely carries no information: drop it
+        full_after = self._burst / self._rate
+        self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < full_after}

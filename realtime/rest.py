@@ -1,0 +1,117 @@
+"""The REST mount (PROTOCOL.md 4): the same packages over HTTP, through the same router."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import orjson
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from realtime.auth.principal import Principal
+from realtime.exceptions import AuthError, InvalidData, RequestError
+from realtime.packages import Catalog, Context, Package
+from realtime.protocol import Status
+from realtime.state import Services
+from realtime.types import JSONObject
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+BODY_METHODS = {"POST", "PUT", "PATCH"}
+
+
+def services_of(connection: HTTPConnection) -> Services:
+    return cast(Services, connection.app.state.services)
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status, headers, media_type="application/json")
+
+
+def error_response(error: RequestError) -> Response:
+    headers = {}
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    body = {"status_code": int(error.status), "error": error.to_error()}
+    return json_response(body, error.http_status, headers)
+
+
+def unauthorized(error: AuthError) -> Response:
+    body = {"status_code": int(Status.PERMISSION_DENIED), "error": {"message": error.reason}}
+    return json_response(body, 401, {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+
+async def authenticate(request: Request) -> Principal:
+    authorization = request.headers.get("authorization", "")
+    if authorization[:7].lower() != "bearer ":
+        raise AuthError("missing bearer token")
+    return await services_of(request).verifier.verify(authorization[7:].strip())
+
+
+def package_routes(catalog: Catalog) -> list[Route]:
+    return [
+        Route(p.rest.path, _endpoint(p), methods=[p.rest.method], name=p.name)
+        for p in catalog
+        if p.rest is not None
+    ]
+
+
+def _endpoint(package: Package) -> Endpoint:
+    assert package.rest is not None
+    status = package.rest.status
+
+    async def endpoint(request: Request) -> Response:
+        services = services_of(request)
+        try:
+            principal = await authenticate(request)
+            data = await request_data(request, package)
+            ctx = Context(principal, package, services)
+            result, meta = await services.router.call(ctx, data, "rest")
+        except AuthError as error:
+            return unauthorized(error)
+        except RequestError as error:
+            return error_response(error)
+        return json_response(result if meta is None else {"data": result, "meta": meta}, status)
+
+    return endpoint
+
+
+async def request_data(request: Request, package: Package) -> JSONObject:
+    """Body, then query, then path parameters (the path wins), typed by the schema."""
+    data: JSONObject = await _body(request) if request.method in BODY_METHODS else {}
+    properties = package.request_schema().get("properties", {})
+    for name, value in [*request.query_params.items(), *request.path_params.items()]:
+        data[name] = _coerce(value, properties.get(name, {}))
+    return data
+
+
+async def _body(request: Request) -> JSONObject:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidData("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidData("request body must be a JSON object")
+    return body
+
+
+def _coerce(value: Any, spec: JSONObject) -> Any:
+    """Query and path values are strings; give them the type the schema asks for."""
+    kind = spec.get("type")
+    if not isinstance(value, str):
+        return value
+    try:
+        if kind == "integer":
+            return int(value)
+        if kind == "number":
+            return float(value)
+    except ValueError:
+        return value  # the validator reports it with its path
+    if kind == "boolean" and value.lower() in {"true", "false"}:
+        return value.lower() == "true"
+    return value

@@ -1,0 +1,158 @@
+"""Settings from the environment (and a `.env` file), as one immutable value object.
+
+With nothing set you get the embedded default: SQLite, in-process bus and broker, and
+the development issuer. Every field names its variable; a bad value stops start-up with
+one line naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dotenv import dotenv_values
+
+from realtime.exceptions import ConfigError
+
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+
+
+def _str(value: str) -> str:
+    return value
+
+
+def _optional(value: str) -> str | None:
+    return value or None
+
+
+def _int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"expected an integer, got {value!r}") from None
+    if number < 0:
+        raise ValueError(f"expected a non-negative integer, got {value!r}")
+    return number
+
+
+def _float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"expected a number, got {value!r}") from None
+    if not number > 0:
+        raise ValueError(f"expected a positive number, got {value!r}")
+    return number
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _origins(value: str) -> tuple[str, ...] | None:
+    origins = tuple(origin.rstrip("/") for origin in _csv(value))
+    return origins or None
+
+
+def _algorithms(value: str) -> tuple[str, ...]:
+    algorithms = _csv(value)
+    weak = [alg for alg in algorithms if alg not in ASYMMETRIC_ALGORITHMS]
+    if weak or not algorithms:
+        raise ValueError(f"only asymmetric algorithms are allowed, not {weak or 'none'}")
+    return algorithms
+
+
+def _env(name: str, parse: Callable[[str], Any], default: Any) -> Any:
+    return field(default=default, metadata={"env": name, "parse": parse})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the server. Build it with `Settings.from_env()`."""
+
+    database_url: str = _env("DATABASE_URL", _str, "sqlite:///.realtime/realtime.db")
+    redis_url: str | None = _env("REDIS_URL", _optional, None)
+    keycloak_issuer: str | None = _env("KEYCLOAK_ISSUER", _optional, None)
+    keycloak_audience: str = _env("KEYCLOAK_AUDIENCE", _str, "realtime")
+    keycloak_client_id: str = _env("KEYCLOAK_CLIENT_ID", _str, "realtime")
+    keycloak_client_secret: str | None = _env("KEYCLOAK_CLIENT_SECRET", _optional, None)
+    keycloak_jwks_url: str | None = _env("KEYCLOAK_JWKS_URL", _optional, None)
+    keycloak_token_url: str | None = _env("KEYCLOAK_TOKEN_URL", _optional, None)
+    allowed_origins: tuple[str, ...] | None = _env("ALLOWED_ORIGINS", _origins, None)
+    audience_in_azp: bool = _env("REALTIME_AUDIENCE_IN_AZP", _bool, False)
+    tenant_claim: str = _env("REALTIME_TENANT_CLAIM", _str, "tenant_id")
+    jwt_algorithms: tuple[str, ...] = _env(
+        "REALTIME_JWT_ALGORITHMS", _algorithms, ("RS256", "RS384", "RS512", "PS256", "ES256")
+    )
+    jwt_leeway: int = _env("REALTIME_JWT_LEEWAY", _int, 30)
+    jwks_min_refresh: float = _env("REALTIME_JWKS_MIN_REFRESH", _float, 10.0)
+    jwks_max_age: float = _env("REALTIME_JWKS_MAX_AGE", _float, 300.0)
+    http_timeout: float = _env("REALTIME_HTTP_TIMEOUT", _float, 5.0)
+    dev_key_file: str = _env("REALTIME_DEV_KEY_FILE", _str, ".realtime/dev-key.json")
+    dev_users_file: str = _env("REALTIME_DEV_USERS_FILE", _str, "dev-users.toml")
+    dev_token_ttl: int = _env("REALTIME_DEV_TOKEN_TTL", _int, 3600)
+    permissions_file: str = _env("REALTIME_PERMISSIONS", _str, "permissions.toml")
+    handlers: tuple[str, ...] = _env("REALTIME_HANDLERS", _csv, ("handlers",))
+    host: str = _env("REALTIME_HOST", _str, "127.0.0.1")
+    port: int = _env("REALTIME_PORT", _int, 8000)
+    log_level: str = _env("REALTIME_LOG_LEVEL", _str, "info")
+    expiry_warning: float = _env("REALTIME_EXPIRY_WARNING", _float, 30.0)
+    auth_timeout: float = _env("REALTIME_AUTH_TIMEOUT", _float, 10.0)
+    max_frame_bytes: int = _env("REALTIME_MAX_FRAME_BYTES", _int, 64 * 1024)
+    max_inflight: int = _env("REALTIME_MAX_INFLIGHT", _int, 64)
+    send_queue: int = _env("REALTIME_SEND_QUEUE", _int, 256)
+    send_timeout: float = _env("REALTIME_SEND_TIMEOUT", _float, 5.0)
+    handler_timeout: float = _env("REALTIME_HANDLER_TIMEOUT", _float, 10.0)
+    rate_limit: float = _env("REALTIME_RATE_LIMIT", _float, 100.0)
+    rate_burst: int = _env("REALTIME_RATE_BURST", _int, 200)
+    max_invalid_frames: int = _env("REALTIME_MAX_INVALID_FRAMES", _int, 10)
+    max_rate_limited: int = _env("REALTIME_MAX_RATE_LIMITED", _int, 50)
+
+    @property
+    def dev_issuer_enabled(self) -> bool:
+        """The development issuer runs only when no real issuer is configured."""
+        return self.keycloak_issuer is None
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, env_file: str | None = ".env"
+    ) -> Settings:
+        """Read the process environment over the `.env` file (the environment wins)."""
+        values: dict[str, str] = {}
+        if env_file and os.path.exists(env_file):
+            values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+        values.update(os.environ if environ is None else environ)
+        return cls.from_mapping(values)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, str]) -> Settings:
+        kwargs: dict[str, Any] = {}
+        for spec in dataclasses.fields(cls):
+            name = spec.metadata["env"]
+            if name in values:
+                kwargs[spec.name] = _parse(name, spec.metadata["parse"], values[name])
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _parse(name: str, parse: Callable[[str], Any], raw: str) -> Any:
+    try:
+        return parse(raw)
+    except ValueError as error:
+        raise ConfigError(f"{name}: {error}") from None

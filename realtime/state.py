@@ -1,0 +1,86 @@
+"""The resources of one app, built in its lifespan and closed in `finally`."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+
+from realtime.auth.dev import DEV_ISSUER, DevIssuer, load_dev_users
+from realtime.auth.keys import JWKSKeys, KeySource, OIDCProvider
+from realtime.auth.login import DevLogin, KeycloakLogin, Login
+from realtime.auth.verifier import TokenVerifier
+from realtime.metrics import Metrics
+from realtime.packages import Catalog
+from realtime.permissions import Permissions
+from realtime.ratelimit import MemoryRateLimiter
+from realtime.router import Router
+from realtime.settings import Settings
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    catalog: Catalog
+    router: Router
+    verifier: TokenVerifier
+    login: Login
+    metrics: Metrics
+    dev_issuer: DevIssuer | None
+
+
+@contextlib.asynccontextmanager
+async def build_services(
+    settings: Settings, catalog: Catalog, permissions: Permissions
+) -> AsyncIterator[Services]:
+    metrics = Metrics()
+    limiter = MemoryRateLimiter(settings.rate_limit, settings.rate_burst)
+    router = Router(catalog, permissions, limiter, metrics, settings.handler_timeout)
+    async with httpx.AsyncClient(timeout=settings.http_timeout) as http:
+        keys, login, dev = _auth_backends(settings, http)
+        verifier = TokenVerifier(
+            keys,
+            issuer=settings.keycloak_issuer or DEV_ISSUER,
+            audience=settings.keycloak_audience,
+            audience_in_azp=settings.audience_in_azp,
+            algorithms=settings.jwt_algorithms,
+            leeway=settings.jwt_leeway,
+            client_id=settings.keycloak_client_id,
+            tenant_claim=settings.tenant_claim,
+        )
+        yield Services(settings, catalog, router, verifier, login, metrics, dev)
+
+
+def _auth_backends(
+    settings: Settings, http: httpx.AsyncClient
+) -> tuple[KeySource, Login, DevIssuer | None]:
+    if settings.keycloak_issuer is None:
+        dev = dev_issuer(settings)
+        users = load_dev_users(settings.dev_users_file)
+        return dev, DevLogin(dev, users, settings.dev_token_ttl), dev
+    provider = OIDCProvider(http, settings.keycloak_issuer)
+    keys = JWKSKeys(
+        provider,
+        http,
+        jwks_url=settings.keycloak_jwks_url,
+        min_refresh=settings.jwks_min_refresh,
+        max_age=settings.jwks_max_age,
+    )
+    login = KeycloakLogin(
+        provider,
+        http,
+        client_id=settings.keycloak_client_id,
+        client_secret=settings.keycloak_client_secret,
+        token_url=settings.keycloak_token_url,
+    )
+    return keys, login, None
+
+
+def dev_issuer(settings: Settings) -> DevIssuer:
+    return DevIssuer.load_or_create(
+        settings.dev_key_file,
+        audience=settings.keycloak_audience,
+        client_id=settings.keycloak_client_id,
+    )

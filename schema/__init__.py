@@ -1,0 +1,1 @@
+"""Data contracts: SQLAlchemy Core tables and the JSON Schemas of package payloads."""

@@ -1,0 +1,122 @@
+"""Fixtures: settings isolated from the environment, a dev issuer, apps in process and on
+a real uvicorn on a free port."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+import handlers
+from realtime.app import create_app
+from realtime.auth.dev import DevIssuer
+from realtime.logs import log_config
+from realtime.settings import Settings
+from tests.packages import TEST_PACKAGES
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def make_settings(tmp_path: Path, **changes: Any) -> Settings:
+    """Defaults only (never the developer's environment or .env), files under tmp_path."""
+    return Settings.from_mapping({}).replace(
+        dev_key_file=str(tmp_path / "dev-key.json"),
+        permissions_file=str(HERE / "permissions.toml"),
+        dev_users_file=str(ROOT / "dev-users.toml"),
+        **changes,
+    )
+
+
+def build_app(settings: Settings) -> Starlette:
+    return create_app(settings, [*handlers.PACKAGES, *TEST_PACKAGES])
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+def issuer(settings: Settings) -> DevIssuer:
+    return DevIssuer.load_or_create(
+        settings.dev_key_file,
+        audience=settings.keycloak_audience,
+        client_id=settings.keycloak_client_id,
+    )
+
+
+@pytest.fixture
+def token(issuer: DevIssuer) -> str:
+    return issuer.mint("alice", ["user"], tenant="acme")
+
+
+@pytest.fixture
+def admin_token(issuer: DevIssuer) -> str:
+    return issuer.mint("root", ["user", "admin"], tenant="acme")
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(build_app(settings)) as test_client:
+        yield test_client
+
+
+@contextlib.contextmanager
+def serve(app: Any, *, ws_max_size: int = 64 * 1024) -> Iterator[str]:
+    """Run `app` on a real uvicorn on a free port in a thread; yields 'host:port'."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app,
+        ws_max_size=ws_max_size,
+        log_config=log_config("warning"),
+        log_level="warning",
+        lifespan="on",
+        ws_ping_interval=None,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture
+def server(settings: Settings) -> Iterator[str]:
+    with serve(build_app(settings), ws_max_size=settings.max_frame_bytes) as address:
+        yield address
+
+
+@pytest.fixture
+def issuer_token(tmp_path: Path) -> str:
+    """A user token for apps built by the test itself from make_settings(tmp_path, ...)."""
+    settings = make_settings(tmp_path)
+    issuer = DevIssuer.load_or_create(
+        settings.dev_key_file, audience="realtime", client_id="realtime"
+    )
+    return issuer.mint("alice", ["user"], tenant="acme")

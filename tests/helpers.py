@@ -1,0 +1,33 @@
+"""Small client-side helpers shared by the tests."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.testclient import WebSocketTestSession
+
+
+def request(ws: WebSocketTestSession, pkg_id: int, data: Any = None, req_id: str = "r1") -> None:
+    frame: dict[str, Any] = {"pkg_id": pkg_id, "req_id": req_id}
+    if data is not None:
+        frame["data"] = data
+    ws.send_text(json.dumps(frame))
+
+
+def call(ws: WebSocketTestSession, pkg_id: int, data: Any = None, req_id: str = "r1") -> Any:
+    request(ws, pkg_id, data, req_id)
+    return ws.receive_json()
+
+
+def close_of(ws: WebSocketTestSession) -> tuple[int, str]:
+    """Read until the server's close frame; returns (code, reason)."""
+    for _ in range(10_000):
+        message = ws.receive()
+        if message["type"] == "websocket.close":
+            return message["code"], message.get("reason", "")
+    raise AssertionError("the server did not close the socket")
+
+
+def auth_header(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
