@@ -23,8 +23,10 @@ from realtime.builtin import BUILTIN_PACKAGES
 from realtime.connection import Connection, FrameHandler, echo_frame, package_frame
 from realtime.exceptions import AuthError, ConfigError, InvalidData, RequestError
 from realtime.logs import install_redaction
+from realtime.metrics import Metrics
 from realtime.packages import Catalog, Package
 from realtime.permissions import Permissions
+from realtime.ratelimit import MemoryRateLimiter
 from realtime.rest import (
     error_response,
     json_response,
@@ -32,6 +34,7 @@ from realtime.rest import (
     services_of,
     unauthorized,
 )
+from realtime.router import Router
 from realtime.settings import Settings
 from realtime.state import build_services
 
@@ -55,11 +58,13 @@ def create_app(
     catalog = Catalog([*BUILTIN_PACKAGES, *(packages or load_handlers(settings.handlers))])
     permissions = Permissions.load(settings.permissions_file)
     permissions.check(catalog.by_name)
+    limiter = MemoryRateLimiter(settings.rate_limit, settings.rate_burst)
+    router = Router(catalog, permissions, limiter, Metrics(), settings.handler_timeout)
     install_redaction()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with build_services(settings, catalog, permissions) as services:
+        async with build_services(settings, router) as services:
             app.state.services = services
             yield
 

@@ -35,7 +35,7 @@ class Router:
     ) -> None:
         self.catalog = catalog
         self._limiter = limiter
-        self._metrics = metrics
+        self.metrics = metrics
         self._timeout = handler_timeout
         self._validators = {p.id: Validator(p.request_schema(), p.name) for p in catalog}
         self._roles: dict[int, Roles] = {p.id: permissions.package_roles(p.name) for p in catalog}
@@ -60,8 +60,8 @@ class Router:
             raise ServerError() from None
         finally:
             name = ctx.package.name
-            self._metrics.requests.labels(name, status.name, transport).inc()
-            self._metrics.latency.labels(name).observe(time.perf_counter() - started)
+            self.metrics.requests.labels(name, status.name, transport).inc()
+            self.metrics.latency.labels(name).observe(time.perf_counter() - started)
 
     async def _call(self, ctx: Context, data: JSONObject) -> tuple[Any, JSONObject | None]:
         package = ctx.package

@@ -14,8 +14,6 @@ from realtime.auth.login import DevLogin, KeycloakLogin, Login
 from realtime.auth.verifier import TokenVerifier
 from realtime.metrics import Metrics
 from realtime.packages import Catalog
-from realtime.permissions import Permissions
-from realtime.ratelimit import MemoryRateLimiter
 from realtime.router import Router
 from realtime.settings import Settings
 
@@ -32,12 +30,7 @@ class Services:
 
 
 @contextlib.asynccontextmanager
-async def build_services(
-    settings: Settings, catalog: Catalog, permissions: Permissions
-) -> AsyncIterator[Services]:
-    metrics = Metrics()
-    limiter = MemoryRateLimiter(settings.rate_limit, settings.rate_burst)
-    router = Router(catalog, permissions, limiter, metrics, settings.handler_timeout)
+async def build_services(settings: Settings, router: Router) -> AsyncIterator[Services]:
     async with httpx.AsyncClient(timeout=settings.http_timeout) as http:
         keys, login, dev = _auth_backends(settings, http)
         verifier = TokenVerifier(
@@ -50,7 +43,7 @@ async def build_services(
             client_id=settings.keycloak_client_id,
             tenant_claim=settings.tenant_claim,
         )
-        yield Services(settings, catalog, router, verifier, login, metrics, dev)
+        yield Services(settings, router.catalog, router, verifier, login, router.metrics, dev)
 
 
 def _auth_backends(

@@ -34,12 +34,12 @@ def anyio_backend() -> str:
 
 def make_settings(tmp_path: Path, **changes: Any) -> Settings:
     """Defaults only (never the developer's environment or .env), files under tmp_path."""
-    return Settings.from_mapping({}).replace(
-        dev_key_file=str(tmp_path / "dev-key.json"),
-        permissions_file=str(HERE / "permissions.toml"),
-        dev_users_file=str(ROOT / "dev-users.toml"),
-        **changes,
-    )
+    files = {
+        "dev_key_file": str(tmp_path / "dev-key.json"),
+        "permissions_file": str(HERE / "permissions.toml"),
+        "dev_users_file": str(ROOT / "dev-users.toml"),
+    }
+    return Settings.from_mapping({}).replace(**{**files, **changes})
 
 
 def build_app(settings: Settings) -> Starlette:

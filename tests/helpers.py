@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -31,3 +32,31 @@ def close_of(ws: WebSocketTestSession) -> tuple[int, str]:
 
 def auth_header(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+async def ws_connect(address: str, path: str = "/ws", **kwargs: Any) -> Any:
+    """A real `websockets` client connection to a server started by `serve`."""
+    from websockets.asyncio.client import connect
+
+    return await connect(f"ws://{address}{path}", open_timeout=5, **kwargs)
+
+
+async def ws_call(ws: Any, pkg_id: int, data: Any = None, req_id: str = "r1") -> Any:
+    frame: dict[str, Any] = {"pkg_id": pkg_id, "req_id": req_id}
+    if data is not None:
+        frame["data"] = data
+    await ws.send(json.dumps(frame))
+    return json.loads(await asyncio.wait_for(ws.recv(), 5))
+
+
+async def ws_closed(ws: Any, timeout: float = 5) -> tuple[int, str]:
+    """Read until the server closes; returns the close (code, reason) the client received."""
+    from websockets.exceptions import ConnectionClosed
+
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                await ws.recv()
+    except ConnectionClosed as closed:
+        assert closed.rcvd is not None, "closed without a close frame"
+        return closed.rcvd.code, closed.rcvd.reason
