@@ -48,19 +48,22 @@ class Router:
     ) -> tuple[Any, JSONObject | None]:
         """Run one request; returns (data, meta) or raises a RequestError."""
         started = time.perf_counter()
-        status = Status.OK
+        outcome = Status.OK.name
         try:
             return await self._call(ctx, data)
         except RequestError as error:
-            status = error.status
+            outcome = error.status.name
+            raise
+        except asyncio.CancelledError:
+            outcome = "CANCELLED"  # the socket went away mid-request
             raise
         except Exception:
-            status = Status.ERROR
+            outcome = Status.ERROR.name
             logger.exception("package %s failed (req_id %s)", ctx.package.name, ctx.req_id)
             raise ServerError() from None
         finally:
             name = ctx.package.name
-            self.metrics.requests.labels(name, status.name, transport).inc()
+            self.metrics.requests.labels(name, outcome, transport).inc()
             self.metrics.latency.labels(name).observe(time.perf_counter() - started)
 
     async def _call(self, ctx: Context, data: JSONObject) -> tuple[Any, JSONObject | None]:

@@ -1,0 +1,84 @@
+"""The `realtime` command as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from starlette.testclient import TestClient
+
+from tests.conftest import ROOT, build_app, make_settings
+from tests.helpers import auth_header
+
+
+def realtime(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("REALTIME_", "KEYCLOAK_"))}
+    environ |= {
+        "REALTIME_DEV_KEY_FILE": str(tmp_path / "key.json"),
+        "REALTIME_PERMISSIONS": str(ROOT / "permissions.toml"),
+        **env,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "realtime.cli", *args],
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_token_is_accepted_by_the_server(tmp_path: Path) -> None:
+    done = realtime(
+        tmp_path,
+        "token",
+        "--sub",
+        "dana",
+        "--roles",
+        "user,admin",
+        "--tenant",
+        "t9",
+        "--ttl",
+        "120",
+    )
+    assert done.returncode == 0 and done.stderr == ""
+    settings = make_settings(tmp_path, dev_key_file=str(tmp_path / "key.json"))
+    with TestClient(build_app(settings)) as client:
+        me = client.get("/me", headers=auth_header(done.stdout.strip())).json()
+    assert me["sub"] == "dana" and me["tenant_id"] == "t9"
+    assert me["roles"] == ["admin", "user"]
+    assert 110 <= me["expires_at"] - int(os.path.getmtime(tmp_path / "key.json")) <= 200
+
+
+def test_token_is_refused_when_keycloak_is_configured(tmp_path: Path) -> None:
+    done = realtime(tmp_path, "token", "--sub", "x", KEYCLOAK_ISSUER="http://kc/realms/r")
+    assert done.returncode == 2 and done.stdout == ""
+    assert "KEYCLOAK_ISSUER is set: the development issuer is off" in done.stderr
+
+
+def test_invalid_setting_is_one_line_naming_the_variable(tmp_path: Path) -> None:
+    done = realtime(tmp_path, "serve", REALTIME_PORT="http")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "realtime: configuration error: REALTIME_PORT: expected an integer, got 'http'"
+    ]
+
+
+def test_bad_permissions_stop_serve_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "p.toml").write_text('[packages]\n"gone" = ["user"]\n')
+    done = realtime(tmp_path, "serve", "--port", "1", REALTIME_PERMISSIONS=str(tmp_path / "p.toml"))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "realtime: configuration error: permissions: entries name no package: gone"
+    )
+
+
+def test_packages_table(tmp_path: Path) -> None:
+    done = realtime(tmp_path, "packages")
+    assert done.returncode == 0
+    rows = [line.split() for line in done.stdout.splitlines()[1:]]
+    assert ["40", "echo", "user", "-"] in rows
+    assert ["41", "me", "user", "GET", "/me"] in rows
+    assert ["42", "auth.refresh", "*", "-"] in rows
