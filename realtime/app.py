@@ -21,6 +21,7 @@ from starlette.websockets import WebSocket
 
 from realtime.builtin import BUILTIN_PACKAGES
 from realtime.connection import Connection, FrameHandler, echo_frame, package_frame
+from realtime.db import ping
 from realtime.exceptions import AuthError, ConfigError, InvalidData, RequestError
 from realtime.logs import install_redaction
 from realtime.metrics import Metrics
@@ -97,8 +98,11 @@ async def health(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    # later issues add the database and the bus; with neither configured we are ready
-    return json_response({"status": "ready", "checks": {}})
+    services = services_of(request)
+    checks = {"database": await ping(services.database, services.settings.db_timeout)}
+    ok = all(checks.values())
+    body = {"status": "ready" if ok else "not ready", "checks": checks}
+    return json_response(body, 200 if ok else 503, None if ok else {"Retry-After": "2"})
 
 
 async def metrics(request: Request) -> Response:

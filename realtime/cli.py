@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Sequence
 
@@ -39,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
     token.set_defaults(command=_token)
 
+    migrate = commands.add_parser("migrate", help="upgrade the database schema to head")
+    migrate.add_argument("--sql", action="store_true", help="print the SQL instead of running it")
+    migrate.add_argument("--revision", default="head", help="target revision (default head)")
+    migrate.set_defaults(command=_migrate)
+
     packages = commands.add_parser("packages", help="print the package table")
     packages.set_defaults(command=_packages)
     return parser
@@ -49,9 +55,11 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
     from realtime.app import create_app
     from realtime.logs import log_config
+    from realtime.migrate import prepare_database
 
     host, port = args.host or settings.host, args.port or settings.port
     app = create_app(settings)  # fails here, in one line, on a bad configuration
+    asyncio.run(prepare_database(settings))
     print(f"realtime: listening on http://{host}:{port} (socket: ws://{host}:{port}/ws)")
     if settings.dev_issuer_enabled:
         print(
@@ -83,6 +91,13 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
 
     roles = [role.strip() for role in args.roles.split(",") if role.strip()]
     print(dev_issuer(settings).mint(args.sub, roles, tenant=args.tenant, ttl=args.ttl))
+    return 0
+
+
+def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from realtime.migrate import upgrade
+
+    upgrade(settings, args.revision, sql=args.sql)
     return 0
 
 

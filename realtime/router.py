@@ -12,7 +12,14 @@ import math
 import time
 from typing import Any
 
-from realtime.exceptions import HandlerTimeout, PermissionDenied, RequestError, ServerError
+from realtime.db import translate
+from realtime.exceptions import (
+    HandlerTimeout,
+    PermissionDenied,
+    RequestError,
+    ServerError,
+    Unavailable,
+)
 from realtime.metrics import Metrics
 from realtime.packages import Catalog, Context, Package, Page
 from realtime.permissions import Permissions, allows
@@ -57,10 +64,12 @@ class Router:
         except asyncio.CancelledError:
             outcome = "CANCELLED"  # the socket went away mid-request
             raise
-        except Exception:
-            outcome = Status.ERROR.name
-            logger.exception("package %s failed (req_id %s)", ctx.package.name, ctx.req_id)
-            raise ServerError() from None
+        except Exception as error:
+            translated = translate(error) or ServerError()
+            outcome = translated.status.name
+            log = logger.warning if isinstance(translated, Unavailable) else logger.error
+            log("package %s failed (req_id %s)", ctx.package.name, ctx.req_id, exc_info=error)
+            raise translated from None
         finally:
             name = ctx.package.name
             self.metrics.requests.labels(name, outcome, transport).inc()

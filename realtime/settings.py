@@ -30,6 +30,17 @@ def _optional(value: str) -> str | None:
     return value or None
 
 
+DATABASE_SCHEMES = ("postgresql://", "postgresql+asyncpg://", "postgres://", "sqlite:///")
+
+
+def _database_url(value: str) -> str | None:
+    if not value:
+        return None
+    if not value.startswith(DATABASE_SCHEMES):
+        raise ValueError(f"expected a URL starting with one of {', '.join(DATABASE_SCHEMES)}")
+    return value
+
+
 def _int(value: str) -> int:
     try:
         number = int(value)
@@ -84,7 +95,11 @@ def _env(name: str, parse: Callable[[str], Any], default: Any) -> Any:
 class Settings:
     """Every knob of the server. Build it with `Settings.from_env()`."""
 
-    database_url: str = _env("DATABASE_URL", _str, "sqlite:///.realtime/realtime.db")
+    database_url: str | None = _env("DATABASE_URL", _database_url, None)
+    embedded_database: str = _env("REALTIME_EMBEDDED_DB", _str, ".realtime/realtime.db")
+    migrations_dir: str = _env("REALTIME_MIGRATIONS", _str, "migrations")
+    db_timeout: float = _env("REALTIME_DB_TIMEOUT", _float, 5.0)
+    db_pool_size: int = _env("REALTIME_DB_POOL_SIZE", _int, 10)
     redis_url: str | None = _env("REDIS_URL", _optional, None)
     keycloak_issuer: str | None = _env("KEYCLOAK_ISSUER", _optional, None)
     keycloak_audience: str = _env("KEYCLOAK_AUDIENCE", _str, "realtime")
@@ -121,6 +136,11 @@ class Settings:
     rate_burst: int = _env("REALTIME_RATE_BURST", _int, 200)
     max_invalid_frames: int = _env("REALTIME_MAX_INVALID_FRAMES", _int, 10)
     max_rate_limited: int = _env("REALTIME_MAX_RATE_LIMITED", _int, 50)
+
+    @property
+    def database(self) -> str:
+        """The database URL in use: DATABASE_URL, or the embedded SQLite file."""
+        return self.database_url or f"sqlite:///{self.embedded_database}"
 
     @property
     def dev_issuer_enabled(self) -> bool:

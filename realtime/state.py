@@ -6,13 +6,17 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import anyio
 import httpx
+from databases import Database
 
 from realtime.auth.dev import DEV_ISSUER, DevIssuer, load_dev_users
 from realtime.auth.keys import JWKSKeys, KeySource, OIDCProvider
 from realtime.auth.login import DevLogin, KeycloakLogin, Login
 from realtime.auth.verifier import TokenVerifier
+from realtime.db import open_database
 from realtime.metrics import Metrics
+from realtime.migrate import check_schema, upgrade
 from realtime.packages import Catalog
 from realtime.router import Router
 from realtime.settings import Settings
@@ -27,11 +31,19 @@ class Services:
     login: Login
     metrics: Metrics
     dev_issuer: DevIssuer | None
+    database: Database
 
 
 @contextlib.asynccontextmanager
 async def build_services(settings: Settings, router: Router) -> AsyncIterator[Services]:
-    async with httpx.AsyncClient(timeout=settings.http_timeout) as http:
+    if settings.database_url is None:
+        # the embedded default keeps its own SQLite file at the code's schema
+        await anyio.to_thread.run_sync(upgrade, settings)
+    async with (
+        open_database(settings) as database,
+        httpx.AsyncClient(timeout=settings.http_timeout) as http,
+    ):
+        await check_schema(settings, database)
         keys, login, dev = _auth_backends(settings, http)
         verifier = TokenVerifier(
             keys,
@@ -43,7 +55,9 @@ async def build_services(settings: Settings, router: Router) -> AsyncIterator[Se
             client_id=settings.keycloak_client_id,
             tenant_claim=settings.tenant_claim,
         )
-        yield Services(settings, router.catalog, router, verifier, login, router.metrics, dev)
+        yield Services(
+            settings, router.catalog, router, verifier, login, router.metrics, dev, database
+        )
 
 
 def _auth_backends(

@@ -38,6 +38,8 @@ def make_settings(tmp_path: Path, **changes: Any) -> Settings:
         "dev_key_file": str(tmp_path / "dev-key.json"),
         "permissions_file": str(HERE / "permissions.toml"),
         "dev_users_file": str(ROOT / "dev-users.toml"),
+        "embedded_database": str(tmp_path / "embedded.db"),
+        "migrations_dir": str(ROOT / "migrations"),
     }
     return Settings.from_mapping({}).replace(**{**files, **changes})
 

@@ -19,7 +19,7 @@ from tests.packages import TEST_PACKAGES, admin_only
 def test_defaults_are_the_embedded_default() -> None:
     settings = Settings.from_mapping({})
     assert settings.dev_issuer_enabled and settings.redis_url is None
-    assert settings.database_url.startswith("sqlite:///")
+    assert settings.database_url is None and settings.database.startswith("sqlite:///")
     assert settings.allowed_origins is None and settings.max_frame_bytes == 65536
 
 

@@ -1,0 +1,102 @@
+"""Projects: CRUD with soft delete, scoped to the caller's tenant, on the socket and REST."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from handlers import projects_sql as sql
+from realtime.exceptions import NotFound
+from realtime.packages import Context, Package, Page, Rest
+from realtime.types import JSONObject
+from schema import projects as s
+
+NOT_FOUND = "project not found"
+
+
+def _found(project: dict[str, Any] | None) -> dict[str, Any]:
+    if project is None:
+        raise NotFound(NOT_FOUND)  # another tenant's row looks exactly like a missing one
+    return project
+
+
+async def create(ctx: Context, data: JSONObject) -> dict[str, Any]:
+    db = ctx.services.database
+    return await sql.create(db, ctx.principal.tenant_id, data["name"], data.get("description"))
+
+
+async def list_projects(ctx: Context, data: JSONObject) -> Page:
+    items, total = await sql.page(
+        ctx.services.database,
+        ctx.principal.tenant_id,
+        page=data["page"],
+        per_page=data["per_page"],
+        search=data.get("search"),
+        include_deleted=data["include_deleted"],
+        order=data["order"],
+    )
+    return Page(items, total)
+
+
+async def get(ctx: Context, data: JSONObject) -> dict[str, Any]:
+    return _found(await sql.get(ctx.services.database, ctx.principal.tenant_id, data["id"]))
+
+
+async def update(ctx: Context, data: JSONObject) -> dict[str, Any]:
+    changes = {key: data[key] for key in ("name", "description") if key in data}
+    db = ctx.services.database
+    return _found(await sql.update(db, ctx.principal.tenant_id, data["id"], changes))
+
+
+async def delete(ctx: Context, data: JSONObject) -> dict[str, Any]:
+    db = ctx.services.database
+    return _found(await sql.soft_delete(db, ctx.principal.tenant_id, data["id"]))
+
+
+PACKAGES = [
+    Package(
+        10,
+        "projects.create",
+        create,
+        schema=s.PROJECT_CREATE,
+        response_schema=s.PROJECT,
+        rest=Rest("POST", "/projects", 201),
+        description="Create a project.",
+    ),
+    Package(
+        11,
+        "projects.list",
+        list_projects,
+        schema=s.PROJECT_LIST,
+        response_schema=s.PROJECT,
+        paginated=True,
+        rest=Rest("GET", "/projects"),
+        description="A page of the tenant's projects, newest first by default.",
+    ),
+    Package(
+        12,
+        "projects.get",
+        get,
+        schema=s.PROJECT_ID,
+        response_schema=s.PROJECT,
+        rest=Rest("GET", "/projects/{id}"),
+        description="One project.",
+    ),
+    Package(
+        13,
+        "projects.update",
+        update,
+        schema=s.PROJECT_UPDATE,
+        response_schema=s.PROJECT,
+        rest=Rest("PATCH", "/projects/{id}"),
+        description="Change name or description.",
+    ),
+    Package(
+        14,
+        "projects.delete",
+        delete,
+        schema=s.PROJECT_ID,
+        response_schema=s.PROJECT_DELETED,
+        rest=Rest("DELETE", "/projects/{id}"),
+        description="Soft delete; a second delete answers the same deleted_at.",
+    ),
+]

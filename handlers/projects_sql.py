@@ -1,0 +1,118 @@
+"""All SQL of projects. Every write is one statement, scoped to the caller's tenant."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from databases import Database
+
+from realtime.db import now, utc
+from schema.tables import projects as t
+
+COLUMNS = (
+    t.c.id,
+    t.c.name,
+    t.c.description,
+    t.c.created_at,
+    t.c.updated_at,
+    t.c.is_deleted,
+    t.c.deleted_at,
+)
+
+
+def _project(record: Any) -> dict[str, Any]:
+    return {
+        "id": record["id"],
+        "name": record["name"],
+        "description": record["description"],
+        "created_at": utc(record["created_at"]),
+        "updated_at": utc(record["updated_at"]),
+        "is_deleted": bool(record["is_deleted"]),
+        "deleted_at": utc(record["deleted_at"]),
+    }
+
+
+def _mine(tenant: str, project_id: int) -> sa.ColumnElement[bool]:
+    return sa.and_(t.c.id == project_id, t.c.tenant_id == tenant)
+
+
+async def create(db: Database, tenant: str, name: str, description: str | None) -> dict[str, Any]:
+    stamp = now()
+    query = (
+        t.insert()
+        .values(
+            tenant_id=tenant,
+            name=name,
+            description=description,
+            created_at=stamp,
+            updated_at=stamp,
+            is_deleted=False,
+        )
+        .returning(*COLUMNS)
+    )
+    return _project(await db.fetch_one(query))
+
+
+async def get(db: Database, tenant: str, project_id: int) -> dict[str, Any] | None:
+    record = await db.fetch_one(sa.select(*COLUMNS).where(_mine(tenant, project_id)))
+    return _project(record) if record else None
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+async def page(
+    db: Database,
+    tenant: str,
+    *,
+    page: int,
+    per_page: int,
+    search: str | None,
+    include_deleted: bool,
+    order: str,
+) -> tuple[list[dict[str, Any]], int]:
+    where = [t.c.tenant_id == tenant]
+    if not include_deleted:
+        where.append(t.c.is_deleted == sa.false())
+    if search:
+        where.append(t.c.name.ilike(f"%{_escape_like(search)}%", escape="\\"))
+    total = await db.fetch_val(sa.select(sa.func.count()).select_from(t).where(*where))
+    ordering = t.c.id.desc() if order == "newest" else t.c.id.asc()
+    query = (
+        sa.select(*COLUMNS)
+        .where(*where)
+        .order_by(ordering)
+        .limit(per_page)
+        .offset((page - 1) * per_page)
+    )
+    return [_project(r) for r in await db.fetch_all(query)], int(total)
+
+
+async def update(
+    db: Database, tenant: str, project_id: int, changes: dict[str, Any]
+) -> dict[str, Any] | None:
+    stamp = now()
+    # updated_at never goes backwards, whichever of two concurrent updates commits last
+    monotonic = sa.case((t.c.updated_at > stamp, t.c.updated_at), else_=stamp)
+    query = (
+        t.update()
+        .where(_mine(tenant, project_id), t.c.is_deleted == sa.false())
+        .values(**changes, updated_at=monotonic)
+        .returning(*COLUMNS)
+    )
+    record = await db.fetch_one(query)
+    return _project(record) if record else None
+
+
+async def soft_delete(db: Database, tenant: str, project_id: int) -> dict[str, Any] | None:
+    """Idempotent: a second delete keeps (and returns) the first deleted_at."""
+    query = (
+        t.update()
+        .where(_mine(tenant, project_id))
+        .values(is_deleted=True, deleted_at=sa.func.coalesce(t.c.deleted_at, now()))
+        .returning(t.c.id, t.c.deleted_at)
+    )
+    record = await db.fetch_one(query)
+    return {"id": record["id"], "deleted_at": utc(record["deleted_at"])} if record else None

@@ -1,0 +1,55 @@
+"""Alembic environment: the target metadata is schema.tables; the URL comes from settings."""
+
+from __future__ import annotations
+
+import asyncio
+
+import sqlalchemy as sa
+from alembic import context
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from realtime.db import is_sqlite, sqlalchemy_url
+from realtime.settings import Settings
+from schema.tables import metadata
+
+config = context.config
+url = sqlalchemy_url(config.attributes.get("database_url") or Settings.from_env().database)
+
+
+def run_offline() -> None:
+    context.configure(url=url, target_metadata=metadata, literal_binds=True,
+                      render_as_batch=is_sqlite(url))
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def _run(connection: sa.Connection) -> None:
+    context.configure(connection=connection, target_metadata=metadata,
+                      render_as_batch=is_sqlite(url))
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def _run_async() -> None:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(_run)
+    finally:
+        await engine.dispose()
+
+
+def run_online() -> None:
+    if is_sqlite(url):
+        engine = sa.create_engine(url)
+        with engine.connect() as connection:
+            _run(connection)
+        engine.dispose()
+    else:
+        asyncio.run(_run_async())
+
+
+if context.is_offline_mode():
+    run_offline()
+else:
+    run_online()

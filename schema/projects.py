@@ -1,0 +1,99 @@
+"""JSON Schemas of the project and author packages."""
+
+from schema.tables import AUTHOR_NAME_MAX, PROJECT_DESCRIPTION_MAX, PROJECT_NAME_MAX
+
+ID = {"type": "integer", "minimum": 1, "maximum": 2_147_483_647}
+NAME = {"type": "string", "minLength": 1, "maxLength": PROJECT_NAME_MAX}
+DESCRIPTION = {"type": ["string", "null"], "maxLength": PROJECT_DESCRIPTION_MAX}
+TIMESTAMP = {"type": "string", "format": "date-time"}
+
+PROJECT = {
+    "type": "object",
+    "properties": {
+        "id": ID,
+        "name": NAME,
+        "description": DESCRIPTION,
+        "created_at": TIMESTAMP,
+        "updated_at": TIMESTAMP,
+        "is_deleted": {"type": "boolean"},
+        "deleted_at": {"type": ["string", "null"], "format": "date-time"},
+    },
+    "required": [
+        "id",
+        "name",
+        "description",
+        "created_at",
+        "updated_at",
+        "is_deleted",
+        "deleted_at",
+    ],
+}
+
+PROJECT_CREATE = {
+    "type": "object",
+    "properties": {"name": NAME, "description": DESCRIPTION},
+    "required": ["name"],
+    "additionalProperties": False,
+}
+
+PROJECT_LIST = {
+    "type": "object",
+    "properties": {
+        "search": {"type": "string", "maxLength": PROJECT_NAME_MAX},
+        "include_deleted": {"type": "boolean", "default": False},
+        "order": {"enum": ["newest", "oldest"], "default": "newest"},
+    },
+    "additionalProperties": False,
+}
+
+PROJECT_ID = {
+    "type": "object",
+    "properties": {"id": ID},
+    "required": ["id"],
+    "additionalProperties": False,
+}
+
+PROJECT_UPDATE = {
+    "type": "object",
+    "properties": {"id": ID, "name": NAME, "description": DESCRIPTION},
+    "required": ["id"],
+    "anyOf": [{"required": ["name"]}, {"required": ["description"]}],
+    "additionalProperties": False,
+}
+
+PROJECT_DELETED = {
+    "type": "object",
+    "properties": {"id": ID, "deleted_at": TIMESTAMP},
+    "required": ["id", "deleted_at"],
+}
+
+AUTHOR = {
+    "type": "object",
+    "properties": {
+        "id": ID,
+        "name": {"type": "string"},
+        "created_at": TIMESTAMP,
+    },
+    "required": ["id", "name", "created_at"],
+}
+
+AUTHOR_CREATE = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "minLength": 1, "maxLength": AUTHOR_NAME_MAX}},
+    "required": ["name"],
+    "additionalProperties": False,
+}
+
+AUTHOR_PAGE = {
+    "type": "object",
+    "properties": {
+        "filters": {
+            "type": "object",
+            "properties": {"name": {"type": "string", "maxLength": AUTHOR_NAME_MAX}},
+            "additionalProperties": False,
+        }
+    },
+    "additionalProperties": False,
+}
+
+EMPTY = {"type": "object", "additionalProperties": False}

@@ -1,0 +1,48 @@
+"""SQLAlchemy Core tables: Alembic's target metadata and the queries' vocabulary."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = sa.MetaData(naming_convention=NAMING)
+
+PROJECT_NAME_MAX = 200
+PROJECT_DESCRIPTION_MAX = 2000
+AUTHOR_NAME_MAX = 200
+
+projects = sa.Table(
+    "projects",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("tenant_id", sa.String(255), nullable=False),
+    sa.Column("name", sa.String(PROJECT_NAME_MAX), nullable=False),
+    sa.Column("description", sa.String(PROJECT_DESCRIPTION_MAX), nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("is_deleted", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True),
+    sa.CheckConstraint(
+        f"length(name) >= 1 AND length(name) <= {PROJECT_NAME_MAX}", name="name_length"
+    ),
+    # the list query: one tenant's live rows, newest first (and by id for stable pages)
+    sa.Index("ix_projects_tenant_live_id", "tenant_id", "is_deleted", "id"),
+)
+
+authors = sa.Table(
+    "authors",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(AUTHOR_NAME_MAX), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.CheckConstraint(
+        f"length(name) >= 1 AND length(name) <= {AUTHOR_NAME_MAX}", name="name_length"
+    ),
+    sa.UniqueConstraint("name"),
+)
