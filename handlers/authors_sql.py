@@ -7,7 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 from databases import Database
 
-from realtime.db import now, utc
+from realtime.db import contains, now, utc
 from schema.tables import authors as t
 
 COLUMNS = (t.c.id, t.c.name, t.c.created_at)
@@ -31,7 +31,7 @@ async def all_authors(db: Database) -> list[dict[str, Any]]:
 async def page(
     db: Database, *, page: int, per_page: int, name: str | None
 ) -> tuple[list[dict[str, Any]], int]:
-    where = [t.c.name.ilike(f"%{name}%")] if name else []
+    where = [t.c.name.ilike(contains(name), escape="\\")] if name else []
     total = await db.fetch_val(sa.select(sa.func.count()).select_from(t).where(*where))
     query = (
         sa.select(*COLUMNS)

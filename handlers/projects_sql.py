@@ -7,7 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 from databases import Database
 
-from realtime.db import now, utc
+from realtime.db import contains, now, utc
 from schema.tables import projects as t
 
 COLUMNS = (
@@ -55,12 +55,9 @@ async def create(db: Database, tenant: str, name: str, description: str | None) 
 
 
 async def get(db: Database, tenant: str, project_id: int) -> dict[str, Any] | None:
-    record = await db.fetch_one(sa.select(*COLUMNS).where(_mine(tenant, project_id)))
+    live = sa.and_(_mine(tenant, project_id), t.c.is_deleted == sa.false())
+    record = await db.fetch_one(sa.select(*COLUMNS).where(live))
     return _project(record) if record else None
-
-
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 async def page(
@@ -77,7 +74,7 @@ async def page(
     if not include_deleted:
         where.append(t.c.is_deleted == sa.false())
     if search:
-        where.append(t.c.name.ilike(f"%{_escape_like(search)}%", escape="\\"))
+        where.append(t.c.name.ilike(contains(search), escape="\\"))
     total = await db.fetch_val(sa.select(sa.func.count()).select_from(t).where(*where))
     ordering = t.c.id.desc() if order == "newest" else t.c.id.asc()
     query = (

@@ -121,6 +121,12 @@ def translate(error: BaseException) -> RequestError | None:
     return None
 
 
+def contains(text: str) -> str:
+    """A LIKE pattern (with escape character backslash) matching `text` literally anywhere."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
 def utc(value: datetime | None) -> datetime | None:
     """Timestamps come back timezone-aware on both engines (SQLite stores naive UTC)."""
     if value is None or value.tzinfo is not None:

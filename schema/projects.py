@@ -3,8 +3,10 @@
 from schema.tables import AUTHOR_NAME_MAX, PROJECT_DESCRIPTION_MAX, PROJECT_NAME_MAX
 
 ID = {"type": "integer", "minimum": 1, "maximum": 2_147_483_647}
-NAME = {"type": "string", "minLength": 1, "maxLength": PROJECT_NAME_MAX}
-DESCRIPTION = {"type": ["string", "null"], "maxLength": PROJECT_DESCRIPTION_MAX}
+# PostgreSQL cannot store NUL in text: refuse it on both engines, with the same answer
+NO_NUL = "^[^\\x00]*$"
+NAME = {"type": "string", "minLength": 1, "maxLength": PROJECT_NAME_MAX, "pattern": NO_NUL}
+DESCRIPTION = {"type": ["string", "null"], "maxLength": PROJECT_DESCRIPTION_MAX, "pattern": NO_NUL}
 TIMESTAMP = {"type": "string", "format": "date-time"}
 
 PROJECT = {
@@ -39,7 +41,7 @@ PROJECT_CREATE = {
 PROJECT_LIST = {
     "type": "object",
     "properties": {
-        "search": {"type": "string", "maxLength": PROJECT_NAME_MAX},
+        "search": {"type": "string", "maxLength": PROJECT_NAME_MAX, "pattern": NO_NUL},
         "include_deleted": {"type": "boolean", "default": False},
         "order": {"enum": ["newest", "oldest"], "default": "newest"},
     },
@@ -79,7 +81,9 @@ AUTHOR = {
 
 AUTHOR_CREATE = {
     "type": "object",
-    "properties": {"name": {"type": "string", "minLength": 1, "maxLength": AUTHOR_NAME_MAX}},
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": AUTHOR_NAME_MAX, "pattern": NO_NUL}
+    },
     "required": ["name"],
     "additionalProperties": False,
 }
@@ -89,7 +93,9 @@ AUTHOR_PAGE = {
     "properties": {
         "filters": {
             "type": "object",
-            "properties": {"name": {"type": "string", "maxLength": AUTHOR_NAME_MAX}},
+            "properties": {
+                "name": {"type": "string", "maxLength": AUTHOR_NAME_MAX, "pattern": NO_NUL}
+            },
             "additionalProperties": False,
         }
     },

@@ -3,7 +3,10 @@ a real uvicorn on a free port."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
+import secrets
 import socket
 import threading
 import time
@@ -11,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import uvicorn
 from starlette.applications import Starlette
@@ -20,6 +24,7 @@ import handlers
 from realtime.app import create_app
 from realtime.auth.dev import DevIssuer
 from realtime.logs import log_config
+from realtime.migrate import upgrade
 from realtime.settings import Settings
 from tests.packages import TEST_PACKAGES
 
@@ -122,3 +127,54 @@ def issuer_token(tmp_path: Path) -> str:
         settings.dev_key_file, audience="realtime", client_id="realtime"
     )
     return issuer.mint("alice", ["user"], tenant="acme")
+
+
+# -- databases: every test that takes `engine` runs on SQLite and on PostgreSQL ---------
+
+PG_SERVER = os.environ.get("REALTIME_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+
+
+async def _pg_admin(statement: str) -> None:
+    connection = await asyncpg.connect(f"{PG_SERVER}/test", timeout=5)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(scope="session")
+def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, migrated to head."""
+    name = f"realtime_test_{os.getpid()}_{secrets.token_hex(3)}"
+    try:
+        asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    except OSError as error:
+        pytest.fail(f"PostgreSQL at {PG_SERVER} cannot be reached: {error}")
+    url = f"{PG_SERVER}/{name}"
+    upgrade(make_settings(tmp_path_factory.mktemp("pg"), database_url=url))
+    yield url
+    asyncio.run(_pg_admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+async def _truncate(url: str) -> None:
+    connection = await asyncpg.connect(url, timeout=5)
+    try:
+        await connection.execute("TRUNCATE projects, authors RESTART IDENTITY")
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Settings on the embedded SQLite default, then on a real (emptied) PostgreSQL."""
+    if request.param == "sqlite":
+        return make_settings(tmp_path)
+    url = request.getfixturevalue("pg_url")
+    asyncio.run(_truncate(url))
+    return make_settings(tmp_path, database_url=url)
+
+
+@pytest.fixture
+def db_client(engine: Settings) -> Iterator[TestClient]:
+    with TestClient(build_app(engine)) as test_client:
+        yield test_client

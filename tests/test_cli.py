@@ -18,7 +18,7 @@ def realtime(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProc
     environ |= {
         "REALTIME_DEV_KEY_FILE": str(tmp_path / "key.json"),
         "REALTIME_PERMISSIONS": str(ROOT / "permissions.toml"),
-                "REALTIME_MIGRATIONS": str(ROOT / "migrations"),
+        "REALTIME_MIGRATIONS": str(ROOT / "migrations"),
         **env,
     }
     return subprocess.run(

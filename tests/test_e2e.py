@@ -109,7 +109,7 @@ def served_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str,
         **os.environ,
         "REALTIME_DEV_KEY_FILE": str(tmp_path / "key.json"),
         "REALTIME_PERMISSIONS": str(ROOT / "permissions.toml"),
-                "REALTIME_MIGRATIONS": str(ROOT / "migrations"),
+        "REALTIME_MIGRATIONS": str(ROOT / "migrations"),
         "REALTIME_DEV_USERS_FILE": str(ROOT / "dev-users.toml"),
         "REALTIME_LOG_LEVEL": "debug",
     }

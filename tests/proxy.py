@@ -1,0 +1,69 @@
+"""A TCP proxy in front of the real PostgreSQL, so a test can cut the database off and
+bring it back without touching the shared server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+
+
+class Proxy:
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.loop = asyncio.new_event_loop()
+        self.up = True
+        self._writers: set[asyncio.StreamWriter] = set()
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        self._sock = sock
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.CancelledError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.up:
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers |= {writer, up_writer}
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    def _cut(self) -> None:
+        self.up = False
+        for writer in self._writers:
+            writer.transport.abort()
+        self._writers.clear()
+
+    def cut(self) -> None:
+        """Drop every connection and refuse new ones (the database is 'down')."""
+        self.loop.call_soon_threadsafe(self._cut)
+
+    def restore(self) -> None:
+        self.up = True
+
+    def run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        server = self.loop.run_until_complete(asyncio.start_server(self._client, sock=self._sock))
+        self.loop.run_forever()
+        server.close()
+
+
+@contextlib.contextmanager
+def running_proxy(target_port: int = 5432) -> Iterator[Proxy]:
+    proxy = Proxy(target_port)
+    thread = threading.Thread(target=proxy.run, daemon=True)
+    thread.start()
+    try:
+        yield proxy
+    finally:
+        proxy.loop.call_soon_threadsafe(proxy._cut)
+        proxy.loop.call_soon_threadsafe(proxy.loop.stop)
+        thread.join(5)
