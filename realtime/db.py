@@ -55,7 +55,8 @@ def _options(settings: Settings) -> dict[str, Any]:
         "min_size": 1,
         "max_size": settings.db_pool_size,
         "timeout": timeout,  # connect
-        "command_timeout": timeout,
+        # the server's statement_timeout cancels first; the client-side one is a backstop
+        "command_timeout": timeout + 1,
         "server_settings": {"statement_timeout": str(int(timeout * 1000))},
     }
 
@@ -101,7 +102,7 @@ def translate(error: BaseException) -> RequestError | None:
         return Conflict("a record with these values already exists")
     if isinstance(error, asyncpg.IntegrityConstraintViolationError | asyncpg.DataError):
         return InvalidData("a value violates a constraint of the record")
-    if isinstance(error, asyncpg.QueryCanceledError):
+    if isinstance(error, asyncpg.QueryCanceledError | TimeoutError):
         return Unavailable(RETRY_AFTER, "the database timed out")
     if isinstance(error, sqlite3.IntegrityError):
         if "UNIQUE" in str(error):

@@ -102,3 +102,19 @@ TEST_PACKAGES = [
     Package(909, "test.emit", emit_then_answer),
     Package(910, "test.nobody", admin_only),
 ]
+
+
+async def db_sleep(ctx: Context, data: JSONObject) -> JSONObject:
+    """Holds the database for `seconds` (PostgreSQL), to meet the statement timeout."""
+    await ctx.services.database.fetch_val(f"SELECT pg_sleep({float(data['seconds'])})")
+    return {"slept": data["seconds"]}
+
+
+TEST_PACKAGES.append(
+    Package(
+        912,
+        "test.db_sleep",
+        db_sleep,
+        schema={"type": "object", "properties": {"seconds": NUMBER}, "required": ["seconds"]},
+    )
+)
