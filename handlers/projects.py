@@ -44,6 +44,8 @@ async def get(ctx: Context, data: JSONObject) -> dict[str, Any]:
 async def update(ctx: Context, data: JSONObject) -> dict[str, Any]:
     changes = {key: data[key] for key in ("name", "description") if key in data}
     db = ctx.services.database
+    if not changes:  # an empty PATCH changes nothing, updated_at included
+        return _found(await sql.get(db, ctx.principal.tenant_id, data["id"]))
     return _found(await sql.update(db, ctx.principal.tenant_id, data["id"], changes))
 
 
@@ -88,7 +90,7 @@ PACKAGES = [
         schema=s.PROJECT_UPDATE,
         response_schema=s.PROJECT,
         rest=Rest("PATCH", "/projects/{id}"),
-        description="Change name or description.",
+        description="Change name and/or description; with neither, the project as it is.",
     ),
     Package(
         14,

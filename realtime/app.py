@@ -15,16 +15,18 @@ from collections.abc import AsyncIterator, Sequence
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from realtime import __version__
 from realtime.builtin import BUILTIN_PACKAGES
 from realtime.connection import Connection, FrameHandler, echo_frame, package_frame
 from realtime.db import ping
 from realtime.exceptions import AuthError, ConfigError, InvalidData, RequestError
 from realtime.logs import install_redaction
 from realtime.metrics import Metrics
+from realtime.openapi import SWAGGER_UI, document
 from realtime.packages import Catalog, Package
 from realtime.permissions import Permissions
 from realtime.ratelimit import MemoryRateLimiter
@@ -81,6 +83,8 @@ def _routes(catalog: Catalog) -> list[BaseRoute]:
         Route("/ready", ready),
         Route("/metrics", metrics),
         Route("/packages", packages_catalog),
+        Route("/openapi.json", openapi_json),
+        Route("/docs", docs),
         Route("/auth/login", login, methods=["POST"]),
         *package_routes(catalog),
     ]
@@ -128,6 +132,15 @@ async def packages_catalog(request: Request) -> Response:
             for p in services.catalog
         ]
     )
+
+
+async def openapi_json(request: Request) -> Response:
+    services = services_of(request)
+    return json_response(document(services.catalog, services.router, __version__))
+
+
+async def docs(request: Request) -> Response:
+    return HTMLResponse(SWAGGER_UI)
 
 
 async def login(request: Request) -> Response:

@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 
 PER_PAGE_DEFAULT = 20
 PER_PAGE_MAX = 100
+PAGE_MAX = 10_000_000  # keeps OFFSET within every engine's integer range
 PAGINATION_PROPERTIES: JSONObject = {
-    "page": {"type": "integer", "minimum": 1, "default": 1},
+    "page": {"type": "integer", "minimum": 1, "maximum": PAGE_MAX, "default": 1},
     "per_page": {
         "type": "integer",
         "minimum": 1,

@@ -51,11 +51,25 @@ async def authenticate(request: Request) -> Principal:
 
 
 def package_routes(catalog: Catalog) -> list[Route]:
+    """One route per path, so a 405 answers the full Allow header of that path."""
+    by_path: dict[str, dict[str, Endpoint]] = {}
+    for package in catalog:
+        if package.rest is not None:
+            methods = by_path.setdefault(package.rest.path, {})
+            methods[package.rest.method] = _endpoint(package)
     return [
-        Route(p.rest.path, _endpoint(p), methods=[p.rest.method], name=p.name)
-        for p in catalog
-        if p.rest is not None
+        Route(path, _dispatch(methods), methods=list(methods)) for path, methods in by_path.items()
     ]
+
+
+def _dispatch(methods: dict[str, Endpoint]) -> Endpoint:
+    if "GET" in methods:
+        methods = {**methods, "HEAD": methods["GET"]}
+
+    async def endpoint(request: Request) -> Response:
+        return await methods[request.method](request)
+
+    return endpoint
 
 
 def _endpoint(package: Package) -> Endpoint:

@@ -59,7 +59,6 @@ PROJECT_UPDATE = {
     "type": "object",
     "properties": {"id": ID, "name": NAME, "description": DESCRIPTION},
     "required": ["id"],
-    "anyOf": [{"required": ["name"]}, {"required": ["description"]}],
     "additionalProperties": False,
 }
 

@@ -164,7 +164,7 @@ def test_validation_details(db_client: TestClient, tokens: dict[str, str]) -> No
         assert paths == ["/", "/description", "/name"]
         assert call(ws, CREATE, {"name": "n" * 201})["status_code"] == 2
         assert call(ws, CREATE, {"name": "nul\u0000byte"})["status_code"] == 2
-        assert call(ws, UPDATE, {"id": 1})["status_code"] == 2  # nothing to change
+        assert call(ws, UPDATE, {"id": 10**6})["status_code"] == 4  # nothing to change, no row
         assert call(ws, GET, {"id": "1"})["status_code"] == 2
         assert call(ws, GET, {"id": 2**31})["status_code"] == 2
         assert ok(call(ws, CREATE, {"name": "n" * 200}))["name"] == "n" * 200

@@ -1,0 +1,138 @@
+"""/openapi.json: generated from the packages, fuzzed by schemathesis, typed by openapi-typescript."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+import handlers
+from realtime.app import create_app
+from realtime.auth.dev import DevIssuer
+from realtime.settings import Settings
+from tests.conftest import ROOT, serve
+
+
+def test_document_describes_the_rest_mount(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    assert spec["openapi"] == "3.1.0"
+    assert spec["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+    }
+    create = spec["paths"]["/projects"]["post"]
+    assert create["operationId"] == "projects.create" and create["x-pkg-id"] == 10
+    assert create["requestBody"]["content"]["application/json"]["schema"]["required"] == ["name"]
+    assert set(create["responses"]) >= {"201", "401", "403", "409", "422", "429", "503"}
+    listing = spec["paths"]["/projects"]["get"]
+    params = {p["name"]: p for p in listing["parameters"]}
+    assert params["per_page"]["schema"]["maximum"] == 100 and params["per_page"]["in"] == "query"
+    page = listing["responses"]["200"]["content"]["application/json"]["schema"]
+    assert page["properties"]["meta"] == {"$ref": "#/components/schemas/Meta"}
+    patch = spec["paths"]["/projects/{id}"]["patch"]
+    assert [p["name"] for p in patch["parameters"]] == ["id"]
+    body = patch["requestBody"]["content"]["application/json"]["schema"]
+    assert "id" not in body["properties"]
+    assert spec["paths"]["/auth/login"]["post"]["security"] == []
+    assert "swagger-ui" in client.get("/docs").text
+
+
+@pytest.fixture
+def live(engine: Settings, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """The real app (default packages and permissions) on uvicorn, with an admin token."""
+    settings = engine.replace(
+        permissions_file=str(ROOT / "permissions.toml"), rate_limit=1e6, rate_burst=10**6
+    )
+    token = DevIssuer.load_or_create(
+        settings.dev_key_file, audience="realtime", client_id="realtime"
+    ).mint("root", ["user", "admin"])
+    with serve(create_app(settings, handlers.PACKAGES)) as address:
+        yield address, token
+
+
+def test_schemathesis_finds_nothing(live: tuple[str, str], tmp_path: Path) -> None:
+    address, token = live
+    st = Path(sys.executable).parent / "schemathesis"
+    done = subprocess.run(
+        [
+            str(st),
+            "run",
+            f"http://{address}/openapi.json",
+            "-H",
+            f"Authorization: Bearer {token}",
+            "--max-examples",
+            "25",
+            "--seed",
+            "7",
+            "--request-timeout",
+            "10",
+            "--no-color",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env={**os.environ, "SCHEMATHESIS_HOOKS": ""},
+    )
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+    assert "Tested: 12" in done.stdout
+
+
+@pytest.mark.skipif(shutil.which("npm") is None, reason="needs Node.js and npm on PATH")
+def test_frontend_types_generate_with_openapi_typescript(
+    client: TestClient, tmp_path: Path
+) -> None:
+    (tmp_path / "openapi.json").write_text(json.dumps(client.get("/openapi.json").json()))
+    tools = Path(os.environ.get("REALTIME_NPM_CACHE", Path.home() / ".cache" / "realtime-npm"))
+    binary = tools / "node_modules" / ".bin" / "openapi-typescript"
+    if not binary.exists():
+        subprocess.run(
+            [
+                "npm",
+                "install",
+                "--prefix",
+                str(tools),
+                "--no-audit",
+                "--no-fund",
+                "openapi-typescript@7.13.0",
+                "typescript@5",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    done = subprocess.run(
+        [str(binary), "openapi.json", "-o", "api.d.ts"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    types = (tmp_path / "api.d.ts").read_text()
+    assert '"/projects/{id}"' in types and "per_page?: number" in types
+    assert '"projects.create"' in types
+    # the generated file type-checks
+    tsc = tools / "node_modules" / ".bin" / "tsc"
+    checked = subprocess.run(
+        [str(tsc), "--noEmit", "--strict", "api.d.ts"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert checked.returncode == 0, checked.stdout
+
+
+def test_health_is_public(live: tuple[str, str]) -> None:
+    address, _ = live
+    assert httpx.get(f"http://{address}/health").json() == {"status": "ok"}
