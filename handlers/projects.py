@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from handlers import projects_sql as sql
-from realtime.exceptions import NotFound
+from realtime.exceptions import NotFound, Unavailable
 from realtime.packages import Context, Package, Page, Rest
 from realtime.types import JSONObject
 from schema import projects as s
 
 NOT_FOUND = "project not found"
+logger = logging.getLogger("handlers.projects")
+
+
+async def _announce(ctx: Context, op: str, project: dict[str, Any]) -> dict[str, Any]:
+    """Tell open lists of the tenant, after the write committed (each write is one statement).
+
+    A bus outage must not turn a committed write into an error the client would retry, so
+    a failed publication is logged, not raised."""
+    try:
+        await ctx.services.hub.publish(
+            f"projects.{ctx.principal.tenant_id}", {"op": op, "project": project}
+        )
+    except Unavailable:
+        logger.warning("project %s %s not announced: bus unavailable", project["id"], op)
+    return project
 
 
 def _found(project: dict[str, Any] | None) -> dict[str, Any]:
@@ -21,7 +37,8 @@ def _found(project: dict[str, Any] | None) -> dict[str, Any]:
 
 async def create(ctx: Context, data: JSONObject) -> dict[str, Any]:
     db = ctx.services.database
-    return await sql.create(db, ctx.principal.tenant_id, data["name"], data.get("description"))
+    project = await sql.create(db, ctx.principal.tenant_id, data["name"], data.get("description"))
+    return await _announce(ctx, "created", project)
 
 
 async def list_projects(ctx: Context, data: JSONObject) -> Page:
@@ -46,12 +63,14 @@ async def update(ctx: Context, data: JSONObject) -> dict[str, Any]:
     db = ctx.services.database
     if not changes:  # an empty PATCH changes nothing, updated_at included
         return _found(await sql.get(db, ctx.principal.tenant_id, data["id"]))
-    return _found(await sql.update(db, ctx.principal.tenant_id, data["id"], changes))
+    project = _found(await sql.update(db, ctx.principal.tenant_id, data["id"], changes))
+    return await _announce(ctx, "updated", project)
 
 
 async def delete(ctx: Context, data: JSONObject) -> dict[str, Any]:
     db = ctx.services.database
-    return _found(await sql.soft_delete(db, ctx.principal.tenant_id, data["id"]))
+    deleted = _found(await sql.soft_delete(db, ctx.principal.tenant_id, data["id"]))
+    return await _announce(ctx, "deleted", deleted)
 
 
 PACKAGES = [

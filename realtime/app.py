@@ -40,6 +40,7 @@ from realtime.rest import (
 from realtime.router import Router
 from realtime.settings import Settings
 from realtime.state import build_services
+from realtime.topics import TopicPermissions
 
 
 def load_handlers(modules: Sequence[str]) -> list[Package]:
@@ -63,11 +64,12 @@ def create_app(
     permissions.check(catalog.by_name)
     limiter = MemoryRateLimiter(settings.rate_limit, settings.rate_burst)
     router = Router(catalog, permissions, limiter, Metrics(), settings.handler_timeout)
+    topics = TopicPermissions(permissions.topics)
     install_redaction()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with build_services(settings, router) as services:
+        async with build_services(settings, router, topics) as services:
             app.state.services = services
             yield
 
@@ -103,7 +105,10 @@ async def health(request: Request) -> Response:
 
 async def ready(request: Request) -> Response:
     services = services_of(request)
-    checks = {"database": await ping(services.database, services.settings.db_timeout)}
+    checks = {
+        "database": await ping(services.database, services.settings.db_timeout),
+        "bus": await services.hub.ready(),
+    }
     ok = all(checks.values())
     body = {"status": "ready" if ok else "not ready", "checks": checks}
     return json_response(body, 200 if ok else 503, None if ok else {"Retry-After": "2"})

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -104,6 +105,7 @@ class Connection:
         self.services = services
         self.settings = services.settings
         self.principal: Principal | None = None
+        self.id = secrets.token_hex(8)
         self.state = State.CONNECTING
         self._on_frame = on_frame
         self._queue: asyncio.Queue[bytes | _Close] = asyncio.Queue(self.settings.send_queue)
@@ -143,6 +145,7 @@ class Connection:
                     await asyncio.shield(writer)
 
     async def _cleanup(self, writer: asyncio.Task[None]) -> None:
+        self.services.hub.drop(self)
         tasks = [t for t in (self._reader, writer, self._expiry, *self._handlers) if t]
         for task in tasks:
             task.cancel()
@@ -325,6 +328,8 @@ class Connection:
             return
         self._rate_limited = 0
         self.enqueue(message)
+        for callback in ctx.after_answer:
+            callback()
 
 
 def _drain(queue: asyncio.Queue[Any]) -> None:

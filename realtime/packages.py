@@ -40,9 +40,14 @@ PAGINATION_PROPERTIES: JSONObject = {
 class Session(Protocol):
     """What a handler may do with the socket it was called on (absent over REST)."""
 
+    id: str
+    principal: Principal | None
+
     async def emit(self, event: str, data: Any) -> None: ...
 
     async def refresh(self, token: str) -> Principal: ...
+
+    def enqueue(self, message: bytes) -> None: ...
 
 
 @dataclass(slots=True)
@@ -54,6 +59,8 @@ class Context:
     services: Services
     req_id: str | None = None
     session: Session | None = None
+    # run right after the answer is queued, before anything else can be (history, then live)
+    after_answer: list[Callable[[], None]] = field(default_factory=list)
 
 
 Handler = Callable[[Context, JSONObject], Awaitable[Any]]

@@ -14,12 +14,16 @@ from realtime.auth.dev import DEV_ISSUER, DevIssuer, load_dev_users
 from realtime.auth.keys import JWKSKeys, KeySource, OIDCProvider
 from realtime.auth.login import DevLogin, KeycloakLogin, Login
 from realtime.auth.verifier import TokenVerifier
+from realtime.bus import Backend
+from realtime.bus.memory import MemoryBackend
 from realtime.db import open_database
+from realtime.hub import Hub
 from realtime.metrics import Metrics
 from realtime.migrate import check_schema, upgrade
 from realtime.packages import Catalog
 from realtime.router import Router
 from realtime.settings import Settings
+from realtime.topics import TopicPermissions
 
 
 @dataclass(frozen=True)
@@ -32,16 +36,21 @@ class Services:
     metrics: Metrics
     dev_issuer: DevIssuer | None
     database: Database
+    hub: Hub
+    topics: TopicPermissions
 
 
 @contextlib.asynccontextmanager
-async def build_services(settings: Settings, router: Router) -> AsyncIterator[Services]:
+async def build_services(
+    settings: Settings, router: Router, topics: TopicPermissions
+) -> AsyncIterator[Services]:
     if settings.database_url is None:
         # the embedded default keeps its own SQLite file at the code's schema
         await anyio.to_thread.run_sync(upgrade, settings)
     async with (
         open_database(settings) as database,
         httpx.AsyncClient(timeout=settings.http_timeout) as http,
+        open_hub(settings) as hub,
     ):
         await check_schema(settings, database)
         keys, login, dev = _auth_backends(settings, http)
@@ -56,7 +65,16 @@ async def build_services(settings: Settings, router: Router) -> AsyncIterator[Se
             tenant_claim=settings.tenant_claim,
         )
         yield Services(
-            settings, router.catalog, router, verifier, login, router.metrics, dev, database
+            settings,
+            router.catalog,
+            router,
+            verifier,
+            login,
+            router.metrics,
+            dev,
+            database,
+            hub,
+            topics,
         )
 
 
@@ -83,6 +101,31 @@ def _auth_backends(
         token_url=settings.keycloak_token_url,
     )
     return keys, login, None
+
+
+def bus_backend(settings: Settings) -> Backend:
+    if settings.redis_url is None:
+        return MemoryBackend(settings.stream_retention)
+    from realtime.bus.redis import RedisBackend  # only with REDIS_URL
+
+    return RedisBackend(
+        settings.redis_url,
+        retention=settings.stream_retention,
+        ttl=settings.stream_ttl,
+        presence_ttl=settings.presence_ttl,
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_hub(settings: Settings) -> AsyncIterator[Hub]:
+    backend = bus_backend(settings)
+    hub = Hub(backend, settings.presence_ttl)
+    await hub.start()
+    try:
+        yield hub
+    finally:
+        await hub.stop()
+        await backend.close()
 
 
 def dev_issuer(settings: Settings) -> DevIssuer:

@@ -1,0 +1,76 @@
+"""Topics: subscribe (with resume), unsubscribe, publish, presence (PROTOCOL.md 2.4, 3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from realtime.exceptions import InvalidData
+from realtime.packages import Context, Package, Session
+from realtime.types import JSONObject
+from schema import topics as s
+
+
+def _session(ctx: Context) -> Session:
+    if ctx.session is None:
+        raise InvalidData("topics are only served on a socket")
+    return ctx.session
+
+
+async def subscribe(ctx: Context, data: JSONObject) -> dict[str, Any]:
+    session = _session(ctx)
+    ctx.services.topics.check(ctx.principal, data["topic"], "subscribe")
+    answer, go_live = await ctx.services.hub.subscribe(session, data["topic"], data.get("since"))
+    ctx.after_answer.append(go_live)
+    return answer
+
+
+async def unsubscribe(ctx: Context, data: JSONObject) -> dict[str, Any]:
+    ctx.services.hub.unsubscribe(_session(ctx), data["topic"])
+    return {"topic": data["topic"]}
+
+
+async def publish(ctx: Context, data: JSONObject) -> dict[str, Any]:
+    ctx.services.topics.check(ctx.principal, data["topic"], "publish")
+    offset = await ctx.services.hub.publish(data["topic"], data["data"])
+    return {"topic": data["topic"], "offset": str(offset)}
+
+
+async def presence(ctx: Context, data: JSONObject) -> dict[str, Any]:
+    ctx.services.topics.check(ctx.principal, data["topic"], "presence")
+    return {"topic": data["topic"], "presence": await ctx.services.hub.presence(data["topic"])}
+
+
+PACKAGES = [
+    Package(
+        30,
+        "topics.subscribe",
+        subscribe,
+        schema=s.SUBSCRIBE,
+        response_schema=s.SUBSCRIBED,
+        description="Subscribe; with `since`, replay what followed that offset first.",
+    ),
+    Package(
+        31,
+        "topics.unsubscribe",
+        unsubscribe,
+        schema=s.TOPIC_ONLY,
+        response_schema=s.TOPIC_ONLY,
+        description="Stop receiving a topic.",
+    ),
+    Package(
+        32,
+        "topics.publish",
+        publish,
+        schema=s.PUBLISH,
+        response_schema=s.PUBLISHED,
+        description="Publish on a topic (per-topic roles).",
+    ),
+    Package(
+        33,
+        "topics.presence",
+        presence,
+        schema=s.TOPIC_ONLY,
+        response_schema=s.PRESENCE,
+        description="Who is subscribed to the topic, on every node.",
+    ),
+]

@@ -1,0 +1,99 @@
+"""The in-process bus of the embedded default: one process, the same contract."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import secrets
+from typing import Any
+
+from realtime.bus import Backend, Event, History, Offset
+
+
+class _Topic:
+    def __init__(self, retention: int) -> None:
+        self.epoch = secrets.token_hex(4)
+        self.seq = 0
+        self.events: collections.deque[Event] = collections.deque(maxlen=retention)
+
+
+class MemoryBackend(Backend):
+    def __init__(self, retention: int) -> None:
+        self._retention = retention
+        self._topics: dict[str, _Topic] = {}
+        self._changed = asyncio.Event()
+        self._presence: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def _topic(self, name: str) -> _Topic:
+        if name not in self._topics:
+            self._topics[name] = _Topic(self._retention)
+        return self._topics[name]
+
+    async def publish(self, topic: str, data: bytes) -> Offset:
+        state = self._topic(topic)
+        state.seq += 1
+        state.events.append(Event(topic, state.seq, data))
+        self._changed.set()
+        return Offset(state.epoch, state.seq)
+
+    async def history(self, topic: str, since: Offset | None) -> History:
+        state = self._topic(topic)
+        top = Offset(state.epoch, state.seq)
+        if since is None:
+            return History(top, recovered=False)
+        oldest = state.events[0].seq if state.events else state.seq + 1
+        if since.epoch != state.epoch or since.seq > state.seq or since.seq + 1 < oldest:
+            return History(top, recovered=False)
+        return History(top, True, [e for e in state.events if e.seq > since.seq])
+
+    async def read(self, positions: dict[str, int], block: float) -> list[Event]:
+        events = self._after(positions)
+        if not events:
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(block):
+                    await self._changed.wait()
+            events = self._after(positions)
+        return events
+
+    def _after(self, positions: dict[str, int]) -> list[Event]:
+        found: list[Event] = []
+        for topic, seq in positions.items():
+            state = self._topics.get(topic)
+            if state is not None and state.seq > seq:
+                found.extend(_newer(state.events, seq))
+        return found
+
+    async def epoch(self, topic: str) -> str | None:
+        state = self._topics.get(topic)
+        return state.epoch if state else None
+
+    async def wake(self) -> None:
+        self._changed.set()
+
+    async def presence_set(self, topic: str, member: str, info: dict[str, Any]) -> None:
+        self._presence.setdefault(topic, {})[member] = info
+
+    async def presence_remove(self, topic: str, member: str) -> None:
+        self._presence.get(topic, {}).pop(member, None)
+
+    async def presence_list(self, topic: str) -> list[dict[str, Any]]:
+        return list(self._presence.get(topic, {}).values())
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        self._changed.set()
+
+
+def _newer(events: collections.deque[Event], seq: int) -> list[Event]:
+    """Events after `seq`, walking back from the newest (the usual case is one or two)."""
+    newer: list[Event] = []
+    for event in reversed(events):
+        if event.seq <= seq:
+            break
+        newer.append(event)
+    newer.reverse()
+    return newer

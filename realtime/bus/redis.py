@@ -1,0 +1,188 @@
+"""The bus on Redis streams: one stream per topic, appended by one atomic script.
+
+Keys use a hash tag per topic (`rt:{topic}:...`) so a topic's stream, metadata and
+presence live in one Redis Cluster slot. Stream ids are `<seq>-0`: the sequence number is
+the id, so history is an XRANGE and a gap in retained history is visible. Live delivery
+reads the same stream (XREAD BLOCK), so history and live delivery cannot disagree.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from realtime.bus import Backend, BusUnavailable, Event, History, Offset
+
+# KEYS: stream, meta. ARGV: epoch candidate, maxlen, ttl seconds, data.
+PUBLISH = """
+local seq = redis.call('HINCRBY', KEYS[2], 's', 1)
+local epoch = redis.call('HGET', KEYS[2], 'e')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[2], 'e', epoch)
+end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'd', ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return {epoch, seq}
+"""
+
+# KEYS: stream, meta. ARGV: epoch candidate, ttl seconds, first seq wanted (-1: none).
+# An empty topic gets its epoch here, so an offset handed out before the first
+# publication still resumes.
+HISTORY = """
+local epoch = redis.call('HGET', KEYS[2], 'e')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[2], 'e', epoch)
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+end
+local seq = redis.call('HGET', KEYS[2], 's') or '0'
+local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+local events = {}
+if tonumber(ARGV[3]) >= 0 then
+  events = redis.call('XRANGE', KEYS[1], ARGV[3] .. '-0', '+')
+end
+return {epoch, seq, oldest, events}
+"""
+
+# KEYS: zset (member -> expiry), hash (member -> info). ARGV: now.
+PRESENCE_LIST = """
+local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if #stale > 0 then
+  redis.call('ZREM', KEYS[1], unpack(stale))
+  redis.call('HDEL', KEYS[2], unpack(stale))
+end
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
+if #live == 0 then return {} end
+return redis.call('HMGET', KEYS[2], unpack(live))
+"""
+
+
+def _stream(topic: str) -> str:
+    return f"rt:{{{topic}}}:s"
+
+
+def _meta(topic: str) -> str:
+    return f"rt:{{{topic}}}:m"
+
+
+def _presence(topic: str) -> tuple[str, str]:
+    return f"rt:{{{topic}}}:pz", f"rt:{{{topic}}}:ph"
+
+
+def _field(fields: list[bytes], name: bytes) -> bytes:
+    """A field of a stream entry as the Lua script returns it: [name, value, ...]."""
+    pairs = dict(zip(fields[::2], fields[1::2], strict=True))
+    return pairs[name]
+
+
+def _seq(stream_id: bytes) -> int:
+    return int(stream_id.split(b"-", 1)[0])
+
+
+class RedisBackend(Backend):
+    def __init__(self, url: str, *, retention: int, ttl: int, presence_ttl: float) -> None:
+        self._redis = aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        # XREAD BLOCK holds its connection: the reader gets a client of its own
+        self._reader = aioredis.Redis.from_url(url, socket_connect_timeout=5)
+        self._publish = self._redis.register_script(PUBLISH)
+        self._presence_list = self._redis.register_script(PRESENCE_LIST)
+        self._history = self._redis.register_script(HISTORY)
+        self._retention = retention
+        self._ttl = ttl
+        self._presence_ttl = presence_ttl
+        self._wake_key = f"rt:wake:{secrets.token_hex(8)}"
+        self._wake_id = b"$"
+
+    async def _call(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except (RedisError, OSError) as error:
+            raise BusUnavailable(type(error).__name__) from None
+
+    async def publish(self, topic: str, data: bytes) -> Offset:
+        keys = [_stream(topic), _meta(topic)]
+        args: list[str | int | bytes] = [secrets.token_hex(4), self._retention, self._ttl, data]
+        epoch, seq = await self._call(self._publish(keys=keys, args=args))
+        return Offset(epoch.decode(), int(seq))
+
+    async def history(self, topic: str, since: Offset | None) -> History:
+        first = since.seq + 1 if since else -1
+        args: list[str | int] = [secrets.token_hex(4), self._ttl, first]
+        epoch, seq, oldest, entries = await self._call(
+            self._history(keys=[_stream(topic), _meta(topic)], args=args)
+        )
+        top = Offset(epoch.decode(), int(seq))
+        if since is None or since.epoch != top.epoch or since.seq > top.seq:
+            return History(top, recovered=False)
+        oldest_seq = _seq(oldest[0][0]) if oldest else top.seq + 1
+        if oldest_seq > since.seq + 1:
+            return History(top, recovered=False)  # trimmed: part of what followed is gone
+        return History(top, True, [Event(topic, _seq(i), _field(f, b"d")) for i, f in entries])
+
+    async def read(self, positions: dict[str, int], block: float) -> list[Event]:
+        streams: dict[Any, Any] = {_stream(t): f"{seq}-0" for t, seq in positions.items()}
+        streams[self._wake_key] = self._wake_id
+        try:
+            answer: Any = await self._reader.xread(
+                streams, block=int(block * 1000) or 1, count=1000
+            )
+        except (RedisError, OSError) as error:
+            raise BusUnavailable(type(error).__name__) from None
+        events: list[Event] = []
+        for key, entries in answer or []:
+            if key.decode() == self._wake_key:
+                self._wake_id = entries[-1][0]
+                continue
+            topic = key.decode()[4:-3]  # rt:{topic}:s
+            events.extend(Event(topic, _seq(i), f[b"d"]) for i, f in entries)
+        return events
+
+    async def epoch(self, topic: str) -> str | None:
+        value = await self._call(self._redis.hget(_meta(topic), "e"))
+        return value.decode() if value else None
+
+    async def wake(self) -> None:
+        """One XADD to this node's wake stream ends the reader's XREAD BLOCK."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(self._wake_key, {"w": 1}, maxlen=10)
+            pipe.expire(self._wake_key, 3600)
+            await self._call(pipe.execute())
+
+    async def presence_set(self, topic: str, member: str, info: dict[str, Any]) -> None:
+        zset, table = _presence(topic)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(zset, {member: time.time() + self._presence_ttl})
+            pipe.hset(table, member, orjson.dumps(info))
+            pipe.expire(zset, int(self._presence_ttl * 4))
+            pipe.expire(table, int(self._presence_ttl * 4))
+            await self._call(pipe.execute())
+
+    async def presence_remove(self, topic: str, member: str) -> None:
+        zset, table = _presence(topic)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(zset, member)
+            pipe.hdel(table, member)
+            await self._call(pipe.execute())
+
+    async def presence_list(self, topic: str) -> list[dict[str, Any]]:
+        values = await self._call(
+            self._presence_list(keys=list(_presence(topic)), args=[time.time()])
+        )
+        return [orjson.loads(value) for value in values if value]
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+        await self._reader.aclose()

@@ -1,0 +1,251 @@
+"""One hub per node: local subscriptions, one reader for all their streams, fan-out.
+
+Each event is serialized once per node and the same bytes go to every local subscriber's
+bounded queue (a slow socket is closed with 1013 by its own queue, never delaying the
+others). A subscription stays *pending* while its history is read: live events are
+buffered, then after the answer the history and the buffer (without duplicates) are
+delivered and the subscription goes live, so there is no gap and no duplicate at the seam.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from realtime.auth.principal import Principal
+from realtime.bus import Backend, BusUnavailable, Event, Offset
+from realtime.exceptions import Unavailable
+
+logger = logging.getLogger("realtime.hub")
+BLOCK = 1.0
+RETRY_AFTER = 2
+
+
+class Subscriber(Protocol):
+    id: str
+    principal: Principal | None
+
+    def enqueue(self, message: bytes) -> None: ...
+
+
+@dataclass(slots=True)
+class _Subscription:
+    subscriber: Subscriber
+    start: int
+    pending: list[Event] | None = field(default_factory=list)
+
+
+def message_frame(topic: str, epoch: str, event: Event) -> bytes:
+    topic_json = orjson.dumps(topic)
+    return b'{"event":"message","topic":%s,"offset":"%s:%d","data":%s}' % (
+        topic_json,
+        epoch.encode(),
+        event.seq,
+        event.data,
+    )
+
+
+class Hub:
+    def __init__(self, backend: Backend, presence_ttl: float) -> None:
+        self.backend = backend
+        self.node = secrets.token_hex(4)
+        self._presence_ttl = presence_ttl
+        self._subs: dict[str, dict[str, _Subscription]] = {}
+        self._positions: dict[str, int] = {}
+        self._epochs: dict[str, str | None] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._recheck = False
+        self.healthy = True
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._spawn(self._read_loop())
+        self._spawn(self._heartbeat_loop())
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def ready(self) -> bool:
+        return self.healthy and await self.backend.ping()
+
+    # -- publishing ------------------------------------------------------------------
+
+    async def publish(self, topic: str, data: Any) -> Offset:
+        """Publish `data` (serialized once, here) on `topic`; usable outside requests too."""
+        try:
+            return await self.backend.publish(topic, orjson.dumps(data))
+        except BusUnavailable:
+            raise Unavailable(RETRY_AFTER, "the message bus is unavailable") from None
+
+    # -- subscribing -----------------------------------------------------------------
+
+    async def subscribe(
+        self, subscriber: Subscriber, topic: str, since: str | None
+    ) -> tuple[dict[str, Any], Callable[[], None]]:
+        """Returns the answer and the callback that delivers history, then goes live."""
+        subscription = _Subscription(subscriber, start=0)
+        self._subs.setdefault(topic, {})[subscriber.id] = subscription
+        try:
+            history = await self.backend.history(topic, Offset.parse(since) if since else None)
+            await self._watch(topic, history.top)
+            await self._presence_join(topic, subscriber)
+        except BaseException as error:
+            self._remove(topic, subscriber.id)
+            if isinstance(error, BusUnavailable):
+                raise Unavailable(RETRY_AFTER, "the message bus is unavailable") from None
+            raise
+        subscription.start = history.top.seq
+        answer = {"topic": topic, "offset": str(history.top), "recovered": history.recovered}
+
+        def go_live() -> None:
+            epoch = history.top.epoch
+            for event in history.events:
+                subscriber.enqueue(message_frame(topic, epoch, event))
+            buffered, subscription.pending = subscription.pending or [], None
+            for event in buffered:
+                if event.seq > subscription.start:
+                    subscriber.enqueue(message_frame(topic, epoch, event))
+                    subscription.start = event.seq
+
+        return answer, go_live
+
+    async def _watch(self, topic: str, top: Offset) -> None:
+        if topic in self._positions and self._epochs.get(topic) == top.epoch:
+            return
+        self._positions[topic] = top.seq
+        self._epochs[topic] = top.epoch
+        await self.backend.wake()
+
+    def unsubscribe(self, subscriber: Subscriber, topic: str) -> bool:
+        if not self._remove(topic, subscriber.id):
+            return False
+        self._spawn(self._presence_leave(topic, subscriber.id))
+        return True
+
+    def drop(self, subscriber: Subscriber) -> None:
+        """The socket is gone: forget all its subscriptions (presence in the background)."""
+        for topic in [t for t, subs in self._subs.items() if subscriber.id in subs]:
+            self.unsubscribe(subscriber, topic)
+
+    def _remove(self, topic: str, member: str) -> bool:
+        subs = self._subs.get(topic, {})
+        removed = subs.pop(member, None) is not None
+        if not subs:
+            self._subs.pop(topic, None)
+            self._positions.pop(topic, None)
+            self._epochs.pop(topic, None)
+        return removed
+
+    # -- reading ---------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                if self._recheck:
+                    await self._check_epochs(tell_unchanged=True)
+                    self._recheck = False
+                events = await self.backend.read(dict(self._positions), BLOCK)
+            except BusUnavailable as error:
+                if self.healthy:
+                    logger.warning("bus unavailable (%s); retrying", error)
+                self.healthy, self._recheck = False, True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            self.healthy, backoff = True, 0.1
+            for event in events:
+                await self._deliver(event)
+
+    async def _deliver(self, event: Event) -> None:
+        topic = event.topic
+        if topic not in self._positions or event.seq <= self._positions[topic]:
+            return  # unsubscribed meanwhile, or already delivered
+        self._positions[topic] = event.seq
+        if self._epochs.get(topic) is None:
+            self._epochs[topic] = await self.backend.epoch(topic)
+        frame = message_frame(topic, self._epochs[topic] or "-", event)
+        for subscription in list(self._subs.get(topic, {}).values()):
+            if subscription.pending is not None:
+                subscription.pending.append(event)
+            elif event.seq > subscription.start:
+                subscription.start = event.seq
+                subscription.subscriber.enqueue(frame)
+
+    async def _check_epochs(self, *, tell_unchanged: bool) -> None:
+        """After an outage (or periodically): a stream that was reset cannot be resumed."""
+        for topic in list(self._positions):
+            epoch = await self.backend.epoch(topic)
+            reset = epoch != self._epochs.get(topic)
+            if reset:
+                self._epochs[topic], self._positions[topic] = epoch, 0
+            if reset or tell_unchanged:
+                self._tell(topic, recovered=not reset, reset=reset)
+
+    def _tell(self, topic: str, *, recovered: bool, reset: bool) -> None:
+        position = self._positions.get(topic, 0)
+        offset = f"{self._epochs.get(topic) or '-'}:{position}"
+        frame = orjson.dumps(
+            {
+                "event": "subscription.recovered",
+                "topic": topic,
+                "data": {"recovered": recovered, "offset": offset},
+            }
+        )
+        for subscription in self._subs.get(topic, {}).values():
+            if reset:
+                subscription.start = 0
+            subscription.subscriber.enqueue(frame)
+
+    # -- presence --------------------------------------------------------------------
+
+    def _member(self, member: str) -> str:
+        return f"{self.node}:{member}"
+
+    async def _presence_join(self, topic: str, subscriber: Subscriber) -> None:
+        principal = subscriber.principal
+        info = {
+            "sub": principal.sub if principal else None,
+            "name": (principal.name or principal.username) if principal else None,
+        }
+        await self.backend.presence_set(topic, self._member(subscriber.id), info)
+
+    async def _presence_leave(self, topic: str, member: str) -> None:
+        with contextlib.suppress(BusUnavailable):
+            await self.backend.presence_remove(topic, self._member(member))
+
+    async def presence(self, topic: str) -> list[dict[str, Any]]:
+        """Who is subscribed to `topic` on any node: one entry per user, by sub."""
+        try:
+            entries = await self.backend.presence_list(topic)
+        except BusUnavailable:
+            raise Unavailable(RETRY_AFTER, "the message bus is unavailable") from None
+        users = {entry["sub"]: entry for entry in entries if entry.get("sub")}
+        return [users[sub] for sub in sorted(users)]
+
+    async def _heartbeat_loop(self) -> None:
+        """Refresh this node's presence entries; a dead node's entries expire on their own."""
+        while True:
+            await asyncio.sleep(self._presence_ttl / 3)
+            try:
+                for topic, subs in list(self._subs.items()):
+                    for subscription in list(subs.values()):
+                        await self._presence_join(topic, subscription.subscriber)
+                await self._check_epochs(tell_unchanged=False)
+            except BusUnavailable:
+                continue

@@ -1,0 +1,47 @@
+"""JSON Schemas of the topic packages."""
+
+TOPIC = {"type": "string", "pattern": "^[A-Za-z0-9_.:@-]{1,200}$"}
+OFFSET = {"type": "string", "maxLength": 100}
+
+SUBSCRIBE = {
+    "type": "object",
+    "properties": {"topic": TOPIC, "since": OFFSET},
+    "required": ["topic"],
+    "additionalProperties": False,
+}
+SUBSCRIBED = {
+    "type": "object",
+    "properties": {"topic": TOPIC, "offset": OFFSET, "recovered": {"type": "boolean"}},
+    "required": ["topic", "offset", "recovered"],
+}
+TOPIC_ONLY = {
+    "type": "object",
+    "properties": {"topic": TOPIC},
+    "required": ["topic"],
+    "additionalProperties": False,
+}
+PUBLISH = {
+    "type": "object",
+    "properties": {"topic": TOPIC, "data": {}},
+    "required": ["topic", "data"],
+    "additionalProperties": False,
+}
+PUBLISHED = {
+    "type": "object",
+    "properties": {"topic": TOPIC, "offset": OFFSET},
+    "required": ["topic", "offset"],
+}
+PRESENCE = {
+    "type": "object",
+    "properties": {
+        "topic": TOPIC,
+        "presence": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"sub": {"type": "string"}, "name": {"type": ["string", "null"]}},
+            },
+        },
+    },
+    "required": ["topic", "presence"],
+}
