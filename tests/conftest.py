@@ -178,3 +178,41 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
 def db_client(engine: Settings) -> Iterator[TestClient]:
     with TestClient(build_app(engine)) as test_client:
         yield test_client
+
+
+# -- the bus: every test that takes `bus` runs in process and on the real Redis ----------
+
+REDIS_SERVER = os.environ.get("REALTIME_TEST_REDIS", "redis://127.0.0.1:6379")
+REDIS_TEST_DB = 9
+
+
+def redis_url() -> str:
+    return f"{REDIS_SERVER}/{REDIS_TEST_DB}"
+
+
+def flush_redis() -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_url(), socket_connect_timeout=3)
+    try:
+        client.flushdb()
+    except redis.ConnectionError as error:
+        pytest.fail(f"Redis at {REDIS_SERVER} cannot be reached: {error}")
+    finally:
+        client.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def bus(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Settings on the in-process bus, then on the machine's Redis (test db emptied)."""
+    unlimited = {"rate_limit": 1e6, "rate_burst": 10**6, "max_inflight": 1024, "send_queue": 4096}
+    if request.param == "memory":
+        return make_settings(tmp_path, **unlimited)
+    flush_redis()
+    return make_settings(tmp_path, redis_url=redis_url(), **unlimited)
+
+
+@pytest.fixture
+def bus_client(bus: Settings) -> Iterator[TestClient]:
+    with TestClient(build_app(bus)) as test_client:
+        yield test_client

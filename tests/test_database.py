@@ -124,7 +124,10 @@ def test_database_outage_is_unavailable_and_the_rest_keeps_serving(
                 assert call(ws, 40, {"still": "serving"})["data"] == {"still": "serving"}
             not_ready = client.get("/ready")
             assert not_ready.status_code == 503
-            assert not_ready.json() == {"status": "not ready", "checks": {"database": False, "bus": True}}
+            assert not_ready.json() == {
+                "status": "not ready",
+                "checks": {"database": False, "bus": True},
+            }
             assert client.get("/health").status_code == 200
             proxy.restore()
             assert client.get("/ready").status_code == 200
