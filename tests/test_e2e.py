@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,8 +17,9 @@ from starlette.websockets import WebSocket
 
 from realtime.connection import Connection
 from realtime.rest import services_of
-from tests.conftest import ROOT, build_app, make_settings, serve
+from tests.conftest import build_app, make_settings, serve
 from tests.helpers import auth_header, close_of, ws_call, ws_closed, ws_connect
+from tests.nodes import mint, node
 
 pytestmark = pytest.mark.anyio
 ECHO, SLEEP = 40, 900
@@ -94,59 +91,15 @@ def test_internal_failure_closes_1011_and_the_server_keeps_serving(
             assert ws.receive_json()["status_code"] == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def served_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, Path]]:
     """`realtime serve` as a user runs it, its output captured to a file."""
-    port = _free_port()
-    log = tmp_path / "server.log"
-    env = {
-        **os.environ,
-        "REALTIME_DEV_KEY_FILE": str(tmp_path / "key.json"),
-        "REALTIME_PERMISSIONS": str(ROOT / "permissions.toml"),
-        "REALTIME_MIGRATIONS": str(ROOT / "migrations"),
-        "REALTIME_DEV_USERS_FILE": str(ROOT / "dev-users.toml"),
-        "REALTIME_LOG_LEVEL": "debug",
-    }
-    env.pop("KEYCLOAK_ISSUER", None)
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "realtime.cli", "serve", "--port", str(port)],
-            cwd=tmp_path,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-    deadline = time.monotonic() + 20
-    while "Application startup complete" not in log.read_text():
-        assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.05)
-    try:
-        yield process, f"127.0.0.1:{port}", log
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(10)
+    with node(tmp_path, "served", REALTIME_LOG_LEVEL="debug") as served:
+        yield served.process, served.address, served.log
 
 
 def _mint(tmp_path: Path) -> str:
-    env = {**os.environ, "REALTIME_DEV_KEY_FILE": str(tmp_path / "key.json")}
-    env.pop("KEYCLOAK_ISSUER", None)
-    done = subprocess.run(
-        [sys.executable, "-m", "realtime.cli", "token", "--sub", "alice", "--roles", "user"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return done.stdout.strip()
+    return mint(tmp_path, "alice")
 
 
 async def test_tokens_never_appear_in_the_server_output(

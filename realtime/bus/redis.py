@@ -14,7 +14,11 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from realtime.bus import Backend, BusUnavailable, Event, History, Offset
 
@@ -88,7 +92,18 @@ def _seq(stream_id: bytes) -> int:
 
 class RedisBackend(Backend):
     def __init__(self, url: str, *, retention: int, ttl: int, presence_ttl: float) -> None:
-        self._redis = aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        # a burst of publications waits for a free connection instead of failing
+        # and a connection left dead by a Redis restart is retried on a fresh one
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=64,
+            timeout=5,
+            socket_timeout=5,
+            socket_connect_timeout=5,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
+        self._redis = aioredis.Redis(connection_pool=pool)
         # XREAD BLOCK holds its connection: the reader gets a client of its own
         self._reader = aioredis.Redis.from_url(url, socket_connect_timeout=5)
         self._publish = self._redis.register_script(PUBLISH)
@@ -184,5 +199,5 @@ class RedisBackend(Backend):
             return False
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._redis.aclose(close_connection_pool=True)
         await self._reader.aclose()

@@ -1,0 +1,102 @@
+"""Real `realtime serve` processes for multi-node and crash tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Node:
+    process: subprocess.Popen[str]
+    address: str
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+
+def node_env(tmp_path: Path, **env: str) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("REALTIME_", "KEYCLOAK_"))}
+    base.pop("DATABASE_URL", None)
+    base.pop("REDIS_URL", None)
+    return {
+        **base,
+        "REALTIME_DEV_KEY_FILE": str(tmp_path / "dev-key.json"),
+        "REALTIME_PERMISSIONS": str(ROOT / "permissions.toml"),
+        "REALTIME_MIGRATIONS": str(ROOT / "migrations"),
+        "REALTIME_DEV_USERS_FILE": str(ROOT / "dev-users.toml"),
+        **env,
+    }
+
+
+@contextmanager
+def node(tmp_path: Path, name: str = "node", **env: str) -> Iterator[Node]:
+    port = free_port()
+    workdir = tmp_path / name
+    workdir.mkdir(exist_ok=True)
+    log = workdir / "server.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "realtime.cli", "serve", "--port", str(port)],
+            cwd=workdir,
+            env=node_env(tmp_path, **env),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    deadline = time.monotonic() + 30
+    while "Application startup complete" not in log.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"{name} did not start:\n{log.read_text()}")
+        time.sleep(0.05)
+    try:
+        yield Node(process, f"127.0.0.1:{port}", log)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+
+
+def mint(tmp_path: Path, sub: str, roles: str = "user", tenant: str = "acme") -> str:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "realtime.cli",
+            "token",
+            "--sub",
+            sub,
+            "--roles",
+            roles,
+            "--tenant",
+            tenant,
+        ],
+        env=node_env(tmp_path),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()

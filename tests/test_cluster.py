@@ -1,0 +1,226 @@
+"""Several real nodes sharing this machine's Redis and PostgreSQL; Redis faults."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import flush_redis, redis_url
+from tests.helpers import ws_call, ws_connect
+from tests.nodes import Node, free_port, mint, node
+from tests.proxy import running_proxy
+
+pytestmark = pytest.mark.anyio
+SUBSCRIBE, PUBLISH, PRESENCE, ECHO = 30, 32, 33, 40
+UNLIMITED = {
+    "REALTIME_RATE_LIMIT": "1000000",
+    "REALTIME_RATE_BURST": "1000000",
+    "REALTIME_MAX_INFLIGHT": "2048",
+    "REALTIME_SEND_QUEUE": "8192",
+    "REALTIME_PRESENCE_TTL": "2",
+}
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, pg_url: str) -> Iterator[tuple[Node, Node]]:
+    flush_redis()
+    env = {"REDIS_URL": redis_url(), "DATABASE_URL": pg_url, **UNLIMITED}
+    with node(tmp_path, "a", **env) as a, node(tmp_path, "b", **env) as b:
+        yield a, b
+
+
+def bearer(token: str) -> dict[str, Any]:
+    return {"additional_headers": {"Authorization": f"Bearer {token}"}}
+
+
+async def receive(ws: Any, count: int, timeout: float = 20) -> list[dict[str, Any]]:
+    frames = []
+    async with asyncio.timeout(timeout):
+        while len(frames) < count:
+            frames.append(json.loads(await ws.recv()))
+    return frames
+
+
+async def publish_many(ws: Any, topic: str, count: int) -> list[tuple[str, int]]:
+    """Pipelined publications of 0..count-1; requests run concurrently, so the bus order
+    is the order of the offsets they got: returns (offset, data) in that order."""
+    for n in range(count):
+        await ws.send(
+            json.dumps({"pkg_id": PUBLISH, "req_id": str(n), "data": {"topic": topic, "data": n}})
+        )
+    answers = await receive(ws, count)
+    assert all(a["status_code"] == 0 for a in answers), answers[:3]
+    published = [(a["data"]["offset"], int(a["req_id"])) for a in answers]
+    return sorted(published, key=lambda p: int(p[0].rsplit(":", 1)[1]))
+
+
+async def test_a_thousand_messages_cross_nodes_in_order_and_resume_elsewhere(
+    cluster: tuple[Node, Node], tmp_path: Path
+) -> None:
+    a, b = cluster
+    alice, root = mint(tmp_path, "alice"), mint(tmp_path, "root", "user,admin")
+    subscriber = await ws_connect(a.address, **bearer(alice))
+    assert (await ws_call(subscriber, SUBSCRIBE, {"topic": "broadcast"}))["status_code"] == 0
+    publisher = await ws_connect(b.address, **bearer(root))
+    published = await publish_many(publisher, "broadcast", 1000)
+    got = await receive(subscriber, 1000)
+    assert [(m["offset"], m["data"]) for m in got] == published  # all, in bus order
+    await subscriber.close()
+
+    again = await ws_connect(b.address, **bearer(alice))  # the other node
+    answer = await ws_call(again, SUBSCRIBE, {"topic": "broadcast", "since": got[499]["offset"]})
+    assert answer["data"]["recovered"] is True
+    replayed = await receive(again, 500)
+    assert [(m["offset"], m["data"]) for m in replayed] == published[500:]
+    assert (await ws_call(again, ECHO, {"end": 1}))["data"] == {"end": 1}  # nothing more
+    for ws in (again, publisher):
+        await ws.close()
+
+
+async def test_presence_spans_nodes_and_a_killed_node_drops_out(
+    cluster: tuple[Node, Node], tmp_path: Path
+) -> None:
+    a, b = cluster
+    on_a = await ws_connect(a.address, **bearer(mint(tmp_path, "alice")))
+    on_b = await ws_connect(b.address, **bearer(mint(tmp_path, "carl")))
+    for ws in (on_a, on_b):
+        assert (await ws_call(ws, SUBSCRIBE, {"topic": "broadcast"}))["status_code"] == 0
+    both = (await ws_call(on_b, PRESENCE, {"topic": "broadcast"}))["data"]["presence"]
+    assert [p["sub"] for p in both] == ["alice", "carl"]
+    a.kill()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        left = (await ws_call(on_b, PRESENCE, {"topic": "broadcast"}))["data"]["presence"]
+        if [p["sub"] for p in left] == ["carl"]:
+            break
+        await asyncio.sleep(0.2)
+    assert [p["sub"] for p in left] == ["carl"]
+    await on_b.close()
+
+
+async def test_project_changes_reach_lists_open_on_another_node(
+    cluster: tuple[Node, Node], tmp_path: Path
+) -> None:
+    a, b = cluster
+    listener = await ws_connect(a.address, **bearer(mint(tmp_path, "carl")))
+    await ws_call(listener, SUBSCRIBE, {"topic": "projects.acme"})
+    async with httpx.AsyncClient(base_url=f"http://{b.address}") as http:
+        created = await http.post(
+            "/projects",
+            json={"name": "x-node"},
+            headers={"Authorization": f"Bearer {mint(tmp_path, 'alice')}"},
+        )
+    event = (await receive(listener, 1))[0]
+    assert event["topic"] == "projects.acme"
+    assert event["data"] == {"op": "created", "project": created.json()}
+    await listener.close()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[tuple[int, Any]]:
+    """A Redis server of this test's own on a spare port (restartable)."""
+    port = free_port()
+    command = [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(tmp_path),
+    ]
+
+    def start() -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        for _ in range(100):
+            if (
+                subprocess.run(
+                    ["redis-cli", "-p", str(port), "ping"], capture_output=True
+                ).stdout.strip()
+                == b"PONG"
+            ):
+                return process
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    state = {"process": start()}
+
+    def restart() -> None:
+        state["process"].kill()
+        state["process"].wait(10)
+        state["process"] = start()
+
+    yield port, restart
+    state["process"].kill()
+    state["process"].wait(10)
+
+
+async def test_redis_restarted_empty_resumes_with_recovered_false(
+    tmp_path: Path, own_redis: tuple[int, Any]
+) -> None:
+    port, restart = own_redis
+    env = {"REDIS_URL": f"redis://127.0.0.1:{port}/0", **UNLIMITED}
+    with node(tmp_path, "solo", **env) as solo:
+        alice, root = mint(tmp_path, "alice"), mint(tmp_path, "root", "user,admin")
+        sub = await ws_connect(solo.address, **bearer(alice))
+        pub = await ws_connect(solo.address, **bearer(root))
+        await ws_call(sub, SUBSCRIBE, {"topic": "broadcast"})
+        published = await publish_many(pub, "broadcast", 3)
+        assert [(m["offset"], m["data"]) for m in await receive(sub, 3)] == published
+        restart()  # Redis comes back empty: the stream and its epoch are gone
+        notice = (await receive(sub, 1))[0]
+        assert notice["event"] == "subscription.recovered" and notice["topic"] == "broadcast"
+        assert notice["data"]["recovered"] is False
+        assert (await ws_call(sub, ECHO, {"ok": 1}))["data"] == {"ok": 1}
+        published = await publish_many(pub, "broadcast", 2)
+        live = await receive(sub, 2)
+        assert [(m["offset"], m["data"]) for m in live] == published
+        assert published[0][0].rsplit(":", 1)[1] == "1"  # a new epoch, counting from 1
+        async with httpx.AsyncClient(base_url=f"http://{solo.address}") as http:
+            assert (await http.get("/ready")).status_code == 200
+        for ws in (sub, pub):
+            await ws.close()
+
+
+async def test_redis_unreachable_then_back_loses_nothing(tmp_path: Path) -> None:
+    flush_redis()
+    with running_proxy(6379) as proxy:
+        through_proxy = {"REDIS_URL": f"redis://127.0.0.1:{proxy.port}/9", **UNLIMITED}
+        direct = {"REDIS_URL": redis_url(), **UNLIMITED}
+        with (
+            node(tmp_path, "behind", **through_proxy) as behind,
+            node(tmp_path, "direct", **direct) as other,
+        ):
+            sub = await ws_connect(behind.address, **bearer(mint(tmp_path, "alice")))
+            pub = await ws_connect(other.address, **bearer(mint(tmp_path, "root", "user,admin")))
+            await ws_call(sub, SUBSCRIBE, {"topic": "broadcast"})
+            proxy.cut()
+            async with httpx.AsyncClient(base_url=f"http://{behind.address}") as http:
+                for _ in range(50):
+                    if (await http.get("/ready")).status_code == 503:
+                        break
+                    await asyncio.sleep(0.1)
+                assert (await http.get("/ready")).json()["checks"]["bus"] is False
+                # request/response packages that need no bus keep working
+                assert (await ws_call(sub, ECHO, {"during": "outage"}))["status_code"] == 0
+                published = await publish_many(pub, "broadcast", 5)  # elsewhere, meanwhile
+                proxy.restore()
+                frames = await receive(sub, 6)
+                assert (await http.get("/ready")).status_code == 200
+            assert frames[0]["event"] == "subscription.recovered"
+            assert frames[0]["data"]["recovered"] is True
+            assert [(m["offset"], m["data"]) for m in frames[1:]] == published
+            for ws in (sub, pub):
+                await ws.close()
