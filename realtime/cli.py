@@ -58,6 +58,11 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from realtime.migrate import prepare_database
 
     host, port = args.host or settings.host, args.port or settings.port
+    if args.workers > 1 and settings.redis_url is None:
+        raise ConfigError(
+            "--workers needs REDIS_URL: worker processes share topics, "
+            "presence and jobs through Redis, not through process memory"
+        )
     app = create_app(settings)  # fails here, in one line, on a bad configuration
     asyncio.run(prepare_database(settings))
     print(f"realtime: listening on http://{host}:{port} (socket: ws://{host}:{port}/ws)")
@@ -76,6 +81,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         workers=args.workers,
         reload=args.reload,
         ws_max_size=settings.max_frame_bytes,
+        ws_per_message_deflate=settings.ws_compression,
         log_config=log_config(settings.log_level),
         log_level=settings.log_level,
     )

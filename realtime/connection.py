@@ -141,7 +141,9 @@ class Connection:
         if self.state is State.CLOSING:
             with contextlib.suppress(TimeoutError):
                 # a send already stuck may need its own timeout before the close gets its turn
-                async with asyncio.timeout(2 * self.settings.send_timeout + 1):
+                async with asyncio.timeout(
+                    self.settings.send_timeout + self.settings.close_timeout + 1
+                ):
                     await asyncio.shield(writer)
 
     async def _cleanup(self, writer: asyncio.Task[None]) -> None:
@@ -193,9 +195,10 @@ class Connection:
                 return  # the peer is gone
 
     async def _send_close(self, item: _Close) -> None:
-        # close() waits for the transport like any send: bound it, then give up on the peer
+        # close() waits for the transport like any send (behind what a slow peer has not
+        # read yet): bound it, then give up on the peer
         with contextlib.suppress(TimeoutError, OSError, RuntimeError, WebSocketDisconnect):
-            async with asyncio.timeout(self.settings.send_timeout):
+            async with asyncio.timeout(self.settings.close_timeout):
                 await self.websocket.close(item.code, item.reason)
 
     # -- reading -----------------------------------------------------------------------
@@ -210,6 +213,9 @@ class Connection:
         self.state = State.OPEN
         while True:
             self._on_frame(self, await self._receive_text())
+            # frames already buffered are received without suspending: yield, so that
+            # handlers and the writer keep pace with a client that pipelines hard
+            await asyncio.sleep(0)
 
     async def _receive_text(self) -> str:
         message = await self.websocket.receive()

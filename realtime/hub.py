@@ -171,6 +171,9 @@ class Hub:
             self.healthy, backoff = True, 0.1
             for event in events:
                 await self._deliver(event)
+                # let the writers drain between events: a burst read at once must not
+                # overflow the queue of a client that reads fast
+                await asyncio.sleep(0)
 
     async def _deliver(self, event: Event) -> None:
         topic = event.topic

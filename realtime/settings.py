@@ -134,6 +134,9 @@ class Settings:
     max_inflight: int = _env("REALTIME_MAX_INFLIGHT", _int, 64)
     send_queue: int = _env("REALTIME_SEND_QUEUE", _int, 256)
     send_timeout: float = _env("REALTIME_SEND_TIMEOUT", _float, 5.0)
+    close_timeout: float = _env("REALTIME_CLOSE_TIMEOUT", _float, 10.0)
+    # off by default: deflate costs CPU per socket and defeats "serialize once" fan-out
+    ws_compression: bool = _env("REALTIME_WS_COMPRESSION", _bool, False)
     handler_timeout: float = _env("REALTIME_HANDLER_TIMEOUT", _float, 10.0)
     rate_limit: float = _env("REALTIME_RATE_LIMIT", _float, 100.0)
     rate_burst: int = _env("REALTIME_RATE_BURST", _int, 200)

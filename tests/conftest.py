@@ -96,6 +96,7 @@ def serve(app: Any, *, ws_max_size: int = 64 * 1024) -> Iterator[str]:
         log_level="warning",
         lifespan="on",
         ws_ping_interval=None,
+        ws_per_message_deflate=False,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

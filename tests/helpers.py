@@ -60,3 +60,16 @@ async def ws_closed(ws: Any, timeout: float = 5) -> tuple[int, str]:
     except ConnectionClosed as closed:
         assert closed.rcvd is not None, "closed without a close frame"
         return closed.rcvd.code, closed.rcvd.reason
+
+
+async def ws_connect_slow(address: str, path: str = "/ws", **kwargs: Any) -> Any:
+    """A client that stops reading: a small fixed receive buffer (no kernel autotuning,
+    which on loopback would otherwise absorb tens of MB) and a one-frame library queue."""
+    import socket
+
+    host, port = address.rsplit(":", 1)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+    sock.connect((host, int(port)))
+    sock.setblocking(False)
+    return await ws_connect(address, path, sock=sock, max_queue=1, **kwargs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 
 from tests.conftest import flush_redis, redis_url
 from tests.helpers import ws_call, ws_connect
-from tests.nodes import Node, free_port, mint, node
+from tests.nodes import Node, free_port, mint, node, node_env
 from tests.proxy import running_proxy
 
 pytestmark = pytest.mark.anyio
@@ -224,3 +225,58 @@ async def test_redis_unreachable_then_back_loses_nothing(tmp_path: Path) -> None
             assert [(m["offset"], m["data"]) for m in frames[1:]] == published
             for ws in (sub, pub):
                 await ws.close()
+
+
+async def test_serve_with_workers_shares_the_redis_bus(tmp_path: Path) -> None:
+    """Sockets land on different worker processes; a publication reaches all of them."""
+    flush_redis()
+    port = free_port()
+    env = node_env(tmp_path, REDIS_URL=redis_url(), **UNLIMITED)
+    log = tmp_path / "workers.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "realtime.cli", "serve", "--port", str(port), "--workers", "2"],
+            cwd=tmp_path,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while log.read_text().count("Application startup complete") < 2:
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            await asyncio.sleep(0.1)
+        address = f"127.0.0.1:{port}"
+        alice = mint(tmp_path, "alice")
+        subscribers = [await ws_connect(address, **bearer(alice)) for _ in range(8)]
+        for ws in subscribers:
+            await ws_call(ws, SUBSCRIBE, {"topic": "broadcast"})
+        publisher = await ws_connect(address, **bearer(mint(tmp_path, "root", "user,admin")))
+        await ws_call(publisher, PUBLISH, {"topic": "broadcast", "data": "to every worker"})
+        for ws in subscribers:
+            assert (await receive(ws, 1))[0]["data"] == "to every worker"
+        pids = {
+            line.split("[")[1].split("]")[0]
+            for line in log.read_text().splitlines()
+            if "Started server process" in line
+        }
+        assert len(pids) == 2
+        for ws in (*subscribers, publisher):
+            await ws.close()
+    finally:
+        process.terminate()
+        process.wait(20)
+
+
+def test_workers_without_redis_are_refused(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "realtime.cli", "serve", "--workers", "2"],
+        cwd=tmp_path,
+        env=node_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "--workers needs REDIS_URL" in done.stderr.strip().splitlines()[-1]

@@ -8,6 +8,7 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -17,41 +18,19 @@ from starlette.websockets import WebSocket
 
 from realtime.connection import Connection
 from realtime.rest import services_of
-from tests.conftest import build_app, make_settings, serve
-from tests.helpers import auth_header, close_of, ws_call, ws_closed, ws_connect
+from tests.conftest import build_app, make_settings
+from tests.helpers import (
+    auth_header,
+    close_of,
+    ws_call,
+    ws_closed,
+    ws_connect,
+    ws_connect_slow,
+)
 from tests.nodes import mint, node
 
 pytestmark = pytest.mark.anyio
 ECHO, SLEEP = 40, 900
-
-
-async def test_slow_reader_is_closed_1013_while_others_keep_being_served(
-    tmp_path: Path, issuer_token: str
-) -> None:
-    settings = make_settings(
-        tmp_path,
-        send_queue=32,
-        send_timeout=1.0,
-        rate_limit=1e6,
-        rate_burst=10**6,
-        max_inflight=1024,
-    )
-    headers = {"Authorization": f"Bearer {issuer_token}"}
-    with serve(build_app(settings)) as address:
-        # max_queue=1 and a small read limit: the client library stops reading from TCP
-        slow = await ws_connect(address, additional_headers=headers, max_queue=1, max_size=2**20)
-        normal = await ws_connect(address, additional_headers=headers)
-        payload = {"pad": "x" * 30_000}
-        for i in range(600):  # ~18 MB of answers that nobody reads
-            await slow.send(json.dumps({"pkg_id": ECHO, "req_id": str(i), "data": payload}))
-        for i in range(20):
-            answer = await ws_call(normal, ECHO, {"i": i}, req_id=f"n{i}")
-            assert answer["data"] == {"i": i}
-        await asyncio.sleep(1.5)
-        assert (await ws_call(normal, ECHO, {"still": True}))["status_code"] == 0
-        # the slow client finally reads: what was buffered, then the 1013 close
-        assert await ws_closed(slow, timeout=20) == (1013, "slow consumer")
-        await normal.close()
 
 
 async def test_disconnect_cancels_in_flight_handlers(server: str, token: str) -> None:
@@ -143,3 +122,49 @@ async def test_server_shutdown_closes_sockets_1012(
     process.send_signal(signal.SIGTERM)
     assert (await ws_closed(ws))[0] == 1012
     assert process.wait(10) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it caught
+
+
+async def test_slow_reader_is_closed_1013_while_others_keep_being_served(tmp_path: Path) -> None:
+    """A subscriber that stops reading while 15 MB are fanned out: its queue overflows and
+    it is closed with 1013; the fast subscriber gets everything and the publisher gets
+    every answer meanwhile."""
+    env = {
+        "REALTIME_SEND_QUEUE": "64",
+        "REALTIME_SEND_TIMEOUT": "2",
+        "REALTIME_RATE_LIMIT": "1000000",
+        "REALTIME_RATE_BURST": "1000000",
+        "REALTIME_MAX_INFLIGHT": "2048",
+    }
+    with node(tmp_path, "fanout", **env) as server:
+        user = {"Authorization": f"Bearer {mint(tmp_path, 'alice')}"}
+        admin = {"Authorization": f"Bearer {mint(tmp_path, 'root', 'user,admin')}"}
+        slow = await ws_connect_slow(server.address, additional_headers=user)
+        fast = await ws_connect(server.address, additional_headers=user)
+        publisher = await ws_connect(server.address, additional_headers=admin)
+        for ws in (slow, fast):
+            assert (await ws_call(ws, 30, {"topic": "broadcast"}))["status_code"] == 0
+
+        async def read_all(ws: Any) -> list[Any]:
+            frames = []
+            async with asyncio.timeout(60):
+                while len(frames) < 500:
+                    frames.append(json.loads(await ws.recv()))
+            return frames
+
+        readers = [asyncio.create_task(read_all(ws)) for ws in (fast, publisher)]
+        for n in range(500):  # ~15 MB that the slow one never reads that the slow one never reads
+            await publisher.send(
+                json.dumps(
+                    {
+                        "pkg_id": 32,
+                        "req_id": str(n),
+                        "data": {"topic": "broadcast", "data": {"n": n, "pad": "x" * 30_000}},
+                    }
+                )
+            )
+        delivered, answers = await asyncio.gather(*readers)
+        assert {a["status_code"] for a in answers} == {0}
+        assert sorted(m["data"]["n"] for m in delivered) == list(range(500))
+        assert await ws_closed(slow, timeout=30) == (1013, "slow consumer")
+        for ws in (fast, publisher):
+            await ws.close()

@@ -1,0 +1,84 @@
+"""The benchmarked server: the full realtime app plus the ceiling, in one app and process.
+
+    uvicorn --factory tests.bench.app:create_bench_app
+
+`/ws` is the full stack (authentication, permission check, rate limit, schema validation,
+handler, bounded writer). `/bench/bare` is the ceiling of DESIGN.md "Performance budgets":
+a bare Starlette WebSocket endpoint that decodes each frame with orjson and answers with
+an envelope built from it, on the same uvicorn, in the same process.
+
+Configured by the environment (the bench runner sets these):
+
+- `BENCH_DEV_KEY_FILE`: the development issuer's key (the runner mints tokens with it);
+- `BENCH_DATABASE_URL`: optional, else the embedded SQLite file next to the key;
+- `BENCH_ABLATE`: optional, diagnostic ablations to apply (see tests/bench/ablations.py).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import orjson
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+import handlers
+from realtime.app import create_app
+from realtime.settings import Settings
+from tests.bench import ablations
+
+ROOT = Path(__file__).resolve().parents[2]
+BARE_PATH = "/bench/bare"
+FULL_PATH = "/ws"
+
+
+def bench_settings(dev_key_file: str) -> Settings:
+    """Defaults (never the developer's environment), files in the bench's temp dir, limits
+    out of the way. Given by variable name, so a knob this version lacks is skipped."""
+    workdir = Path(dev_key_file).parent
+    values = {
+        "REALTIME_DEV_KEY_FILE": dev_key_file,
+        "REALTIME_EMBEDDED_DB": str(workdir / "bench.db"),
+        "REALTIME_MIGRATIONS": str(ROOT / "migrations"),
+        "REALTIME_PERMISSIONS": str(ROOT / "permissions.toml"),
+        "REALTIME_DEV_USERS_FILE": str(ROOT / "dev-users.toml"),
+        "REALTIME_RATE_LIMIT": "1e9",
+        "REALTIME_RATE_BURST": str(10**9),
+        "REALTIME_MAX_INFLIGHT": "1024",
+        "REALTIME_SEND_QUEUE": "4096",
+        "REALTIME_LOG_LEVEL": "warning",
+    }
+    if os.environ.get("BENCH_DATABASE_URL"):
+        values["DATABASE_URL"] = os.environ["BENCH_DATABASE_URL"]
+    return Settings.from_mapping(values)
+
+
+async def bare_endpoint(websocket: WebSocket) -> None:
+    """The ceiling: receive_text, orjson.loads, answer the envelope with orjson.dumps."""
+    await websocket.accept()
+    try:
+        while True:
+            request = orjson.loads(await websocket.receive_text())
+            answer = {
+                "pkg_id": request.get("pkg_id"),
+                "req_id": request.get("req_id"),
+                "status_code": 0,
+                "data": request.get("data", {}),
+            }
+            await websocket.send_text(orjson.dumps(answer).decode())
+    except WebSocketDisconnect:
+        pass
+
+
+def create_bench_app() -> Starlette:
+    ablations.apply(os.environ.get(ablations.ENV, ""))
+    key_file = os.environ.get("BENCH_DEV_KEY_FILE") or str(
+        Path(tempfile.mkdtemp(prefix="realtime-bench-")) / "dev-key.json"
+    )
+    app = create_app(bench_settings(key_file), handlers.PACKAGES)
+    # same app, same lifespan: the ceiling is one more route next to /ws
+    app.router.routes.append(WebSocketRoute(BARE_PATH, bare_endpoint))
+    return app
