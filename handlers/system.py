@@ -9,11 +9,11 @@ from realtime.types import JSONObject
 from schema.system import ECHO, ME_RESPONSE, NO_DATA
 
 
-async def echo(ctx: Context, data: JSONObject) -> JSONObject:
+def echo(ctx: Context, data: JSONObject) -> JSONObject:
     return data
 
 
-async def me(ctx: Context, data: JSONObject) -> dict[str, Any]:
+def me(ctx: Context, data: JSONObject) -> dict[str, Any]:
     return ctx.principal.public()
 
 

@@ -20,7 +20,7 @@ async def subscribe(ctx: Context, data: JSONObject) -> dict[str, Any]:
     session = _session(ctx)
     ctx.services.topics.check(ctx.principal, data["topic"], "subscribe")
     answer, go_live = await ctx.services.hub.subscribe(session, data["topic"], data.get("since"))
-    ctx.after_answer.append(go_live)
+    ctx.on_answered(go_live)
     return answer
 
 

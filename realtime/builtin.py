@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from realtime.auth.principal import Principal
 from realtime.exceptions import InvalidData
 from realtime.packages import Context, Package
 from realtime.types import JSONObject
@@ -11,12 +12,15 @@ from realtime.types import JSONObject
 AUTH_REFRESH_ID = 42
 
 
+def refresh_answer(principal: Principal) -> dict[str, Any]:
+    return {"sub": principal.sub, "expires_at": principal.expires_at}
+
+
 async def auth_refresh(ctx: Context, data: JSONObject) -> dict[str, Any]:
     """Extend an authenticated socket's life with a fresh token for the same subject."""
     if ctx.session is None:
         raise InvalidData("auth.refresh is only served on a socket")
-    principal = await ctx.session.refresh(data["token"])
-    return {"sub": principal.sub, "expires_at": principal.expires_at}
+    return refresh_answer(await ctx.session.refresh(data["token"]))
 
 
 BUILTIN_PACKAGES = [

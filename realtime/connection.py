@@ -9,6 +9,7 @@ blocks the reader, other sockets or the handlers. On disconnect every task of th
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
 import logging
@@ -22,6 +23,7 @@ from urllib.parse import urlsplit
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from realtime.auth.principal import Principal
+from realtime.builtin import refresh_answer
 from realtime.exceptions import (
     AuthError,
     BinaryFrame,
@@ -32,7 +34,6 @@ from realtime.exceptions import (
     PolicyViolation,
     RateLimited,
     RequestError,
-    ServerError,
     SlowConsumer,
     SustainedRateLimit,
     UnknownPackage,
@@ -54,6 +55,7 @@ logger = logging.getLogger("realtime.connection")
 SUBPROTOCOL = "realtime.v1"
 BEARER_SUBPROTOCOL = "bearer."
 AUTH_REFRESH = "auth.refresh"
+YIELD_EVERY = 8
 
 
 class State(enum.Enum):
@@ -108,12 +110,15 @@ class Connection:
         self.id = secrets.token_hex(8)
         self.state = State.CONNECTING
         self._on_frame = on_frame
-        self._queue: asyncio.Queue[bytes | _Close] = asyncio.Queue(self.settings.send_queue)
+        # the outbox: a deque with one waiter, lighter than asyncio.Queue on the hot path
+        self._outbox: collections.deque[bytes | _Close] = collections.deque()
+        self._wakeup: asyncio.Future[None] | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self._reader: asyncio.Task[None] | None = None
         self._expiry: asyncio.Task[None] | None = None
         self._invalid_frames = 0
         self._rate_limited = 0
+        self._frames = 0
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -162,9 +167,9 @@ class Connection:
             return
         self.state = State.CLOSING
         self.services.metrics.closes.labels(str(int(error.code))).inc()
-        if isinstance(error, SlowConsumer) or self._queue.full():
-            _drain(self._queue)
-        self._queue.put_nowait(_Close(int(error.code), error.reason))
+        if isinstance(error, SlowConsumer) or len(self._outbox) >= self.settings.send_queue:
+            self._outbox.clear()
+        self._put(_Close(int(error.code), error.reason))
         if self._reader is not None and self._reader is not asyncio.current_task():
             self._reader.cancel()
 
@@ -174,25 +179,38 @@ class Connection:
         """Queue one text frame; a full queue means the peer is not reading: 1013."""
         if self.state is State.CLOSING:
             return
-        try:
-            self._queue.put_nowait(message)
-        except asyncio.QueueFull:
+        if len(self._outbox) >= self.settings.send_queue:
             self.close(SlowConsumer())
+            return
+        self._put(message)
+
+    def _put(self, item: bytes | _Close) -> None:
+        self._outbox.append(item)
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
 
     async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         timeout = self.settings.send_timeout
         while True:
-            item = await self._queue.get()
-            if isinstance(item, _Close):
-                await self._send_close(item)
-                return
+            if not self._outbox:
+                self._wakeup = loop.create_future()
+                await self._wakeup
+                continue
+            # one deadline for the batch, pushed forward before each send
             try:
-                async with asyncio.timeout(timeout):
-                    await self.websocket.send({"type": "websocket.send", "text": item.decode()})
+                async with asyncio.timeout(timeout) as deadline:
+                    while self._outbox and not isinstance(self._outbox[0], _Close):
+                        deadline.reschedule(loop.time() + timeout)
+                        text = self._outbox.popleft().decode()  # type: ignore[union-attr]
+                        await self.websocket.send({"type": "websocket.send", "text": text})
             except TimeoutError:
                 self.close(SlowConsumer())
             except (OSError, RuntimeError, WebSocketDisconnect):
                 return  # the peer is gone
+            if self._outbox and isinstance(self._outbox[0], _Close):
+                await self._send_close(self._outbox[0])
+                return
 
     async def _send_close(self, item: _Close) -> None:
         # close() waits for the transport like any send (behind what a slow peer has not
@@ -213,9 +231,11 @@ class Connection:
         self.state = State.OPEN
         while True:
             self._on_frame(self, await self._receive_text())
-            # frames already buffered are received without suspending: yield, so that
-            # handlers and the writer keep pace with a client that pipelines hard
-            await asyncio.sleep(0)
+            self._frames += 1
+            if self._frames % YIELD_EVERY == 0:
+                # frames already buffered are received without suspending: yield now and
+                # then, so handlers and the writer keep pace with a client pipelining hard
+                await asyncio.sleep(0)
 
     async def _receive_text(self) -> str:
         message = await self.websocket.receive()
@@ -245,7 +265,7 @@ class Connection:
             raise AuthError("the first frame must be auth.refresh") from None
         request, token = self._auth_request(text)
         principal = await self._verify(token)
-        self.enqueue(encode_ok(request.pkg_id, request.req_id, _refresh_answer(principal)))
+        self.enqueue(encode_ok(request.pkg_id, request.req_id, refresh_answer(principal)))
         return principal
 
     def _auth_request(self, text: str) -> tuple[Request, str]:
@@ -308,8 +328,19 @@ class Connection:
             self.close(PolicyViolation())
 
     def spawn(self, package: Package, request: Request) -> None:
-        """Run one request concurrently, within the socket's in-flight cap."""
+        """Run one request: inline for a plain `def` handler, else concurrently within the
+        socket's in-flight cap."""
         self._invalid_frames = 0
+        router = self.services.router
+        if router.is_inline(package):
+            ctx = self._context(package, request)
+            try:
+                data, meta = router.call_inline(ctx, request.data, "ws")
+            except RequestError as error:
+                self.answer_error(package.id, request.req_id, error)
+                return
+            self._answer(ctx, encode_ok(package.id, request.req_id, data, meta))
+            return
         if len(self._handlers) >= self.settings.max_inflight:
             self.answer_error(
                 package.id, request.req_id, RateLimited(1, "too many requests in flight")
@@ -319,32 +350,24 @@ class Connection:
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
 
-    async def _handle(self, package: Package, request: Request) -> None:
+    def _context(self, package: Package, request: Request) -> Context:
         assert self.principal is not None
-        ctx = Context(self.principal, package, self.services, request.req_id, self)
+        return Context(self.principal, package, self.services, request.req_id, self)
+
+    async def _handle(self, package: Package, request: Request) -> None:
+        ctx = self._context(package, request)
         try:
             data, meta = await self.services.router.call(ctx, request.data, "ws")
-            message = encode_ok(package.id, request.req_id, data, meta)
         except RequestError as error:
             self.answer_error(package.id, request.req_id, error)
             return
-        except TypeError:
-            logger.exception("package %s returned data that is not JSON", package.name)
-            self.answer_error(package.id, request.req_id, ServerError())
-            return
+        self._answer(ctx, encode_ok(package.id, request.req_id, data, meta))
+
+    def _answer(self, ctx: Context, message: bytes) -> None:
         self._rate_limited = 0
         self.enqueue(message)
-        for callback in ctx.after_answer:
+        for callback in ctx.after_answer or ():
             callback()
-
-
-def _drain(queue: asyncio.Queue[Any]) -> None:
-    while not queue.empty():
-        queue.get_nowait()
-
-
-def _refresh_answer(principal: Principal) -> dict[str, Any]:
-    return {"sub": principal.sub, "expires_at": principal.expires_at}
 
 
 # -- frame handlers --------------------------------------------------------------------

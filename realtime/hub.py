@@ -162,9 +162,10 @@ class Hub:
                     self._recheck = False
                 events = await self.backend.read(dict(self._positions), BLOCK)
             except BusUnavailable as error:
-                if self.healthy:
+                if self.healthy:  # a new outage: check the streams once it is over
                     logger.warning("bus unavailable (%s); retrying", error)
-                self.healthy, self._recheck = False, True
+                    self._recheck = True
+                self.healthy = False
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
@@ -194,7 +195,11 @@ class Hub:
         """After an outage (or periodically): a stream that was reset cannot be resumed."""
         for topic in list(self._positions):
             epoch = await self.backend.epoch(topic)
-            reset = epoch != self._epochs.get(topic)
+            known = self._epochs.get(topic)
+            if known is None and self._positions.get(topic) == 0:
+                self._epochs[topic] = epoch  # a stream (re)born since: read from its start
+                continue
+            reset = epoch != known
             if reset:
                 self._epochs[topic], self._positions[topic] = epoch, 0
             if reset or tell_unchanged:

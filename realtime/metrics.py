@@ -1,28 +1,72 @@
-"""Prometheus metrics, on a registry owned by the app (never the global default)."""
+"""Prometheus metrics, on a registry owned by the app (never the global default).
+
+Per-request figures are plain counters on the event-loop thread, turned into Prometheus
+families only when /metrics is scraped: prometheus_client's `labels().inc()` takes locks
+and costs more than the rest of a request's bookkeeping.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import bisect
+from collections import defaultdict
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+
+
+class _Latency:
+    __slots__ = ("buckets", "total")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0.0
+
+
+class RequestStats(Collector):
+    """Requests by (package, status, transport) and latency by package."""
+
+    def __init__(self) -> None:
+        self.counts: defaultdict[tuple[str, str, str], int] = defaultdict(int)
+        self.latency: defaultdict[str, _Latency] = defaultdict(_Latency)
+
+    def record(self, package: str, status: str, transport: str, seconds: float) -> None:
+        self.counts[(package, status, transport)] += 1
+        latency = self.latency[package]
+        latency.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        latency.total += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "realtime_requests",
+            "Package calls answered",
+            labels=["package", "status", "transport"],
+        )
+        for labels, count in list(self.counts.items()):
+            requests.add_metric(list(labels), count)
+        yield requests
+        histogram = HistogramMetricFamily(
+            "realtime_request_seconds",
+            "Package call latency (handler included)",
+            labels=["package"],
+        )
+        for package, latency in list(self.latency.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), latency.buckets, strict=True):
+                cumulative += count
+                buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
+            histogram.add_metric([package], buckets, latency.total)
+        yield histogram
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "realtime_requests",
-            "Package calls answered",
-            ["package", "status", "transport"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "realtime_request_seconds",
-            "Package call latency (handler included)",
-            ["package"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
+        self.requests = RequestStats()
+        self.registry.register(self.requests)
         self.connections = Gauge(
             "realtime_connections", "Open WebSocket connections", registry=self.registry
         )

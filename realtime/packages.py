@@ -60,10 +60,18 @@ class Context:
     req_id: str | None = None
     session: Session | None = None
     # run right after the answer is queued, before anything else can be (history, then live)
-    after_answer: list[Callable[[], None]] = field(default_factory=list)
+    after_answer: list[Callable[[], None]] | None = None
+
+    def on_answered(self, callback: Callable[[], None]) -> None:
+        """Run `callback` right after this request's answer is queued on the socket."""
+        if self.after_answer is None:
+            self.after_answer = []
+        self.after_answer.append(callback)
 
 
-Handler = Callable[[Context, JSONObject], Awaitable[Any]]
+# `async def` for handlers that wait on anything; a plain `def` (pure computation, no I/O)
+# runs inline on the socket's reader, without a task of its own.
+Handler = Callable[[Context, JSONObject], Awaitable[Any]] | Callable[[Context, JSONObject], Any]
 
 
 @dataclass(frozen=True, slots=True)

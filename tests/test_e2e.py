@@ -125,12 +125,12 @@ async def test_server_shutdown_closes_sockets_1012(
 
 
 async def test_slow_reader_is_closed_1013_while_others_keep_being_served(tmp_path: Path) -> None:
-    """A subscriber that stops reading while 15 MB are fanned out: its queue overflows and
+    """A subscriber that stops reading while 24 MB are fanned out: its queue overflows and
     it is closed with 1013; the fast subscriber gets everything and the publisher gets
     every answer meanwhile."""
     env = {
-        "REALTIME_SEND_QUEUE": "64",
-        "REALTIME_SEND_TIMEOUT": "2",
+        "REALTIME_SEND_QUEUE": "256",
+        "REALTIME_SEND_TIMEOUT": "5",
         "REALTIME_RATE_LIMIT": "1000000",
         "REALTIME_RATE_BURST": "1000000",
         "REALTIME_MAX_INFLIGHT": "2048",
@@ -147,12 +147,12 @@ async def test_slow_reader_is_closed_1013_while_others_keep_being_served(tmp_pat
         async def read_all(ws: Any) -> list[Any]:
             frames = []
             async with asyncio.timeout(60):
-                while len(frames) < 500:
+                while len(frames) < 800:
                     frames.append(json.loads(await ws.recv()))
             return frames
 
         readers = [asyncio.create_task(read_all(ws)) for ws in (fast, publisher)]
-        for n in range(500):  # ~15 MB that the slow one never reads that the slow one never reads
+        for n in range(800):  # ~24 MB that the slow one never reads
             await publisher.send(
                 json.dumps(
                     {
@@ -164,7 +164,7 @@ async def test_slow_reader_is_closed_1013_while_others_keep_being_served(tmp_pat
             )
         delivered, answers = await asyncio.gather(*readers)
         assert {a["status_code"] for a in answers} == {0}
-        assert sorted(m["data"]["n"] for m in delivered) == list(range(500))
+        assert sorted(m["data"]["n"] for m in delivered) == list(range(800))
         assert await ws_closed(slow, timeout=30) == (1013, "slow consumer")
         for ws in (fast, publisher):
             await ws.close()

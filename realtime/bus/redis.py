@@ -105,7 +105,12 @@ class RedisBackend(Backend):
         )
         self._redis = aioredis.Redis(connection_pool=pool)
         # XREAD BLOCK holds its connection: the reader gets a client of its own
-        self._reader = aioredis.Redis.from_url(url, socket_connect_timeout=5)
+        self._reader = aioredis.Redis.from_url(
+            url,
+            socket_connect_timeout=5,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
         self._publish = self._redis.register_script(PUBLISH)
         self._presence_list = self._redis.register_script(PRESENCE_LIST)
         self._history = self._redis.register_script(HISTORY)
