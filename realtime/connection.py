@@ -197,11 +197,11 @@ class Connection:
                 self._wakeup = loop.create_future()
                 await self._wakeup
                 continue
-            # one deadline for the batch, pushed forward before each send
+            # one deadline per batch (at most `send_queue` frames), not one per frame: a
+            # peer that cannot take a queue's worth in `send_timeout` is not reading
             try:
-                async with asyncio.timeout(timeout) as deadline:
+                async with asyncio.timeout(timeout):
                     while self._outbox and not isinstance(self._outbox[0], _Close):
-                        deadline.reschedule(loop.time() + timeout)
                         text = self._outbox.popleft().decode()  # type: ignore[union-attr]
                         await self.websocket.send({"type": "websocket.send", "text": text})
             except TimeoutError:
