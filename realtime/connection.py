@@ -113,6 +113,7 @@ class Connection:
         # the outbox: a deque with one waiter, lighter than asyncio.Queue on the hot path
         self._outbox: collections.deque[bytes | _Close] = collections.deque()
         self._wakeup: asyncio.Future[None] | None = None
+        self._writing = False
         self._handlers: set[asyncio.Task[None]] = set()
         self._reader: asyncio.Task[None] | None = None
         self._expiry: asyncio.Task[None] | None = None
@@ -175,42 +176,73 @@ class Connection:
 
     # -- writing -----------------------------------------------------------------------
 
-    def enqueue(self, message: bytes) -> None:
-        """Queue one text frame; a full queue means the peer is not reading: 1013."""
+    def enqueue(self, message: bytes, wake: bool = True) -> None:
+        """Queue one text frame; a full queue means the peer is not reading: 1013.
+        `wake=False` when the caller (the reader) flushes the queue itself right after."""
         if self.state is State.CLOSING:
             return
         if len(self._outbox) >= self.settings.send_queue:
             self.close(SlowConsumer())
             return
-        self._put(message)
+        self._outbox.append(message)
+        if wake:
+            self._wake()
 
     def _put(self, item: bytes | _Close) -> None:
         self._outbox.append(item)
+        self._wake()
+
+    def _wake(self) -> None:
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
 
+    async def _flush(self) -> bool:
+        """Write the queued frames up to a close marker; False if the peer is gone.
+
+        Whichever task calls it writes: the reader right after answering inline (no task
+        switch on the hot path), or the writer for everything else. One deadline covers
+        the batch: a peer that cannot take it within `send_timeout` is not reading (1013).
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        stalled: list[bool] = []
+
+        def stall() -> None:
+            stalled.append(True)
+            task.cancel()
+
+        timer = asyncio.get_running_loop().call_later(self.settings.send_timeout, stall)
+        self._writing = True
+        try:
+            while self._outbox and not isinstance(self._outbox[0], _Close):
+                text = self._outbox.popleft().decode()  # type: ignore[union-attr]
+                await self.websocket.send({"type": "websocket.send", "text": text})
+        except asyncio.CancelledError:
+            if not stalled:
+                raise
+            task.uncancel()
+            self.close(SlowConsumer())
+        except (OSError, RuntimeError, WebSocketDisconnect):
+            return False
+        finally:
+            timer.cancel()
+            self._writing = False
+            if self._outbox:
+                self._wake()  # e.g. a close marker queued while we were writing
+        return True
+
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        timeout = self.settings.send_timeout
         while True:
-            if not self._outbox:
-                self._wakeup = loop.create_future()
-                await self._wakeup
-                continue
-            # one deadline per batch (at most `send_queue` frames), not one per frame: a
-            # peer that cannot take a queue's worth in `send_timeout` is not reading
-            try:
-                async with asyncio.timeout(timeout):
-                    while self._outbox and not isinstance(self._outbox[0], _Close):
-                        text = self._outbox.popleft().decode()  # type: ignore[union-attr]
-                        await self.websocket.send({"type": "websocket.send", "text": text})
-            except TimeoutError:
-                self.close(SlowConsumer())
-            except (OSError, RuntimeError, WebSocketDisconnect):
-                return  # the peer is gone
             if self._outbox and isinstance(self._outbox[0], _Close):
                 await self._send_close(self._outbox[0])
                 return
+            if not self._outbox or self._writing:
+                self._wakeup = loop.create_future()
+                await self._wakeup
+                continue
+            if not await self._flush():
+                return  # the peer is gone
 
     async def _send_close(self, item: _Close) -> None:
         # close() waits for the transport like any send (behind what a slow peer has not
@@ -231,6 +263,10 @@ class Connection:
         self.state = State.OPEN
         while True:
             self._on_frame(self, await self._receive_text())
+            if self._outbox and not self._writing and not await self._flush():
+                raise _Disconnected()
+            if self.state is State.CLOSING:
+                return
             self._frames += 1
             if self._frames % YIELD_EVERY == 0:
                 # frames already buffered are received without suspending: yield now and
@@ -339,7 +375,7 @@ class Connection:
             except RequestError as error:
                 self.answer_error(package.id, request.req_id, error)
                 return
-            self._answer(ctx, encode_ok(package.id, request.req_id, data, meta))
+            self._answer(ctx, encode_ok(package.id, request.req_id, data, meta), wake=False)
             return
         if len(self._handlers) >= self.settings.max_inflight:
             self.answer_error(
@@ -363,9 +399,9 @@ class Connection:
             return
         self._answer(ctx, encode_ok(package.id, request.req_id, data, meta))
 
-    def _answer(self, ctx: Context, message: bytes) -> None:
+    def _answer(self, ctx: Context, message: bytes, wake: bool = True) -> None:
         self._rate_limited = 0
-        self.enqueue(message)
+        self.enqueue(message, wake)
         for callback in ctx.after_answer or ():
             callback()
 
