@@ -1,5 +1,13 @@
-"""The application: one module per domain, each exporting its PACKAGES."""
+"""The application: one module per domain, each exporting its PACKAGES (and TASKS)."""
 
-from handlers import authors, projects, system, topics
+from handlers import authors, jobs, projects, system, topics
 
-PACKAGES = [*authors.PACKAGES, *projects.PACKAGES, *topics.PACKAGES, *system.PACKAGES]
+PACKAGES = [
+    *authors.PACKAGES,
+    *projects.PACKAGES,
+    *jobs.PACKAGES,
+    *topics.PACKAGES,
+    *system.PACKAGES,
+]
+TASKS = [*jobs.TASKS]
+ROUTES = [*jobs.ROUTES]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -24,6 +25,7 @@ from realtime.builtin import BUILTIN_PACKAGES
 from realtime.connection import Connection, FrameHandler, echo_frame, package_frame
 from realtime.db import ping
 from realtime.exceptions import AuthError, ConfigError, InvalidData, RequestError
+from realtime.jobs import Task
 from realtime.logs import install_redaction
 from realtime.metrics import Metrics
 from realtime.openapi import SWAGGER_UI, document
@@ -43,23 +45,43 @@ from realtime.state import build_services
 from realtime.topics import TopicPermissions
 
 
-def load_handlers(modules: Sequence[str]) -> list[Package]:
-    """Import each handler module named in REALTIME_HANDLERS and collect its PACKAGES."""
+def load_handlers(modules: Sequence[str]) -> tuple[list[Package], list[Task]]:
+    """Import each module named in REALTIME_HANDLERS; collect its PACKAGES and TASKS."""
     packages: list[Package] = []
+    tasks: list[Task] = []
+    for module in _modules(modules):
+        packages.extend(getattr(module, "PACKAGES", []))
+        tasks.extend(getattr(module, "TASKS", []))
+    return packages, tasks
+
+
+def load_routes(modules: Sequence[str]) -> list[BaseRoute]:
+    """Extra routes of handler modules (ROUTES), e.g. compatibility sockets."""
+    return [route for module in _modules(modules) for route in getattr(module, "ROUTES", [])]
+
+
+def _modules(modules: Sequence[str]) -> list[Any]:
+    found = []
     for name in modules:
         try:
             module = importlib.import_module(name)
         except ImportError as error:
             raise ConfigError(f"REALTIME_HANDLERS: cannot import {name!r}: {error}") from None
-        packages.extend(getattr(module, "PACKAGES", []))
-    return packages
+        found.append(module)
+    return found
 
 
 def create_app(
-    settings: Settings | None = None, packages: Sequence[Package] | None = None
+    settings: Settings | None = None,
+    packages: Sequence[Package] | None = None,
+    tasks: Sequence[Task] | None = None,
 ) -> Starlette:
     settings = settings or Settings.from_env()
-    catalog = Catalog([*BUILTIN_PACKAGES, *(packages or load_handlers(settings.handlers))])
+    if packages is None or tasks is None:
+        found_packages, found_tasks = load_handlers(settings.handlers)
+        packages = found_packages if packages is None else packages
+        tasks = found_tasks if tasks is None else tasks
+    catalog = Catalog([*BUILTIN_PACKAGES, *packages])
     permissions = Permissions.load(settings.permissions_file)
     permissions.check(catalog.by_name)
     limiter = MemoryRateLimiter(settings.rate_limit, settings.rate_burst)
@@ -69,11 +91,12 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with build_services(settings, router, topics) as services:
+        async with build_services(settings, router, topics, tasks) as services:
             app.state.services = services
             yield
 
-    return Starlette(routes=_routes(catalog), lifespan=lifespan)
+    routes = [*_routes(catalog), *load_routes(settings.handlers)]
+    return Starlette(routes=routes, lifespan=lifespan)
 
 
 def _routes(catalog: Catalog) -> list[BaseRoute]:

@@ -113,7 +113,7 @@ def _packages(settings: Settings, args: argparse.Namespace) -> int:
     from realtime.packages import Catalog
     from realtime.permissions import Permissions
 
-    catalog = Catalog([*BUILTIN_PACKAGES, *load_handlers(settings.handlers)])
+    catalog = Catalog([*BUILTIN_PACKAGES, *load_handlers(settings.handlers)[0]])
     permissions = Permissions.load(settings.permissions_file)
     print(f"{'id':>4}  {'name':<24} {'roles':<20} rest")
     for p in catalog:

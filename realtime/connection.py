@@ -15,7 +15,7 @@ import enum
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -102,8 +102,15 @@ FrameHandler = Callable[["Connection", str], None]
 class Connection:
     """Serves one socket. `on_frame` decides what a text frame means (packages or echo)."""
 
-    def __init__(self, websocket: WebSocket, services: Services, on_frame: FrameHandler) -> None:
+    def __init__(
+        self,
+        websocket: WebSocket,
+        services: Services,
+        on_frame: FrameHandler,
+        on_open: Callable[[Connection], Awaitable[None]] | None = None,
+    ) -> None:
         self.websocket = websocket
+        self._on_open = on_open
         self.services = services
         self.settings = services.settings
         self.principal: Principal | None = None
@@ -261,6 +268,8 @@ class Connection:
         principal = await (self._verify(token) if token else self._first_frame_auth())
         self._authenticated(principal)
         self.state = State.OPEN
+        if self._on_open is not None:
+            await self._on_open(self)
         while True:
             self._on_frame(self, await self._receive_text())
             if self._outbox and not self._writing and not await self._flush():
@@ -422,6 +431,10 @@ def package_frame(connection: Connection, text: str) -> None:
         connection.answer_error(request.pkg_id, request.req_id, error)
         return
     connection.spawn(package, request)
+
+
+def ignore_frame(connection: Connection, text: str) -> None:
+    """Sockets that only push (compatibility streams) ignore what the client sends."""
 
 
 def echo_frame(connection: Connection, text: str) -> None:

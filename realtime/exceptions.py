@@ -12,6 +12,7 @@
     │   ├── Conflict            8 CONFLICT
     │   └── Unavailable         9 UNAVAILABLE       details: {"retry_after"}
     ├── CloseError                      ends the socket with a close code
+    │   ├── NormalClosure       1000 (a stream that has ended)
     │   ├── AuthError           4401 (HTTP 401)
     │   ├── ForbiddenOrigin     4403 (HTTP 403)
     │   ├── BinaryFrame         1003
@@ -132,6 +133,11 @@ class CloseError(RealtimeError):
     def __init__(self, reason: str | None = None) -> None:
         self.reason = (reason or self.default_reason)[:120]
         super().__init__(self.reason)
+
+
+class NormalClosure(CloseError):
+    code = CloseCode.NORMAL
+    default_reason = "done"
 
 
 class AuthError(CloseError):

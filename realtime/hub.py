@@ -44,7 +44,8 @@ class _Subscription:
 
 def message_frame(topic: str, epoch: str, event: Event) -> bytes:
     topic_json = orjson.dumps(topic)
-    return b'{"event":"message","topic":%s,"offset":"%s:%d","data":%s}' % (
+    return b'{"event":"%s","topic":%s,"offset":"%s:%d","data":%s}' % (
+        event.name,
         topic_json,
         epoch.encode(),
         event.seq,
@@ -85,23 +86,26 @@ class Hub:
 
     # -- publishing ------------------------------------------------------------------
 
-    async def publish(self, topic: str, data: Any) -> Offset:
-        """Publish `data` (serialized once, here) on `topic`; usable outside requests too."""
+    async def publish(self, topic: str, data: Any, event: str = "message") -> Offset:
+        """Publish `data` (serialized once, here) on `topic`; usable outside requests too.
+        Subscribers receive it as `{"event": event, "topic", "offset", "data"}`."""
         try:
-            return await self.backend.publish(topic, orjson.dumps(data))
+            return await self.backend.publish(topic, orjson.dumps(data), event.encode())
         except BusUnavailable:
             raise Unavailable(RETRY_AFTER, "the message bus is unavailable") from None
 
     # -- subscribing -----------------------------------------------------------------
 
     async def subscribe(
-        self, subscriber: Subscriber, topic: str, since: str | None
+        self, subscriber: Subscriber, topic: str, since: str | Offset | None
     ) -> tuple[dict[str, Any], Callable[[], None]]:
-        """Returns the answer and the callback that delivers history, then goes live."""
+        """Returns the answer and the callback that delivers history, then goes live.
+        `since=Offset.start()` replays the whole retained history."""
         subscription = _Subscription(subscriber, start=0)
         self._subs.setdefault(topic, {})[subscriber.id] = subscription
+        offset = Offset.parse(since) if isinstance(since, str) else since
         try:
-            history = await self.backend.history(topic, Offset.parse(since) if since else None)
+            history = await self.backend.history(topic, offset)
             await self._watch(topic, history.top)
             await self._presence_join(topic, subscriber)
         except BaseException as error:

@@ -124,9 +124,21 @@ class Router:
     def _failure(self, ctx: Context, error: Exception) -> RequestError:
         if isinstance(error, RequestError):
             return error
-        failure = translate(error) or ServerError()
-        log = logger.warning if isinstance(failure, Unavailable) else logger.error
-        log("package %s failed (req_id %s)", ctx.package.name, ctx.req_id, exc_info=error)
+        failure = translate(error)
+        if failure is None:
+            logger.error(
+                "package %s failed (req_id %s)", ctx.package.name, ctx.req_id, exc_info=error
+            )
+            return ServerError()
+        # a driver error the client caused (CONFLICT, INVALID_DATA) or an outage: no trace
+        log = logger.warning if isinstance(failure, Unavailable) else logger.info
+        log(
+            "package %s: %s (req_id %s): %s",
+            ctx.package.name,
+            failure.status.name,
+            ctx.req_id,
+            type(error).__name__,
+        )
         return failure
 
     def _record(self, ctx: Context, outcome: str, transport: str, started: float) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -18,6 +18,7 @@ from realtime.bus import Backend
 from realtime.bus.memory import MemoryBackend
 from realtime.db import open_database
 from realtime.hub import Hub
+from realtime.jobs import Jobs, Task, build_broker
 from realtime.metrics import Metrics
 from realtime.migrate import check_schema, upgrade
 from realtime.packages import Catalog
@@ -38,11 +39,12 @@ class Services:
     database: Database
     hub: Hub
     topics: TopicPermissions
+    jobs: Jobs
 
 
 @contextlib.asynccontextmanager
 async def build_services(
-    settings: Settings, router: Router, topics: TopicPermissions
+    settings: Settings, router: Router, topics: TopicPermissions, tasks: Sequence[Task]
 ) -> AsyncIterator[Services]:
     if settings.database_url is None:
         # the embedded default keeps its own SQLite file at the code's schema
@@ -64,7 +66,8 @@ async def build_services(
             client_id=settings.keycloak_client_id,
             tenant_claim=settings.tenant_claim,
         )
-        yield Services(
+        jobs = Jobs(build_broker(settings), tasks)
+        services = Services(
             settings,
             router.catalog,
             router,
@@ -75,7 +78,10 @@ async def build_services(
             database,
             hub,
             topics,
+            jobs,
         )
+        async with running_broker(jobs, services):
+            yield services
 
 
 def _auth_backends(
@@ -101,6 +107,16 @@ def _auth_backends(
         token_url=settings.keycloak_token_url,
     )
     return keys, login, None
+
+
+@contextlib.asynccontextmanager
+async def running_broker(jobs: Jobs, services: Services) -> AsyncIterator[None]:
+    jobs.broker.state.services = services  # what tasks receive through TaskiqState
+    await jobs.broker.startup()
+    try:
+        yield
+    finally:
+        await jobs.broker.shutdown()
 
 
 def bus_backend(settings: Settings) -> Backend:

@@ -46,3 +46,26 @@ authors = sa.Table(
     ),
     sa.UniqueConstraint("name"),
 )
+
+JOB_STATES = ("PENDING", "STARTED", "SUCCESS", "FAILURE", "CANCELLED")
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("owner_sub", sa.String(255), nullable=False),
+    sa.Column("tenant_id", sa.String(255), nullable=False),
+    sa.Column("task", sa.String(100), nullable=False),
+    sa.Column("params", sa.Text, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("progress", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("result", sa.Text, nullable=True),
+    sa.Column("error", sa.String(500), nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.CheckConstraint(
+        "state IN ('PENDING', 'STARTED', 'SUCCESS', 'FAILURE', 'CANCELLED')", name="state"
+    ),
+    # the caller's jobs, newest first
+    sa.Index("ix_jobs_owner_created", "owner_sub", "created_at"),
+)

@@ -15,6 +15,8 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any
 
+ANY_EPOCH = "*"
+
 
 @dataclass(frozen=True, slots=True)
 class Offset:
@@ -23,6 +25,11 @@ class Offset:
 
     def __str__(self) -> str:
         return f"{self.epoch}:{self.seq}"
+
+    @classmethod
+    def start(cls) -> Offset:
+        """Before the first event of whatever epoch the topic is in."""
+        return cls(ANY_EPOCH, 0)
 
     @classmethod
     def parse(cls, text: str) -> Offset | None:
@@ -39,6 +46,7 @@ class Event:
     topic: str
     seq: int
     data: bytes
+    name: bytes = b"message"  # the event name clients see ("message", "job.progress", ...)
 
 
 @dataclass(slots=True)
@@ -54,13 +62,14 @@ class BusUnavailable(Exception):
 
 class Backend(abc.ABC):
     @abc.abstractmethod
-    async def publish(self, topic: str, data: bytes) -> Offset:
+    async def publish(self, topic: str, data: bytes, name: bytes = b"message") -> Offset:
         """Append to the topic; returns the publication's offset."""
 
     @abc.abstractmethod
     async def history(self, topic: str, since: Offset | None) -> History:
         """The topic's top offset and, when `since` is given and still retained in the same
-        epoch, every event after it (recovered); else no events and recovered=False."""
+        epoch, every event after it (recovered); else no events and recovered=False.
+        `since` with epoch `*` means "whatever the epoch": the whole retained history."""
 
     @abc.abstractmethod
     async def read(self, positions: dict[str, int], block: float) -> list[Event]:

@@ -8,7 +8,7 @@ import contextlib
 import secrets
 from typing import Any
 
-from realtime.bus import Backend, Event, History, Offset
+from realtime.bus import ANY_EPOCH, Backend, Event, History, Offset
 
 
 class _Topic:
@@ -30,10 +30,10 @@ class MemoryBackend(Backend):
             self._topics[name] = _Topic(self._retention)
         return self._topics[name]
 
-    async def publish(self, topic: str, data: bytes) -> Offset:
+    async def publish(self, topic: str, data: bytes, name: bytes = b"message") -> Offset:
         state = self._topic(topic)
         state.seq += 1
-        state.events.append(Event(topic, state.seq, data))
+        state.events.append(Event(topic, state.seq, data, name))
         self._changed.set()
         return Offset(state.epoch, state.seq)
 
@@ -43,6 +43,8 @@ class MemoryBackend(Backend):
         if since is None:
             return History(top, recovered=False)
         oldest = state.events[0].seq if state.events else state.seq + 1
+        if since.epoch == ANY_EPOCH:
+            since = Offset(state.epoch, since.seq)
         if since.epoch != state.epoch or since.seq > state.seq or since.seq + 1 < oldest:
             return History(top, recovered=False)
         return History(top, True, [e for e in state.events if e.seq > since.seq])

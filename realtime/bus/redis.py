@@ -20,9 +20,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from realtime.bus import Backend, BusUnavailable, Event, History, Offset
+from realtime.bus import ANY_EPOCH, Backend, BusUnavailable, Event, History, Offset
 
-# KEYS: stream, meta. ARGV: epoch candidate, maxlen, ttl seconds, data.
+# KEYS: stream, meta. ARGV: epoch candidate, maxlen, ttl seconds, data, event name.
 PUBLISH = """
 local seq = redis.call('HINCRBY', KEYS[2], 's', 1)
 local epoch = redis.call('HGET', KEYS[2], 'e')
@@ -30,7 +30,7 @@ if not epoch then
   epoch = ARGV[1]
   redis.call('HSET', KEYS[2], 'e', epoch)
 end
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'd', ARGV[4])
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'd', ARGV[4], 'e', ARGV[5])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 return {epoch, seq}
@@ -80,10 +80,8 @@ def _presence(topic: str) -> tuple[str, str]:
     return f"rt:{{{topic}}}:pz", f"rt:{{{topic}}}:ph"
 
 
-def _field(fields: list[bytes], name: bytes) -> bytes:
-    """A field of a stream entry as the Lua script returns it: [name, value, ...]."""
-    pairs = dict(zip(fields[::2], fields[1::2], strict=True))
-    return pairs[name]
+def _event(topic: str, stream_id: bytes, fields: dict[bytes, bytes]) -> Event:
+    return Event(topic, _seq(stream_id), fields[b"d"], fields.get(b"e", b"message"))
 
 
 def _seq(stream_id: bytes) -> int:
@@ -126,9 +124,15 @@ class RedisBackend(Backend):
         except (RedisError, OSError) as error:
             raise BusUnavailable(type(error).__name__) from None
 
-    async def publish(self, topic: str, data: bytes) -> Offset:
+    async def publish(self, topic: str, data: bytes, name: bytes = b"message") -> Offset:
         keys = [_stream(topic), _meta(topic)]
-        args: list[str | int | bytes] = [secrets.token_hex(4), self._retention, self._ttl, data]
+        args: list[str | int | bytes] = [
+            secrets.token_hex(4),
+            self._retention,
+            self._ttl,
+            data,
+            name,
+        ]
         epoch, seq = await self._call(self._publish(keys=keys, args=args))
         return Offset(epoch.decode(), int(seq))
 
@@ -139,12 +143,15 @@ class RedisBackend(Backend):
             self._history(keys=[_stream(topic), _meta(topic)], args=args)
         )
         top = Offset(epoch.decode(), int(seq))
+        if since is not None and since.epoch == ANY_EPOCH:
+            since = Offset(top.epoch, since.seq)
         if since is None or since.epoch != top.epoch or since.seq > top.seq:
             return History(top, recovered=False)
         oldest_seq = _seq(oldest[0][0]) if oldest else top.seq + 1
         if oldest_seq > since.seq + 1:
             return History(top, recovered=False)  # trimmed: part of what followed is gone
-        return History(top, True, [Event(topic, _seq(i), _field(f, b"d")) for i, f in entries])
+        events = [_event(topic, i, dict(zip(f[::2], f[1::2], strict=True))) for i, f in entries]
+        return History(top, True, events)
 
     async def read(self, positions: dict[str, int], block: float) -> list[Event]:
         streams: dict[Any, Any] = {_stream(t): f"{seq}-0" for t, seq in positions.items()}
@@ -161,7 +168,7 @@ class RedisBackend(Backend):
                 self._wake_id = entries[-1][0]
                 continue
             topic = key.decode()[4:-3]  # rt:{topic}:s
-            events.extend(Event(topic, _seq(i), f[b"d"]) for i, f in entries)
+            events.extend(_event(topic, i, f) for i, f in entries)
         return events
 
     async def epoch(self, topic: str) -> str | None:

@@ -1,0 +1,108 @@
+"""All SQL of jobs. State changes are conditional single statements, so exactly one
+writer moves a job to a final state (and announces it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from databases import Database
+
+from realtime.db import now, utc
+from schema.tables import jobs as t
+
+LIVE = ("PENDING", "STARTED")
+
+
+def _job(record: Any) -> dict[str, Any]:
+    params = orjson.loads(record["params"])
+    result = record["result"]
+    return {
+        "job_id": record["id"],
+        "state": record["state"],
+        "progress": record["progress"],
+        "result": orjson.loads(result) if result is not None else None,
+        "error": record["error"],
+        "total_steps": params.get("total_steps"),
+        "created_at": utc(record["created_at"]),
+        "updated_at": utc(record["updated_at"]),
+    }
+
+
+async def create(
+    db: Database, job_id: str, owner: str, tenant: str, task: str, params: dict[str, Any]
+) -> None:
+    stamp = now()
+    await db.execute(
+        t.insert().values(
+            id=job_id,
+            owner_sub=owner,
+            tenant_id=tenant,
+            task=task,
+            params=orjson.dumps(params).decode(),
+            state="PENDING",
+            progress=0,
+            created_at=stamp,
+            updated_at=stamp,
+        )
+    )
+
+
+async def get(db: Database, job_id: str, owner: str | None = None) -> dict[str, Any] | None:
+    where = [t.c.id == job_id] + ([t.c.owner_sub == owner] if owner is not None else [])
+    record = await db.fetch_one(sa.select(t).where(*where))
+    return _job(record) if record else None
+
+
+async def page(
+    db: Database, owner: str, *, page: int, per_page: int
+) -> tuple[list[dict[str, Any]], int]:
+    total = await db.fetch_val(
+        sa.select(sa.func.count()).select_from(t).where(t.c.owner_sub == owner)
+    )
+    query = (
+        sa.select(t)
+        .where(t.c.owner_sub == owner)
+        .order_by(t.c.created_at.desc(), t.c.id)
+        .limit(per_page)
+        .offset((page - 1) * per_page)
+    )
+    return [_job(r) for r in await db.fetch_all(query)], int(total)
+
+
+async def start(db: Database, job_id: str) -> bool:
+    """PENDING -> STARTED; False if the job is no longer pending (cancelled)."""
+    query = (
+        t.update()
+        .where(t.c.id == job_id, t.c.state == "PENDING")
+        .values(state="STARTED", updated_at=now())
+        .returning(t.c.id)
+    )
+    return await db.fetch_one(query) is not None
+
+
+async def progress(db: Database, job_id: str, percent: int) -> bool:
+    """Record progress; False if the job was cancelled meanwhile."""
+    query = (
+        t.update()
+        .where(t.c.id == job_id, t.c.state == "STARTED")
+        .values(progress=percent, updated_at=now())
+        .returning(t.c.id)
+    )
+    return await db.fetch_one(query) is not None
+
+
+async def finish(
+    db: Database, job_id: str, state: str, *, result: Any = None, error: str | None = None
+) -> bool:
+    """Move a live job to a final state; False if another writer got there first."""
+    values: dict[str, Any] = {"state": state, "updated_at": now(), "error": error}
+    if result is not None:
+        values["result"] = orjson.dumps(result).decode()
+    if state == "SUCCESS":
+        values["progress"] = 100
+    query = (
+        t.update().where(t.c.id == job_id, t.c.state.in_(LIVE)).values(**values).returning(t.c.id)
+    )
+    return await db.fetch_one(query) is not None
