@@ -192,10 +192,10 @@ class _PlainProgress:
         self.id = connection.id  # dropped with its socket
         self.principal = connection.principal
 
-    def enqueue(self, message: bytes) -> None:
+    def enqueue(self, message: bytes, wake: bool = True, replay: bool = False) -> None:
         frame = orjson.loads(message)
         if frame.get("event") == "job.progress":
-            self.connection.enqueue(orjson.dumps(frame["data"]))
+            self.connection.enqueue(orjson.dumps(frame["data"]), replay=replay)
         elif frame.get("event") == "job.done":
             self.connection.close(NormalClosure("job finished"))
 

@@ -34,6 +34,7 @@ from realtime.exceptions import (
     PolicyViolation,
     RateLimited,
     RequestError,
+    ServerError,
     SlowConsumer,
     SustainedRateLimit,
     UnknownPackage,
@@ -183,12 +184,14 @@ class Connection:
 
     # -- writing -----------------------------------------------------------------------
 
-    def enqueue(self, message: bytes, wake: bool = True) -> None:
+    def enqueue(self, message: bytes, wake: bool = True, replay: bool = False) -> None:
         """Queue one text frame; a full queue means the peer is not reading: 1013.
-        `wake=False` when the caller (the reader) flushes the queue itself right after."""
+        `wake=False` when the caller (the reader) flushes the queue itself right after;
+        `replay=True` for history sent at once on subscribe, bounded by the retention and
+        not a sign of a slow peer."""
         if self.state is State.CLOSING:
             return
-        if len(self._outbox) >= self.settings.send_queue:
+        if not replay and len(self._outbox) >= self.settings.send_queue:
             self.close(SlowConsumer())
             return
         self._outbox.append(message)
@@ -221,7 +224,10 @@ class Connection:
         timer = asyncio.get_running_loop().call_later(self.settings.send_timeout, stall)
         self._writing = True
         try:
-            while self._outbox and not isinstance(self._outbox[0], _Close):
+            # the frames queued now, not those added while we write: one deadline each batch
+            for _ in range(len(self._outbox)):
+                if isinstance(self._outbox[0], _Close):
+                    break
                 text = self._outbox.popleft().decode()  # type: ignore[union-attr]
                 await self.websocket.send({"type": "websocket.send", "text": text})
         except asyncio.CancelledError:
@@ -381,10 +387,11 @@ class Connection:
             ctx = self._context(package, request)
             try:
                 data, meta = router.call_inline(ctx, request.data, "ws")
+                message = self._encode(package, request, data, meta)
             except RequestError as error:
                 self.answer_error(package.id, request.req_id, error)
                 return
-            self._answer(ctx, encode_ok(package.id, request.req_id, data, meta), wake=False)
+            self._answer(ctx, message, wake=False)
             return
         if len(self._handlers) >= self.settings.max_inflight:
             self.answer_error(
@@ -403,10 +410,23 @@ class Connection:
         ctx = self._context(package, request)
         try:
             data, meta = await self.services.router.call(ctx, request.data, "ws")
+            message = self._encode(package, request, data, meta)
         except RequestError as error:
             self.answer_error(package.id, request.req_id, error)
             return
-        self._answer(ctx, encode_ok(package.id, request.req_id, data, meta))
+        self._answer(ctx, message)
+
+    @staticmethod
+    def _encode(package: Package, request: Request, data: Any, meta: Any) -> bytes:
+        try:
+            return encode_ok(package.id, request.req_id, data, meta)
+        except TypeError:  # orjson.JSONEncodeError: the handler returned something not JSON
+            logger.exception(
+                "package %s answered data that is not JSON (req_id %s)",
+                package.name,
+                request.req_id,
+            )
+            raise ServerError() from None
 
     def _answer(self, ctx: Context, message: bytes, wake: bool = True) -> None:
         self._rate_limited = 0

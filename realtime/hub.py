@@ -21,18 +21,22 @@ import orjson
 
 from realtime.auth.principal import Principal
 from realtime.bus import Backend, BusUnavailable, Event, Offset
-from realtime.exceptions import Unavailable
+from realtime.exceptions import Conflict, Unavailable
 
 logger = logging.getLogger("realtime.hub")
 BLOCK = 1.0
 RETRY_AFTER = 2
 
 
+class _Superseded(Exception):
+    """The subscription was replaced or removed while it was being set up."""
+
+
 class Subscriber(Protocol):
     id: str
     principal: Principal | None
 
-    def enqueue(self, message: bytes) -> None: ...
+    def enqueue(self, message: bytes, wake: bool = True, replay: bool = False) -> None: ...
 
 
 @dataclass(slots=True)
@@ -106,12 +110,20 @@ class Hub:
         offset = Offset.parse(since) if isinstance(since, str) else since
         try:
             history = await self.backend.history(topic, offset)
+            if not self._current(topic, subscriber, subscription):
+                raise _Superseded()
             await self._watch(topic, history.top)
             await self._presence_join(topic, subscriber)
+            if not self._current(topic, subscriber, subscription):
+                raise _Superseded()
         except BaseException as error:
-            self._remove(topic, subscriber.id)
+            if self._current(topic, subscriber, subscription):
+                self._remove(topic, subscriber.id)
+            self._spawn(self._presence_leave(topic, subscriber.id, unless_subscribed=True))
             if isinstance(error, BusUnavailable):
                 raise Unavailable(RETRY_AFTER, "the message bus is unavailable") from None
+            if isinstance(error, _Superseded):
+                raise Conflict("unsubscribed (or subscribed again) meanwhile") from None
             raise
         subscription.start = history.top.seq
         answer = {"topic": topic, "offset": str(history.top), "recovered": history.recovered}
@@ -119,7 +131,7 @@ class Hub:
         def go_live() -> None:
             epoch = history.top.epoch
             for event in history.events:
-                subscriber.enqueue(message_frame(topic, epoch, event))
+                subscriber.enqueue(message_frame(topic, epoch, event), replay=True)
             buffered, subscription.pending = subscription.pending or [], None
             for event in buffered:
                 if event.seq > subscription.start:
@@ -127,6 +139,10 @@ class Hub:
                     subscription.start = event.seq
 
         return answer, go_live
+
+    def _current(self, topic: str, subscriber: Subscriber, subscription: _Subscription) -> bool:
+        """Still the socket's live subscription? (an unsubscribe may have run meanwhile)"""
+        return self._subs.get(topic, {}).get(subscriber.id) is subscription
 
     async def _watch(self, topic: str, top: Offset) -> None:
         if topic in self._positions and self._epochs.get(topic) == top.epoch:
@@ -165,6 +181,11 @@ class Hub:
                     await self._check_epochs(tell_unchanged=True)
                     self._recheck = False
                 events = await self.backend.read(dict(self._positions), BLOCK)
+                for event in events:
+                    await self._deliver(event)
+                    # let the writers drain between events: a burst read at once must not
+                    # overflow the queue of a client that reads fast
+                    await asyncio.sleep(0)
             except BusUnavailable as error:
                 if self.healthy:  # a new outage: check the streams once it is over
                     logger.warning("bus unavailable (%s); retrying", error)
@@ -173,12 +194,13 @@ class Hub:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
+            except Exception:
+                # a bug must not silently stop delivery on this node: log, mark, go on
+                logger.exception("hub reader failed; restarting it")
+                self.healthy, self._recheck = False, True
+                await asyncio.sleep(backoff)
+                continue
             self.healthy, backoff = True, 0.1
-            for event in events:
-                await self._deliver(event)
-                # let the writers drain between events: a burst read at once must not
-                # overflow the queue of a client that reads fast
-                await asyncio.sleep(0)
 
     async def _deliver(self, event: Event) -> None:
         topic = event.topic
@@ -237,7 +259,11 @@ class Hub:
         }
         await self.backend.presence_set(topic, self._member(subscriber.id), info)
 
-    async def _presence_leave(self, topic: str, member: str) -> None:
+    async def _presence_leave(
+        self, topic: str, member: str, unless_subscribed: bool = False
+    ) -> None:
+        if unless_subscribed and member in self._subs.get(topic, {}):
+            return
         with contextlib.suppress(BusUnavailable):
             await self.backend.presence_remove(topic, self._member(member))
 

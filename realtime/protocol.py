@@ -84,7 +84,9 @@ def parse_request(text: str | bytes) -> Request:
     req_id = _read_req_id(frame)
     pkg_id = frame.get("pkg_id")
     if req_id is None:
-        raise EnvelopeError(f"req_id must be a string of 1 to {REQ_ID_MAX} characters")
+        raise EnvelopeError(
+            f"req_id must be a string of 1 to {REQ_ID_MAX} characters", pkg_id=pkg_id
+        )
     if not isinstance(pkg_id, int) or isinstance(pkg_id, bool):
         raise EnvelopeError("pkg_id must be an integer", req_id)
     data = frame.get("data", {})

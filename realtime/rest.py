@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -11,13 +12,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from realtime.auth.principal import Principal
-from realtime.exceptions import AuthError, InvalidData, RequestError
+from realtime.exceptions import AuthError, InvalidData, RequestError, ServerError
 from realtime.packages import Catalog, Context, Package
 from realtime.protocol import Status
 from realtime.state import Services
 from realtime.types import JSONObject
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+logger = logging.getLogger("realtime.rest")
 BODY_METHODS = {"POST", "PUT", "PATCH"}
 
 
@@ -87,7 +89,11 @@ def _endpoint(package: Package) -> Endpoint:
             return unauthorized(error)
         except RequestError as error:
             return error_response(error)
-        return json_response(result if meta is None else {"data": result, "meta": meta}, status)
+        try:
+            return json_response(result if meta is None else {"data": result, "meta": meta}, status)
+        except TypeError:  # orjson.JSONEncodeError: the handler returned something not JSON
+            logger.exception("package %s answered data that is not JSON", package.name)
+            return error_response(ServerError())
 
     return endpoint
 

@@ -118,3 +118,19 @@ TEST_PACKAGES.append(
         schema={"type": "object", "properties": {"seconds": NUMBER}, "required": ["seconds"]},
     )
 )
+
+
+def not_json_sync(ctx: Context, data: JSONObject) -> Any:
+    return {1, 2}
+
+
+async def not_json_async(ctx: Context, data: JSONObject) -> Any:
+    return {1, 2}
+
+
+TEST_PACKAGES.extend(
+    [
+        Package(913, "test.not_json_sync", not_json_sync, rest=Rest("GET", "/test/not-json")),
+        Package(914, "test.not_json_async", not_json_async),
+    ]
+)

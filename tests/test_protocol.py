@@ -252,3 +252,35 @@ def test_web_alias_and_echo_compat_socket(client: TestClient, token: str) -> Non
 def test_echo_compat_socket_requires_auth(client: TestClient) -> None:
     with client.websocket_connect("/ws/echo?token=garbage") as ws:
         assert close_of(ws)[0] == 4401
+
+
+def test_frame_without_req_id_still_echoes_an_integer_pkg_id(
+    client: TestClient, token: str
+) -> None:
+    with client.websocket_connect("/ws", headers=auth_header(token)) as ws:
+        ws.send_text('{"pkg_id": 40}')
+        answer = ws.receive_json()
+    assert answer["status_code"] == 2 and answer["req_id"] is None and answer["pkg_id"] == 40
+
+
+def test_answer_that_is_not_json_is_an_error_not_a_lost_answer(
+    client: TestClient, token: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with client.websocket_connect("/ws", headers=auth_header(token)) as ws:
+        for pkg_id in (913, 914):  # a plain def and an async def returning a set
+            answer = call(ws, pkg_id, req_id=f"bad{pkg_id}")
+            assert answer["status_code"] == 1 and answer["req_id"] == f"bad{pkg_id}"
+        assert call(ws, ECHO, {"still": 1})["data"] == {"still": 1}
+    assert "answered data that is not JSON (req_id bad913)" in caplog.text
+    assert client.get("/test/not-json", headers=auth_header(token)).json() == {
+        "status_code": 1,
+        "error": {"message": "internal error"},
+    }
+
+
+def test_error_is_logged_with_package_and_req_id(
+    client: TestClient, token: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with client.websocket_connect("/ws", headers=auth_header(token)) as ws:
+        call(ws, BOOM, req_id="trace-me")
+    assert "package test.boom failed (req_id trace-me)" in caplog.text

@@ -243,3 +243,40 @@ def test_subscribe_frames_are_valid_json(bus_client: TestClient, tokens: dict[st
         call(pub, PUBLISH, {"topic": "chat.json", "data": weird})
         raw = ws.receive_text()
     assert json.loads(raw)["data"] == weird
+
+
+def test_resume_after_more_than_a_queue_of_events(
+    tmp_path: Path, bus: Settings, tokens: dict[str, str]
+) -> None:
+    """History replayed on subscribe is bounded by retention, not by the send queue."""
+    settings = bus.replace(send_queue=64, stream_retention=1000)
+    with (
+        TestClient(build_app(settings)) as client,
+        client.websocket_connect("/ws", headers=auth_header(tokens["root"])) as pub,
+        client.websocket_connect("/ws", headers=auth_header(tokens["alice"])) as sub,
+    ):
+        since = call(sub, SUBSCRIBE, {"topic": "broadcast"})["data"]["offset"]
+        call(sub, UNSUBSCRIBE, {"topic": "broadcast"})
+        for n in range(300):
+            call(pub, PUBLISH, {"topic": "broadcast", "data": n}, req_id=f"p{n}")
+        answer = call(sub, SUBSCRIBE, {"topic": "broadcast", "since": since}, req_id="again")
+        assert answer["status_code"] == 0 and answer["data"]["recovered"] is True
+        assert [m["data"] for m in messages(sub, 300)] == list(range(300))
+
+
+def test_unsubscribe_while_subscribing_leaves_no_ghost(
+    bus_client: TestClient, tokens: dict[str, str]
+) -> None:
+    with (
+        bus_client.websocket_connect("/ws", headers=auth_header(tokens["alice"])) as ws,
+        bus_client.websocket_connect("/ws", headers=auth_header(tokens["root"])) as pub,
+    ):
+        request(ws, SUBSCRIBE, {"topic": "chat.flicker"}, req_id="s")
+        request(ws, UNSUBSCRIBE, {"topic": "chat.flicker"}, req_id="u")
+        answers = {a["req_id"]: a for a in (ws.receive_json(), ws.receive_json())}
+        assert answers["u"]["status_code"] == 0
+        assert answers["s"]["status_code"] in (0, 8)  # 8: unsubscribed meanwhile
+        call(pub, PUBLISH, {"topic": "chat.flicker", "data": "late"}, req_id="late")
+        assert call(ws, ECHO, {"n": 1})["data"] == {"n": 1}  # no message came first
+        presence = call(pub, PRESENCE, {"topic": "chat.flicker"})["data"]["presence"]
+        assert presence == []
