@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from realtime.exceptions import ConfigError
 from realtime.settings import Settings
@@ -73,7 +74,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             f"  or POST http://{host}:{port}/auth/login with a user of {settings.dev_users_file}"
         )
     many = args.workers > 1 or args.reload
-    uvicorn.run(
+    config = uvicorn.Config(
         "realtime.app:create_app" if many else app,
         factory=many,
         host=host,
@@ -85,7 +86,50 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         log_config=log_config(settings.log_level),
         log_level=settings.log_level,
     )
+    if many:
+        # uvicorn's supervisors run their own servers: sockets get 1012 at shutdown
+        uvicorn.run(**_run_kwargs(config, args, settings, host, port))
+    else:
+        _draining_server()(config, app, settings.drain_seconds).run()
     return 0
+
+
+def _run_kwargs(
+    config: Any, args: argparse.Namespace, settings: Settings, host: str, port: int
+) -> dict[str, Any]:
+    return {
+        "app": config.app,
+        "factory": True,
+        "host": host,
+        "port": port,
+        "workers": args.workers,
+        "reload": args.reload,
+        "ws_max_size": settings.max_frame_bytes,
+        "ws_per_message_deflate": settings.ws_compression,
+        "log_config": config.log_config,
+        "log_level": settings.log_level,
+    }
+
+
+def _draining_server() -> Any:
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        """On SIGTERM/SIGINT, drain the sockets (server.draining, then 1001) before
+        uvicorn's own shutdown would close them with 1012."""
+
+        def __init__(self, config: uvicorn.Config, app: Any, grace: float) -> None:
+            super().__init__(config)
+            self._app = app
+            self._grace = grace
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            services = getattr(self._app.state, "services", None)
+            if services is not None:
+                await services.drain(self._grace)
+            await super().shutdown(sockets)
+
+    return DrainingServer
 
 
 def _token(settings: Settings, args: argparse.Namespace) -> int:

@@ -135,11 +135,13 @@ class Connection:
         offered = self.websocket.scope.get("subprotocols", [])
         await self.websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
         self.services.metrics.connections.inc()
+        self.services.connections.add(self)
         writer = asyncio.create_task(self._write_loop())
         self._reader = asyncio.create_task(self._read_loop())
         try:
             await self._supervise(self._reader, writer)
         finally:
+            self.services.connections.discard(self)
             await self._cleanup(writer)
             self.services.metrics.connections.dec()
 
@@ -356,6 +358,10 @@ class Connection:
             raise PermissionDenied("token rejected: it belongs to another subject")
         self._authenticated(principal)
         return principal
+
+    def draining(self) -> None:
+        """The server is shutting down: reconnect elsewhere (PROTOCOL.md 2.4)."""
+        self.enqueue(encode_event("server.draining", {}))
 
     async def emit(self, event: str, data: Any) -> None:
         self.enqueue(encode_event(event, data))

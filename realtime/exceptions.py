@@ -13,6 +13,7 @@
     │   └── Unavailable         9 UNAVAILABLE       details: {"retry_after"}
     ├── CloseError                      ends the socket with a close code
     │   ├── NormalClosure       1000 (a stream that has ended)
+    │   ├── GoingAway           1001 (drain finished)
     │   ├── AuthError           4401 (HTTP 401)
     │   ├── ForbiddenOrigin     4403 (HTTP 403)
     │   ├── BinaryFrame         1003
@@ -138,6 +139,11 @@ class CloseError(RealtimeError):
 class NormalClosure(CloseError):
     code = CloseCode.NORMAL
     default_reason = "done"
+
+
+class GoingAway(CloseError):
+    code = CloseCode.GOING_AWAY
+    default_reason = "server draining"
 
 
 class AuthError(CloseError):

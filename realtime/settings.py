@@ -105,6 +105,7 @@ class Settings:
     stream_ttl: int = _env("REALTIME_STREAM_TTL", _int, 86400)
     presence_ttl: float = _env("REALTIME_PRESENCE_TTL", _float, 30.0)
     max_jobs: int = _env("REALTIME_MAX_JOBS", _int, 30)
+    drain_seconds: float = _env("REALTIME_DRAIN_SECONDS", _float, 5.0)
     keycloak_issuer: str | None = _env("KEYCLOAK_ISSUER", _optional, None)
     keycloak_audience: str = _env("KEYCLOAK_AUDIENCE", _str, "realtime")
     keycloak_client_id: str = _env("KEYCLOAK_CLIENT_ID", _str, "realtime")

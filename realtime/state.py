@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import httpx
@@ -17,6 +19,7 @@ from realtime.auth.verifier import TokenVerifier
 from realtime.bus import Backend
 from realtime.bus.memory import MemoryBackend
 from realtime.db import open_database
+from realtime.exceptions import GoingAway
 from realtime.hub import Hub
 from realtime.jobs import Jobs, Task, build_broker
 from realtime.metrics import Metrics
@@ -40,6 +43,23 @@ class Services:
     hub: Hub
     topics: TopicPermissions
     jobs: Jobs
+    # the open sockets of this process, for the drain at shutdown
+    connections: set[Any] = field(default_factory=set)
+
+    async def drain(self, grace: float) -> None:
+        """Tell every socket `server.draining`, give clients `grace` seconds to move, then
+        close the rest with 1001 (PROTOCOL.md 2.4)."""
+        for connection in list(self.connections):
+            connection.draining()
+        deadline = asyncio.get_running_loop().time() + grace
+        while self.connections and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        for connection in list(self.connections):
+            connection.close(GoingAway())
+        for _ in range(40):  # the closes go out through each socket's writer
+            if not self.connections:
+                break
+            await asyncio.sleep(0.05)
 
 
 @contextlib.asynccontextmanager

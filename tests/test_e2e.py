@@ -6,6 +6,7 @@ import asyncio
 import json
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -113,15 +114,36 @@ async def test_tokens_never_appear_in_the_server_output(
         assert secret not in metrics
 
 
-async def test_server_shutdown_closes_sockets_1012(
-    tmp_path: Path, served_process: tuple[subprocess.Popen[str], str, Path]
-) -> None:
-    process, address, _ = served_process
-    ws = await ws_connect(address, f"/ws?token={_mint(tmp_path)}")
-    assert (await ws_call(ws, ECHO))["status_code"] == 0
-    process.send_signal(signal.SIGTERM)
-    assert (await ws_closed(ws))[0] == 1012
-    assert process.wait(10) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it caught
+async def test_worker_processes_close_sockets_1012_at_shutdown(tmp_path: Path) -> None:
+    """With --workers, uvicorn's supervisor runs the servers: a restart closes with 1012."""
+    from tests.conftest import flush_redis, redis_url
+    from tests.nodes import free_port, node_env
+
+    flush_redis()
+    port = free_port()
+    log = tmp_path / "workers.log"
+    env = node_env(tmp_path, REDIS_URL=redis_url())
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "realtime.cli", "serve", "--port", str(port), "--workers", "2"],
+            cwd=tmp_path,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    try:
+        for _ in range(300):
+            if log.read_text().count("Application startup complete") >= 2:
+                break
+            await asyncio.sleep(0.1)
+        ws = await ws_connect(f"127.0.0.1:{port}", f"/ws?token={_mint(tmp_path)}")
+        assert (await ws_call(ws, ECHO))["status_code"] == 0
+        process.send_signal(signal.SIGTERM)
+        assert (await ws_closed(ws))[0] == 1012
+    finally:
+        process.terminate()
+        process.wait(20)
 
 
 async def test_slow_reader_is_closed_1013_while_others_keep_being_served(tmp_path: Path) -> None:
@@ -168,3 +190,14 @@ async def test_slow_reader_is_closed_1013_while_others_keep_being_served(tmp_pat
         assert await ws_closed(slow, timeout=30) == (1013, "slow consumer")
         for ws in (fast, publisher):
             await ws.close()
+
+
+async def test_drain_pushes_server_draining_then_closes_1001(tmp_path: Path) -> None:
+    with node(tmp_path, "draining", REALTIME_DRAIN_SECONDS="0.5") as server:
+        ws = await ws_connect(server.address, f"/ws?token={_mint(tmp_path)}")
+        assert (await ws_call(ws, ECHO))["status_code"] == 0
+        server.process.send_signal(signal.SIGTERM)
+        event = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert event == {"event": "server.draining", "data": {}}
+        assert await ws_closed(ws) == (1001, "server draining")
+        assert server.process.wait(10) in (0, -signal.SIGTERM)
