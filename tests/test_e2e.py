@@ -151,8 +151,8 @@ async def test_slow_reader_is_closed_1013_while_others_keep_being_served(tmp_pat
     it is closed with 1013; the fast subscriber gets everything and the publisher gets
     every answer meanwhile."""
     env = {
-        "REALTIME_SEND_QUEUE": "256",
-        "REALTIME_SEND_TIMEOUT": "5",
+        "REALTIME_SEND_QUEUE": "512",
+        "REALTIME_SEND_TIMEOUT": "15",
         "REALTIME_RATE_LIMIT": "1000000",
         "REALTIME_RATE_BURST": "1000000",
         "REALTIME_MAX_INFLIGHT": "2048",
