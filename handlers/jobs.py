@@ -74,6 +74,12 @@ async def long_running_task(
         if await sql.finish(db, job_id, "SUCCESS", result=result):
             await announce_done(services, job_id, "SUCCESS", result=result)
         return result
+    except asyncio.CancelledError:
+        # the server is stopping (in-process broker): record and announce it, then stop
+        error = "interrupted: the server stopped"
+        if await sql.finish(db, job_id, "FAILURE", error=error):
+            await announce_done(services, job_id, "FAILURE", error=error)
+        raise
     except Exception:
         logger.exception("job %s failed", job_id)
         if await sql.finish(db, job_id, "FAILURE", error="the job failed"):

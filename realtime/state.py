@@ -136,7 +136,17 @@ async def running_broker(jobs: Jobs, services: Services) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await _stop_running_jobs(jobs)
         await jobs.broker.shutdown()
+
+
+async def _stop_running_jobs(jobs: Jobs) -> None:
+    """In-process jobs die with the server: cancel them while the database and the bus
+    are still open, so each can record and announce how it ended."""
+    running = list(getattr(jobs.broker, "_running_tasks", ()))  # InMemoryBroker's own set
+    for task in running:
+        task.cancel()
+    await asyncio.gather(*running, return_exceptions=True)
 
 
 def bus_backend(settings: Settings) -> Backend:

@@ -147,3 +147,17 @@ def test_compat_socket_streams_plain_progress_then_closes_1000(
         assert close_of(ws) == (1000, "job finished")
     assert [o["step"] for o in objects] == [1, 2, 3]
     assert set(objects[0]) == {"job_id", "progress", "step", "total_steps", "payload"}
+
+
+def test_server_stop_ends_running_jobs_with_failure(engine: Any, tokens: dict[str, str]) -> None:
+    from tests.conftest import build_app
+
+    alice = auth_header(tokens["alice"])
+    with TestClient(build_app(engine)) as client:
+        job_id = client.post(
+            "/jobs", json={"total_steps": 100, "step_seconds": 1}, headers=alice
+        ).json()["job_id"]
+        time.sleep(0.1)
+    with TestClient(build_app(engine)) as client:
+        status = client.get(f"/jobs/{job_id}", headers=alice).json()
+    assert status["state"] == "FAILURE" and status["error"] == "interrupted: the server stopped"
