@@ -82,8 +82,10 @@ def create_app(
         packages = found_packages if packages is None else packages
         tasks = found_tasks if tasks is None else tasks
     catalog = Catalog([*BUILTIN_PACKAGES, *packages])
+    extra_routes = load_routes(settings.handlers)
     permissions = Permissions.load(settings.permissions_file)
-    permissions.check(catalog.by_name)
+    route_keys = [getattr(r, "permission_key", None) for r in extra_routes]
+    permissions.check(catalog.by_name, [key for key in route_keys if key])
     limiter = MemoryRateLimiter(settings.rate_limit, settings.rate_burst)
     router = Router(catalog, permissions, limiter, Metrics(), settings.handler_timeout)
     topics = TopicPermissions(permissions.topics)
@@ -95,7 +97,7 @@ def create_app(
             app.state.services = services
             yield
 
-    routes = [*_routes(catalog), *load_routes(settings.handlers)]
+    routes = [*_routes(catalog), *extra_routes]
     return Starlette(routes=routes, lifespan=lifespan)
 
 

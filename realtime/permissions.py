@@ -68,11 +68,14 @@ class Permissions:
         unknown = sorted(set(self.packages) - names)
         if unknown:
             raise ConfigError(f"permissions: entries name no package: {', '.join(unknown)}")
+        route_keys = list(route_keys)
         unknown_routes = sorted(set(self.routes) - set(route_keys))
         if unknown_routes:
             raise ConfigError(f"permissions: entries name no route: {', '.join(unknown_routes)}")
         for name in sorted(names - set(self.packages)):
             logger.warning("package %r has no permissions entry: nobody can call it", name)
+        for key in sorted(set(route_keys) - set(self.routes)):
+            logger.warning("route %r has no permissions entry: nobody can call it", key)
 
 
 def _table(value: Any, where: str) -> dict[str, Any]:

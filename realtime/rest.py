@@ -12,8 +12,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from realtime.auth.principal import Principal
-from realtime.exceptions import AuthError, InvalidData, RequestError, ServerError
+from realtime.exceptions import (
+    AuthError,
+    InvalidData,
+    PermissionDenied,
+    RequestError,
+    ServerError,
+)
 from realtime.packages import Catalog, Context, Package
+from realtime.permissions import allows
 from realtime.protocol import Status
 from realtime.state import Services
 from realtime.types import JSONObject
@@ -135,3 +142,30 @@ def _coerce(value: Any, spec: JSONObject) -> Any:
     if kind == "boolean" and value.lower() in {"true", "false"}:
         return value.lower() == "true"
     return value
+
+
+PrincipalEndpoint = Callable[[Request, Principal], Awaitable[Response]]
+
+
+class RestOnlyRoute(Route):
+    """A REST-only route (not a package): authenticated, and allowed by the roles of its
+    `"METHOD /path"` entry in permissions.toml's [routes] table (default deny)."""
+
+    def __init__(self, method: str, path: str, endpoint: PrincipalEndpoint) -> None:
+        self.permission_key = f"{method} {path}"
+        super().__init__(path, self._guard(endpoint), methods=[method])
+
+    def _guard(self, endpoint: PrincipalEndpoint) -> Endpoint:
+        key = self.permission_key
+
+        async def guarded(request: Request) -> Response:
+            try:
+                principal = await authenticate(request)
+            except AuthError as error:
+                return unauthorized(error)
+            roles = services_of(request).router.route_roles.get(key, frozenset())
+            if not allows(roles, principal.roles):
+                return error_response(PermissionDenied(f"your roles do not allow {key}"))
+            return await endpoint(request, principal)
+
+        return guarded

@@ -47,6 +47,7 @@ class Router:
         self._validators = {p.id: Validator(p.request_schema(), p.name) for p in catalog}
         self._roles: dict[int, Roles] = {p.id: permissions.package_roles(p.name) for p in catalog}
         self._inline = {p.id for p in catalog if not inspect.iscoroutinefunction(p.handler)}
+        self.route_roles: dict[str, Roles] = dict(permissions.routes)
 
     def roles(self, package: Package) -> Roles:
         return self._roles[package.id]

@@ -118,3 +118,15 @@ def test_metrics_count_calls_by_package_status_and_transport(
         in text
     )
     assert token not in text
+
+
+def test_rest_only_routes_follow_their_permissions_entry(
+    client: TestClient, token: str, admin_token: str
+) -> None:
+    assert client.get("/test/report").status_code == 401
+    denied = client.get("/test/report", headers=auth_header(token))
+    assert denied.status_code == 403 and denied.json()["status_code"] == 3
+    allowed = client.get("/test/report", headers=auth_header(admin_token))
+    assert allowed.json() == {"report": "ok", "for": "root"}
+    # a REST-only route without an entry is denied to everyone (default deny)
+    assert client.get("/test/unlisted", headers=auth_header(admin_token)).status_code == 403
