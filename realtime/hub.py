@@ -25,6 +25,7 @@ from realtime.exceptions import Conflict, Unavailable
 
 logger = logging.getLogger("realtime.hub")
 BLOCK = 1.0
+YIELD_EVERY = 64  # events delivered between yields; well under the default send queue
 RETRY_AFTER = 2
 
 
@@ -181,11 +182,12 @@ class Hub:
                     await self._check_epochs(tell_unchanged=True)
                     self._recheck = False
                 events = await self.backend.read(dict(self._positions), BLOCK)
-                for event in events:
+                for count, event in enumerate(events, 1):
                     await self._deliver(event)
-                    # let the writers drain between events: a burst read at once must not
-                    # overflow the queue of a client that reads fast
-                    await asyncio.sleep(0)
+                    if count % YIELD_EVERY == 0:
+                        # let the writers drain now and then: a burst read at once must
+                        # not overflow the queue of a client that reads fast
+                        await asyncio.sleep(0)
             except BusUnavailable as error:
                 if self.healthy:  # a new outage: check the streams once it is over
                     logger.warning("bus unavailable (%s); retrying", error)
@@ -206,6 +208,16 @@ class Hub:
         topic = event.topic
         if topic not in self._positions or event.seq <= self._positions[topic]:
             return  # unsubscribed meanwhile, or already delivered
+        if event.seq > self._positions[topic] + 1:
+            # this node fell more than the retention behind: the events in between were
+            # trimmed before it read them, so its subscribers must refetch their state
+            logger.warning(
+                "topic %s: events %d..%d trimmed before delivery",
+                topic,
+                self._positions[topic] + 1,
+                event.seq - 1,
+            )
+            self._tell(topic, recovered=False, reset=False)
         self._positions[topic] = event.seq
         if self._epochs.get(topic) is None:
             self._epochs[topic] = await self.backend.epoch(topic)

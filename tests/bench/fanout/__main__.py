@@ -346,7 +346,7 @@ def _row(result: Result) -> list[str]:
         _ms(result.latency(50)),
         _ms(result.latency(99)),
         _ms(result.latency(100)),
-        f"{result.lost}/{result.disorder}/{result.errors + result.failed}"
+        f"{result.lost}/{result.skipped}/{result.disorder}/{result.errors + result.failed}"
         + (" STALLED" if result.stalled else ""),
         _pct(result.client_cpu),
         _pct(server),
@@ -367,7 +367,7 @@ HEADER = (
     "p50 ms",
     "p99 ms",
     "max ms",
-    "undelivered/disorder/errors",
+    "undelivered/skipped/disorder/errors",
     "client CPU",
     "server CPU",
     "server us/delivery",
@@ -412,6 +412,7 @@ def medians(results: Sequence[Result]) -> dict[str, dict[str, float]]:
             ),
             "client_cpu": _median(runs, lambda r: r.client_cpu),
             "lost": sum(r.lost for r in runs),
+            "skipped": sum(r.skipped for r in runs),
             "disorder": sum(r.disorder for r in runs),
         }
         for name, runs in grouped.items()
@@ -431,7 +432,7 @@ def summary(fanout: Sequence[Result], cross: Sequence[Result]) -> str:
             _ms(m["server_us_per_delivery"]),
             f"{base_cpu / m['server_us_per_delivery']:.2f}" if base_cpu == base_cpu else "-",
             _pct(m["client_cpu"]),
-            f"{m['lost']}/{m['disorder']}",
+            f"{m['lost']}/{m['skipped']}/{m['disorder']}",
         ]
         for name, m in table.items()
     ]
@@ -445,7 +446,7 @@ def summary(fanout: Sequence[Result], cross: Sequence[Result]) -> str:
                 "server us/delivery",
                 f"x {BASELINE} (CPU)",
                 "client CPU",
-                "undelivered/disorder",
+                "undelivered/skipped/disorder",
             ),
             rows,
         )
@@ -462,7 +463,7 @@ def summary(fanout: Sequence[Result], cross: Sequence[Result]) -> str:
             f"{m['publications_per_s']:,.0f} publications/s sent, "
             f"{m['deliveries_per_s']:,.0f} deliveries/s): p50 {m['p50_ms']:.2f} ms, "
             f"p99 {m['p99_ms']:.2f} ms, max {m['max_ms']:.2f} ms, undelivered {m['lost']:,}, "
-            f"disorder {m['disorder']:,}; target p99 < {TARGET_P99_MS:g} ms: {verdict}"
+            f"skipped {m['skipped']:,}, disorder {m['disorder']:,}; target p99 < {TARGET_P99_MS:g} ms: {verdict}"
         )
     return "\n".join(lines)
 
@@ -560,8 +561,11 @@ def main() -> int:
                 result = _fanout(args, systems[name], tmp, key, tokens, pin, 0, output)
                 print(f"py-spy run: {runs_table([result]).splitlines()[-1]} -> {output}")
 
-    print("\nall runs (undelivered/disorder/errors: deliveries never received, seen out of order")
-    print("on the sampled subscribers, error answers + failed sockets; CPU: share of one core):")
+    print(
+        "\nall runs (undelivered: deliveries never received, after the drain; skipped and"
+        "\ndisorder: on the sampled subscribers, sequence numbers jumped over, and duplicates"
+        "\nor steps back; errors: error answers + failed sockets; CPU: share of one core):"
+    )
     print(runs_table(fanout))
     if cross:
         print()

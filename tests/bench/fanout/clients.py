@@ -161,7 +161,8 @@ class Peer(WSListener):  # type: ignore[misc]
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.count = 0  # deliveries received
         self.last = 0  # the last sequence number seen (sampled subscribers only)
-        self.disorder = 0  # deliveries out of order, duplicated or after a gap (sampled)
+        self.skipped = 0  # sequence numbers jumped over (sampled subscribers only)
+        self.disorder = 0  # deliveries duplicated or going backwards (sampled)
         self.errors = 0
         self.closed = False
 

@@ -11,8 +11,8 @@ Two kinds:
 
 Every publication carries its number `i` and its send time `t` (`time.perf_counter_ns`
 of this process, which also receives, so the clocks agree). Publish-to-deliver latency
-is taken on the sampled subscribers, which also check that they see 1, 2, 3, ... (no
-gap, no duplicate, in order): realtime's sequence numbers from the delivered `offset`
+is taken on the sampled subscribers, which also check that they see 1, 2, 3, ...
+(`skipped`: numbers jumped over; `disorder`: duplicates or steps back): realtime's sequence numbers from the delivered `offset`
 (the bus's order, which may differ from the order the publisher sent concurrent
 publications in), the publisher's `i` for the baselines. Bounded: a connect timeout, a fixed window, a drain
 timeout, and a stall guard that ends a run whose deliveries stop.
@@ -62,7 +62,8 @@ class Result:
     publications: int  # published in the window
     deliveries: int  # received in the window, all subscribers together
     lost: int  # published * subscribers - received, after the drain (undelivered)
-    disorder: int  # sampled deliveries out of order, duplicated, or after a gap
+    skipped: int  # publications a sampled subscriber never saw (its numbers jumped)
+    disorder: int  # sampled deliveries duplicated or going backwards
     errors: int  # error answers and unexpected frames
     stalled: bool
     client_cpu: float
@@ -145,7 +146,9 @@ class _Run:
         if peer.sampled:
             now = time.perf_counter_ns()
             number, data = self.dialect.delivery(payload)
-            if number != peer.last + 1:
+            if number > peer.last + 1:
+                peer.skipped += number - peer.last - 1
+            elif number <= peer.last:
                 peer.disorder += 1
             peer.last = number
             if self.recording:
@@ -266,6 +269,7 @@ async def run_once(
         publications=published,
         deliveries=delivered,
         lost=expected - run.delivered,
+        skipped=sum(p.skipped for p in sampled),
         disorder=sum(p.disorder for p in sampled),
         errors=sum(p.errors for p in (*subscribers, run.publisher)),
         stalled=stalled,
