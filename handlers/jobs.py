@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,10 +20,12 @@ from starlette.websockets import WebSocket
 from taskiq import TaskiqDepends, TaskiqState
 
 from handlers import jobs_sql as sql
+from realtime.auth.principal import Principal
 from realtime.bus import Offset
 from realtime.connection import Connection, ignore_frame
 from realtime.exceptions import InvalidData, NormalClosure, NotFound, PolicyViolation
-from realtime.jobs import Task
+from realtime.hub import Hub
+from realtime.jobs import Task, TaskServices
 from realtime.packages import Context, Package, Page, Rest
 from realtime.state import Services
 from realtime.types import JSONObject
@@ -37,8 +40,8 @@ def job_topic(job_id: str) -> str:
     return f"job:{job_id}"
 
 
-async def announce_done(services: Services, job_id: str, state: str, **outcome: Any) -> None:
-    await services.hub.publish(
+async def announce_done(hub: Hub, job_id: str, state: str, **outcome: Any) -> None:
+    await hub.publish(
         job_topic(job_id), {"job_id": job_id, "state": state, **outcome}, event="job.done"
     )
 
@@ -49,46 +52,91 @@ async def long_running_task(
     step_seconds: float,
     state: TaskiqState = TaskiqDepends(),  # noqa: B008 - taskiq's dependency marker
 ) -> dict[str, Any] | None:
-    services: Services = state.services
-    db = services.database
-    if not await sql.start(db, job_id):
-        return None  # cancelled before it started; the cancel announced job.done
+    """Sleep `step_seconds` per step, reporting progress after each."""
+
+    async def work(step: int) -> None:
+        await asyncio.sleep(step_seconds)
+
+    return await run_steps(state.services, job_id, total_steps, work)
+
+
+async def run_steps(
+    services: TaskServices,
+    job_id: str,
+    total_steps: int,
+    work: Callable[[int], Awaitable[None]],
+) -> dict[str, Any] | None:
+    """Run (or resume, after a worker died) a job of `total_steps` steps: `work(step)`,
+    then one `job.progress` event, per step; then exactly one `job.done`.
+
+    Each run takes the job's lease; a step is recorded, then published, only while the
+    lease is held, so a run presumed dead that wakes up later writes nothing more. A
+    redelivered run continues after the last recorded step (a step must be safe to redo:
+    a run that died during it did not record it)."""
+    runner = secrets.token_hex(8)
+    claimed = await sql.claim(services.database, job_id, runner)
+    if claimed is None:
+        return None  # already final: cancelled, or finished by an earlier run
+    done, attempts = claimed
+    if attempts > services.settings.job_max_attempts:
+        await _end(services, job_id, runner, "FAILURE", error="the job was interrupted too often")
+        return None
     try:
-        for step in range(1, total_steps + 1):
-            await asyncio.sleep(step_seconds)
-            percent = step * 100 // total_steps
-            if not await sql.progress(db, job_id, percent):
-                return None  # cancelled between steps
-            await services.hub.publish(
-                job_topic(job_id),
-                {
-                    "job_id": job_id,
-                    "progress": percent,
-                    "step": step,
-                    "total_steps": total_steps,
-                    "payload": {"message": f"step {step} of {total_steps}"},
-                },
-                event="job.progress",
-            )
+        for step in range(done + 1, total_steps + 1):
+            await work(step)
+            if not await _step(services, job_id, runner, step, total_steps):
+                return None  # cancelled, or another run took over
         result = {"steps": total_steps}
-        if await sql.finish(db, job_id, "SUCCESS", result=result):
-            await announce_done(services, job_id, "SUCCESS", result=result)
+        await _end(services, job_id, runner, "SUCCESS", result=result)
         return result
     except asyncio.CancelledError:
-        # the server is stopping (in-process broker): record and announce it, then stop
-        error = "interrupted: the server stopped"
-        if await sql.finish(db, job_id, "FAILURE", error=error):
-            await announce_done(services, job_id, "FAILURE", error=error)
+        if not services.redelivered:  # in-process: nothing will resume it
+            await _end(services, job_id, runner, "FAILURE", error="interrupted: the server stopped")
         raise
     except Exception:
         logger.exception("job %s failed", job_id)
-        if await sql.finish(db, job_id, "FAILURE", error="the job failed"):
-            await announce_done(services, job_id, "FAILURE", error="the job failed")
+        await _end(services, job_id, runner, "FAILURE", error="the job failed")
         raise
 
 
+async def _step(services: TaskServices, job_id: str, runner: str, step: int, total: int) -> bool:
+    percent = step * 100 // total
+    if not await sql.progress(services.database, job_id, runner, step, percent):
+        return False
+    await services.hub.publish(
+        job_topic(job_id),
+        {
+            "job_id": job_id,
+            "progress": percent,
+            "step": step,
+            "total_steps": total,
+            # `at` (Unix seconds) lets a client show staleness and the bench measure latency
+            "payload": {"message": f"step {step} of {total}", "at": time.time()},
+        },
+        event="job.progress",
+    )
+    return True
+
+
+async def _end(
+    services: TaskServices, job_id: str, runner: str, state: str, **outcome: Any
+) -> None:
+    if await sql.finish(services.database, job_id, state, runner=runner, **outcome):
+        await announce_done(services.hub, job_id, state, **outcome)
+
+
+ANY_JOB = "jobs.any"  # the grant of permissions.toml that sees every job of the tenant
+
+
+async def visible(services: Services, principal: Principal, job_id: str) -> dict[str, Any] | None:
+    """The job if the caller may see it: their own, or any of their tenant's with the
+    `jobs.any` grant; None otherwise, exactly as if it did not exist."""
+    owner = None if services.router.granted(ANY_JOB, principal.roles) else principal.sub
+    return await sql.get(services.database, job_id, tenant=principal.tenant_id, owner=owner)
+
+
 async def _owned(ctx: Context, job_id: str) -> dict[str, Any]:
-    job = await sql.get(ctx.services.database, job_id, owner=ctx.principal.sub)
+    job = await visible(ctx.services, ctx.principal, job_id)
     if job is None:
         raise NotFound("job not found")  # another user's job looks exactly like none
     return job
@@ -101,12 +149,17 @@ async def start(ctx: Context, data: JSONObject) -> dict[str, Any]:
             f"a job may run at most {MAX_JOB_SECONDS} seconds",
             [{"path": "/", "reason": "total_steps * step_seconds is too long"}],
         )
+    return await queue_job(ctx, TASK, params)
+
+
+async def queue_job(ctx: Context, task: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Record a PENDING job owned by the caller, then queue `task(job_id, **params)`."""
     job_id = secrets.token_hex(16)
     principal = ctx.principal
     await sql.create(
-        ctx.services.database, job_id, principal.sub, principal.tenant_id, TASK, params
+        ctx.services.database, job_id, principal.sub, principal.tenant_id, task, params
     )
-    await ctx.services.jobs.kick(TASK, job_id=job_id, **params)
+    await ctx.services.jobs.kick(task, job_id=job_id, **params)
     return {"job_id": job_id}
 
 
@@ -117,7 +170,7 @@ async def status(ctx: Context, data: JSONObject) -> dict[str, Any]:
 async def cancel(ctx: Context, data: JSONObject) -> dict[str, Any]:
     job = await _owned(ctx, data["job_id"])
     if await sql.finish(ctx.services.database, job["job_id"], "CANCELLED"):
-        await announce_done(ctx.services, job["job_id"], "CANCELLED")
+        await announce_done(ctx.services.hub, job["job_id"], "CANCELLED")
         return {"job_id": job["job_id"], "state": "CANCELLED"}
     return {"job_id": job["job_id"], "state": (await _owned(ctx, job["job_id"]))["state"]}
 
@@ -210,7 +263,7 @@ def _stream_job(job_id: str) -> Callable[[Connection], Awaitable[None]]:
     async def on_open(connection: Connection) -> None:
         services = connection.services
         assert connection.principal is not None
-        job = await sql.get(services.database, job_id, owner=connection.principal.sub)
+        job = await visible(services, connection.principal, job_id)
         if job is None:
             raise PolicyViolation("job not found")
         _, go_live = await services.hub.subscribe(

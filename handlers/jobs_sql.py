@@ -49,8 +49,13 @@ async def create(
     )
 
 
-async def get(db: Database, job_id: str, owner: str | None = None) -> dict[str, Any] | None:
-    where = [t.c.id == job_id] + ([t.c.owner_sub == owner] if owner is not None else [])
+async def get(
+    db: Database, job_id: str, *, tenant: str, owner: str | None = None
+) -> dict[str, Any] | None:
+    """The job, if it is in `tenant` and (when given) belongs to `owner`."""
+    where = [t.c.id == job_id, t.c.tenant_id == tenant]
+    if owner is not None:
+        where.append(t.c.owner_sub == owner)
     record = await db.fetch_one(sa.select(t).where(*where))
     return _job(record) if record else None
 
@@ -71,38 +76,50 @@ async def page(
     return [_job(r) for r in await db.fetch_all(query)], int(total)
 
 
-async def start(db: Database, job_id: str) -> bool:
-    """PENDING -> STARTED; False if the job is no longer pending (cancelled)."""
+async def claim(db: Database, job_id: str, runner: str) -> tuple[int, int] | None:
+    """Begin a run: take the job's lease (PENDING or STARTED -> STARTED, runner = this run)
+    and return (last recorded step, runs begun including this one); None when the job is
+    already final (cancelled, or finished by an earlier run)."""
     query = (
         t.update()
-        .where(t.c.id == job_id, t.c.state == "PENDING")
-        .values(state="STARTED", updated_at=now())
-        .returning(t.c.id)
+        .where(t.c.id == job_id, t.c.state.in_(LIVE))
+        .values(state="STARTED", runner=runner, attempts=t.c.attempts + 1, updated_at=now())
+        .returning(t.c.step, t.c.attempts)
     )
-    return await db.fetch_one(query) is not None
+    record = await db.fetch_one(query)
+    return (record["step"], record["attempts"]) if record else None
 
 
-async def progress(db: Database, job_id: str, percent: int) -> bool:
-    """Record progress; False if the job was cancelled meanwhile."""
+async def progress(db: Database, job_id: str, runner: str, step: int, percent: int) -> bool:
+    """Record a step; False if the job was cancelled meanwhile or another run holds the
+    lease (this run was presumed dead and the job redelivered)."""
     query = (
         t.update()
-        .where(t.c.id == job_id, t.c.state == "STARTED")
-        .values(progress=percent, updated_at=now())
+        .where(t.c.id == job_id, t.c.state == "STARTED", t.c.runner == runner)
+        .values(step=step, progress=percent, updated_at=now())
         .returning(t.c.id)
     )
     return await db.fetch_one(query) is not None
 
 
 async def finish(
-    db: Database, job_id: str, state: str, *, result: Any = None, error: str | None = None
+    db: Database,
+    job_id: str,
+    state: str,
+    *,
+    result: Any = None,
+    error: str | None = None,
+    runner: str | None = None,
 ) -> bool:
-    """Move a live job to a final state; False if another writer got there first."""
+    """Move a live job to a final state; False if another writer got there first. A run
+    passes its lease (`runner`) so that a fenced-out run cannot finish the job."""
     values: dict[str, Any] = {"state": state, "updated_at": now(), "error": error}
     if result is not None:
         values["result"] = orjson.dumps(result).decode()
     if state == "SUCCESS":
         values["progress"] = 100
-    query = (
-        t.update().where(t.c.id == job_id, t.c.state.in_(LIVE)).values(**values).returning(t.c.id)
-    )
+    where = [t.c.id == job_id, t.c.state.in_(LIVE)]
+    if runner is not None:
+        where.append(t.c.runner == runner)
+    query = t.update().where(*where).values(**values).returning(t.c.id)
     return await db.fetch_one(query) is not None

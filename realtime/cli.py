@@ -46,6 +46,15 @@ def _parser() -> argparse.ArgumentParser:
     migrate.add_argument("--revision", default="head", help="target revision (default head)")
     migrate.set_defaults(command=_migrate)
 
+    worker = commands.add_parser("worker", help="run jobs from the Redis queue (REDIS_URL)")
+    worker.add_argument(
+        "--concurrency", type=int, help="jobs run at once (REALTIME_MAX_JOBS, default 30)"
+    )
+    worker.set_defaults(command=_worker)
+
+    scheduler = commands.add_parser("scheduler", help="queue the periodic tasks (run one)")
+    scheduler.set_defaults(command=_scheduler)
+
     packages = commands.add_parser("packages", help="print the package table")
     packages.set_defaults(command=_packages)
     return parser
@@ -148,6 +157,27 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     from realtime.migrate import upgrade
 
     upgrade(settings, args.revision, sql=args.sql)
+    return 0
+
+
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    from realtime.app import load_handlers
+    from realtime.logs import configure_logging
+    from realtime.worker import run_worker
+
+    configure_logging(settings.log_level)
+    tasks = load_handlers(settings.handlers)[1]
+    asyncio.run(run_worker(settings, tasks, args.concurrency or settings.max_jobs))
+    return 0
+
+
+def _scheduler(settings: Settings, args: argparse.Namespace) -> int:
+    from realtime.app import load_handlers
+    from realtime.logs import configure_logging
+    from realtime.worker import run_scheduler
+
+    configure_logging(settings.log_level)
+    asyncio.run(run_scheduler(settings, load_handlers(settings.handlers)[1]))
     return 0
 
 

@@ -1,30 +1,56 @@
 """Background jobs on taskiq: the broker chosen from settings, tasks registered by name.
 
 On the embedded default the broker is taskiq's InMemoryBroker: tasks run inside the
-server, on its event loop, with the same protocol. Tasks receive the app's services
-through taskiq's state (`TaskiqDepends()` on a `TaskiqState` parameter).
+server, on its event loop, with the same protocol. With REDIS_URL the server only queues
+jobs on a Redis stream (`realtime.jobqueue`) and `realtime worker` processes run them;
+`realtime scheduler` queues the periodic ones. Tasks receive `TaskServices` through
+taskiq's state (`TaskiqDepends()` on a `TaskiqState` parameter).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from taskiq import AsyncBroker, InMemoryBroker
+from databases import Database
+from taskiq import AsyncBroker, InMemoryBroker, SimpleRetryMiddleware, TaskiqDepends, TaskiqState
 from taskiq.decor import AsyncTaskiqDecoratedTask
 
 from realtime.exceptions import ConfigError
+from realtime.hub import Hub
 from realtime.settings import Settings
+
+logger = logging.getLogger("realtime.jobs")
+HEARTBEAT_TOPIC = "system.heartbeat"
 
 
 @dataclass(frozen=True)
 class Task:
-    """A background task a handler module declares (in its TASKS list)."""
+    """A background task a handler module declares (in its TASKS list). `every` (seconds)
+    makes it periodic: `realtime scheduler` queues it that often."""
 
     name: str
     func: Callable[..., Awaitable[Any]]
     labels: dict[str, Any] = field(default_factory=dict)
+    every: int | None = None
+
+
+@dataclass(frozen=True)
+class TaskServices:
+    """What a running task may use. `redelivered` is true where an interrupted run is
+    queued again (a Redis worker): a task must then leave its job resumable when it is
+    cancelled, instead of recording a failure."""
+
+    settings: Settings
+    database: Database
+    hub: Hub
+    redelivered: bool
+    worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
 
 class Jobs:
@@ -36,15 +62,48 @@ class Jobs:
         for task in tasks:
             if task.name in self._tasks:
                 raise ConfigError(f"task {task.name!r} is declared twice")
-            self._tasks[task.name] = broker.register_task(
-                task.func, task_name=task.name, **task.labels
-            )
+            labels = dict(task.labels)
+            if task.every:
+                labels["schedule"] = [{"interval": task.every}]
+            self._tasks[task.name] = broker.register_task(task.func, task_name=task.name, **labels)
 
     async def kick(self, name: str, **kwargs: Any) -> None:
         await self._tasks[name].kiq(**kwargs)
 
 
 def build_broker(settings: Settings) -> AsyncBroker:
-    # REDIS_URL brings the stream broker and `realtime worker` in a later slice; until
-    # then jobs run in process on every configuration
-    return InMemoryBroker(max_async_tasks=settings.max_jobs)
+    if settings.redis_url is None:
+        return InMemoryBroker(max_async_tasks=settings.max_jobs)
+    from taskiq_redis import RedisAsyncResultBackend
+
+    from realtime.jobqueue import JobStreamBroker
+
+    broker = JobStreamBroker(
+        settings.redis_url,
+        queue=settings.job_queue,
+        group=f"{settings.job_queue}:workers",
+        claim_timeout=settings.job_claim_timeout,
+        reclaim_interval=settings.job_reclaim_interval,
+    )
+    backend: RedisAsyncResultBackend[Any] = RedisAsyncResultBackend(
+        settings.redis_url, result_ex_time=settings.job_result_ttl
+    )
+    # retries only for tasks labelled retry_on_error (idempotent ones, like heartbeat)
+    middleware = SimpleRetryMiddleware(default_retry_count=3, default_retry_label=False)
+    return broker.with_result_backend(backend).with_middlewares(middleware)
+
+
+async def heartbeat(
+    state: TaskiqState = TaskiqDepends(),  # noqa: B008 - taskiq's dependency marker
+) -> str:
+    """The periodic liveness task: announces itself on `system.heartbeat`."""
+    services: TaskServices = state.services
+    at = datetime.now(UTC).isoformat()
+    await services.hub.publish(HEARTBEAT_TOPIC, {"at": at, "worker": services.worker})
+    logger.info("heartbeat at %s", at)
+    return at
+
+
+def builtin_tasks(settings: Settings) -> list[Task]:
+    every = settings.heartbeat_seconds or None  # 0 turns the heartbeat off
+    return [Task("heartbeat", heartbeat, {"retry_on_error": True, "max_retries": 2}, every)]

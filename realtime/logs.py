@@ -62,3 +62,13 @@ def log_config(level: str) -> dict[str, Any]:
         },
     }
     return config
+
+
+def configure_logging(level: str) -> None:
+    """Logging for the processes that are not uvicorn (worker, scheduler): the same
+    format and filters, and taskiq's own messages at warning and above."""
+    import logging.config
+
+    config = log_config(level)
+    config["loggers"]["taskiq"] = {"handlers": ["default"], "level": "WARNING"}
+    logging.config.dictConfig(config)

@@ -62,6 +62,10 @@ class Context:
     # run right after the answer is queued, before anything else can be (history, then live)
     after_answer: list[Callable[[], None]] | None = None
 
+    def granted(self, grant: str) -> bool:
+        """Whether the caller holds a named grant of permissions.toml ([grants])."""
+        return bool(self.services.router.granted(grant, self.principal.roles))
+
     def on_answered(self, callback: Callable[[], None]) -> None:
         """Run `callback` right after this request's answer is queued on the socket."""
         if self.after_answer is None:

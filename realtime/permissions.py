@@ -6,6 +6,8 @@
     "GET /reports" = ["admin"]  # REST-only routes
     [topics."user.{sub}"]
     subscribe = ["owner"]
+    [grants]
+    "jobs.any" = ["support"]    # named rights that handlers check (ctx.granted)
 
 An entry naming no package stops start-up; a package without an entry cannot be called
 and start-up warns about it.
@@ -35,6 +37,7 @@ class Permissions:
     packages: dict[str, Roles] = field(default_factory=dict)
     routes: dict[str, Roles] = field(default_factory=dict)
     topics: dict[str, dict[str, Roles]] = field(default_factory=dict)
+    grants: dict[str, Roles] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str) -> Permissions:
@@ -53,6 +56,7 @@ class Permissions:
         return cls(
             packages=_roles_table(document.get("packages", {}), f"{source} [packages]"),
             routes=_roles_table(document.get("routes", {}), f"{source} [routes]"),
+            grants=_roles_table(document.get("grants", {}), f"{source} [grants]"),
             topics={
                 pattern: _roles_table(actions, f"{source} [topics.{pattern!r}]")
                 for pattern, actions in _table(topics, f"{source} [topics]").items()

@@ -48,6 +48,11 @@ class Router:
         self._roles: dict[int, Roles] = {p.id: permissions.package_roles(p.name) for p in catalog}
         self._inline = {p.id for p in catalog if not inspect.iscoroutinefunction(p.handler)}
         self.route_roles: dict[str, Roles] = dict(permissions.routes)
+        self.grants: dict[str, Roles] = dict(permissions.grants)
+
+    def granted(self, grant: str, roles: Roles) -> bool:
+        """Whether `roles` hold the named grant of permissions.toml's [grants]."""
+        return allows(self.grants.get(grant, frozenset()), roles)
 
     def roles(self, package: Package) -> Roles:
         return self._roles[package.id]

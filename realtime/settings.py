@@ -106,6 +106,15 @@ class Settings:
     presence_ttl: float = _env("REALTIME_PRESENCE_TTL", _float, 30.0)
     max_jobs: int = _env("REALTIME_MAX_JOBS", _int, 30)
     drain_seconds: float = _env("REALTIME_DRAIN_SECONDS", _float, 5.0)
+    # with REDIS_URL: a job whose worker stopped refreshing its claim this long is taken
+    # over by another worker, which looks for such jobs every reclaim interval
+    job_claim_timeout: float = _env("REALTIME_JOB_CLAIM_TIMEOUT", _float, 20.0)
+    job_reclaim_interval: float = _env("REALTIME_JOB_RECLAIM_INTERVAL", _float, 2.0)
+    job_max_attempts: int = _env("REALTIME_JOB_MAX_ATTEMPTS", _int, 3)
+    job_result_ttl: int = _env("REALTIME_JOB_RESULT_TTL", _int, 86400)
+    job_queue: str = _env("REALTIME_JOB_QUEUE", _str, "realtime:jobs")
+    worker_grace: float = _env("REALTIME_WORKER_GRACE", _float, 10.0)
+    heartbeat_seconds: int = _env("REALTIME_HEARTBEAT_SECONDS", _int, 60)
     keycloak_issuer: str | None = _env("KEYCLOAK_ISSUER", _optional, None)
     keycloak_audience: str = _env("KEYCLOAK_AUDIENCE", _str, "realtime")
     keycloak_client_id: str = _env("KEYCLOAK_CLIENT_ID", _str, "realtime")

@@ -21,7 +21,7 @@ from realtime.bus.memory import MemoryBackend
 from realtime.db import open_database
 from realtime.exceptions import GoingAway
 from realtime.hub import Hub
-from realtime.jobs import Jobs, Task, build_broker
+from realtime.jobs import Jobs, Task, TaskServices, build_broker, builtin_tasks
 from realtime.metrics import Metrics
 from realtime.migrate import check_schema, upgrade
 from realtime.packages import Catalog
@@ -86,7 +86,7 @@ async def build_services(
             client_id=settings.keycloak_client_id,
             tenant_claim=settings.tenant_claim,
         )
-        jobs = Jobs(build_broker(settings), tasks)
+        jobs = Jobs(build_broker(settings), [*builtin_tasks(settings), *tasks])
         services = Services(
             settings,
             router.catalog,
@@ -131,7 +131,10 @@ def _auth_backends(
 
 @contextlib.asynccontextmanager
 async def running_broker(jobs: Jobs, services: Services) -> AsyncIterator[None]:
-    jobs.broker.state.services = services  # what tasks receive through TaskiqState
+    # what tasks receive through TaskiqState; only the in-process broker runs them here
+    jobs.broker.state.services = TaskServices(
+        services.settings, services.database, services.hub, redelivered=False
+    )
     await jobs.broker.startup()
     try:
         yield

@@ -63,6 +63,11 @@ jobs = sa.Table(
     sa.Column("error", sa.String(500), nullable=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    # resumption after a worker crash: the last recorded step, how many runs began, and
+    # the lease of the run that may write (an older run still alive is fenced out)
+    sa.Column("step", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("runner", sa.String(32), nullable=True),
     sa.CheckConstraint(
         "state IN ('PENDING', 'STARTED', 'SUCCESS', 'FAILURE', 'CANCELLED')", name="state"
     ),

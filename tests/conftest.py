@@ -45,7 +45,7 @@ def make_settings(tmp_path: Path, **changes: Any) -> Settings:
         "dev_users_file": str(ROOT / "dev-users.toml"),
         "embedded_database": str(tmp_path / "embedded.db"),
         "migrations_dir": str(ROOT / "migrations"),
-        "handlers": ("handlers", "tests.extra_routes"),
+        "handlers": ("handlers", "tests.extra_routes", "tests.failing_jobs"),
     }
     return Settings.from_mapping({}).replace(**{**files, **changes})
 

@@ -46,19 +46,20 @@ def node_env(tmp_path: Path, **env: str) -> dict[str, str]:
         "REALTIME_PERMISSIONS": str(ROOT / "permissions.toml"),
         "REALTIME_MIGRATIONS": str(ROOT / "migrations"),
         "REALTIME_DEV_USERS_FILE": str(ROOT / "dev-users.toml"),
+        "PYTHONPATH": str(ROOT),  # test-only handler modules (tests.failing_jobs)
         **env,
     }
 
 
 @contextmanager
-def node(tmp_path: Path, name: str = "node", **env: str) -> Iterator[Node]:
-    port = free_port()
+def process(tmp_path: Path, name: str, args: list[str], ready: str, **env: str) -> Iterator[Node]:
+    """A `realtime <args>` process in its own directory, once its output shows `ready`."""
     workdir = tmp_path / name
     workdir.mkdir(exist_ok=True)
-    log = workdir / "server.log"
+    log = workdir / "output.log"
     with log.open("w") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "realtime.cli", "serve", "--port", str(port)],
+        child = subprocess.Popen(
+            [sys.executable, "-m", "realtime.cli", *args],
             cwd=workdir,
             env=node_env(tmp_path, **env),
             stdout=output,
@@ -66,17 +67,32 @@ def node(tmp_path: Path, name: str = "node", **env: str) -> Iterator[Node]:
             text=True,
         )
     deadline = time.monotonic() + 30
-    while "Application startup complete" not in log.read_text():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
+    while ready not in log.read_text():
+        if child.poll() is not None or time.monotonic() > deadline:
+            child.kill()
             raise RuntimeError(f"{name} did not start:\n{log.read_text()}")
         time.sleep(0.05)
     try:
-        yield Node(process, f"127.0.0.1:{port}", log)
+        yield Node(child, "", log)
     finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(10)
+        if child.poll() is None:
+            child.kill()
+        child.wait(10)
+
+
+@contextmanager
+def node(tmp_path: Path, name: str = "node", **env: str) -> Iterator[Node]:
+    port = free_port()
+    args = ["serve", "--port", str(port)]
+    with process(tmp_path, name, args, "Application startup complete", **env) as server:
+        server.address = f"127.0.0.1:{port}"
+        yield server
+
+
+@contextmanager
+def worker(tmp_path: Path, name: str = "worker", **env: str) -> Iterator[Node]:
+    with process(tmp_path, name, ["worker"], "ready,", **env) as child:
+        yield child
 
 
 def mint(tmp_path: Path, sub: str, roles: str = "user", tenant: str = "acme") -> str:

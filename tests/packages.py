@@ -8,6 +8,7 @@ from typing import Any
 from realtime.exceptions import Conflict, NotFound, Unavailable
 from realtime.packages import Context, Package, Page, Rest
 from realtime.types import JSONObject
+from tests import failing_jobs
 
 
 async def sleep(ctx: Context, data: JSONObject) -> JSONObject:
@@ -134,3 +135,5 @@ TEST_PACKAGES.extend(
         Package(914, "test.not_json_async", not_json_async),
     ]
 )
+
+TEST_PACKAGES.extend(failing_jobs.PACKAGES)

@@ -161,3 +161,25 @@ def test_server_stop_ends_running_jobs_with_failure(engine: Any, tokens: dict[st
     with TestClient(build_app(engine)) as client:
         status = client.get(f"/jobs/{job_id}", headers=alice).json()
     assert status["state"] == "FAILURE" and status["error"] == "interrupted: the server stopped"
+
+
+def test_a_granted_role_sees_the_jobs_of_its_tenant_only(
+    db_client: TestClient, issuer: DevIssuer
+) -> None:
+    alice = auth_header(issuer.mint("alice", ["user"], tenant="acme"))
+    support = auth_header(issuer.mint("sam", ["user", "support"], tenant="acme"))
+    elsewhere = auth_header(issuer.mint("sue", ["user", "support"], tenant="globex"))
+    job_id = db_client.post(
+        "/jobs", json={"total_steps": 50, "step_seconds": 0.05}, headers=alice
+    ).json()["job_id"]
+    assert db_client.get(f"/jobs/{job_id}", headers=elsewhere).status_code == 404
+    assert db_client.delete(f"/jobs/{job_id}", headers=elsewhere).status_code == 404
+    with db_client.websocket_connect("/ws", headers=support) as ws:
+        assert call(ws, STATUS, {"job_id": job_id})["data"]["job_id"] == job_id
+        assert call(ws, WATCH, {"job_id": job_id})["status_code"] == 0
+        answer = call(ws, CANCEL, {"job_id": job_id}, req_id="cancel")
+        while answer.get("req_id") != "cancel":  # watched events may come first
+            answer = ws.receive_json()
+        assert answer["data"] == {"job_id": job_id, "state": "CANCELLED"}
+    assert db_client.get("/jobs", headers=support).json()["meta"]["total"] == 0  # own list
+    assert db_client.get(f"/jobs/{job_id}", headers=alice).json()["state"] == "CANCELLED"

@@ -1,0 +1,133 @@
+"""`realtime worker` and `realtime scheduler`: thin layers over taskiq's Receiver and
+SchedulerLoop, with the server's settings, database and bus.
+
+A worker stops on SIGTERM or SIGINT: it takes no new job, gives the running ones
+`REALTIME_WORKER_GRACE` seconds, then cancels the rest *without* acknowledging them and
+hands them back, so another worker resumes them at once (no job is lost to a deploy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from taskiq import TaskiqScheduler
+from taskiq.cli.scheduler.run import SchedulerLoop
+from taskiq.receiver import Receiver
+from taskiq.schedule_sources import LabelScheduleSource
+
+from realtime.db import open_database
+from realtime.exceptions import ConfigError
+from realtime.jobqueue import JobStreamBroker
+from realtime.jobs import Jobs, Task, TaskServices, build_broker, builtin_tasks
+from realtime.migrate import check_schema
+from realtime.settings import Settings
+from realtime.state import open_hub
+
+logger = logging.getLogger("realtime.worker")
+
+
+class _Receiver(Receiver):
+    """taskiq's Receiver, keeping hold of the running callbacks so that a stop past the
+    grace period can cancel them (taskiq's own runner leaves them running)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.running: set[asyncio.Task[Any]] = set()
+
+    async def callback(self, *args: Any, **kwargs: Any) -> Any:
+        task = asyncio.current_task()
+        assert task is not None
+        self.running.add(task)
+        try:
+            return await super().callback(*args, **kwargs)
+        finally:
+            self.running.discard(task)
+
+
+def _require_redis(settings: Settings, command: str) -> str:
+    if settings.redis_url is None:
+        raise ConfigError(
+            f"realtime {command} needs REDIS_URL: on the embedded default, jobs run inside "
+            "the server and need no worker"
+        )
+    return settings.redis_url
+
+
+def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+@contextlib.asynccontextmanager
+async def _task_services(settings: Settings) -> AsyncIterator[TaskServices]:
+    async with open_database(settings) as database, open_hub(settings) as hub:
+        await check_schema(settings, database)
+        yield TaskServices(settings, database, hub, redelivered=True)
+
+
+async def run_worker(settings: Settings, tasks: Sequence[Task], concurrency: int) -> None:
+    _require_redis(settings, "worker")
+    broker = build_broker(settings)
+    assert isinstance(broker, JobStreamBroker)
+    broker.is_worker_process = True
+    Jobs(broker, [*builtin_tasks(settings), *tasks])
+    async with _task_services(settings) as services:
+        broker.state.services = services
+        await broker.startup()
+        receiver = _Receiver(
+            broker, max_async_tasks=concurrency, run_startup=False, propagate_exceptions=False
+        )
+        stop = _stop_event()
+        listening = asyncio.create_task(receiver.listen(stop))
+        print(f"realtime: worker {services.worker} ready, {concurrency} jobs at once", flush=True)
+        await stop.wait()
+        await _stop_worker(broker, receiver, listening, settings.worker_grace)
+
+
+async def _stop_worker(
+    broker: JobStreamBroker, receiver: _Receiver, listening: asyncio.Task[None], grace: float
+) -> None:
+    """Finish what fits in the grace period; hand the rest back unacknowledged."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(listening, grace)
+    unfinished = list(receiver.running)
+    broker.hold_acks()
+    for task in unfinished:
+        task.cancel()
+    await asyncio.gather(*unfinished, return_exceptions=True)
+    if unfinished:
+        logger.warning("handing %d unfinished jobs back to the queue", len(unfinished))
+    await broker.release()
+    await broker.shutdown()
+    print("realtime: worker stopped", flush=True)
+
+
+async def run_scheduler(settings: Settings, tasks: Sequence[Task]) -> None:
+    """Queue each periodic task (`every`) on time. Run exactly one scheduler: two would
+    queue every period twice."""
+    _require_redis(settings, "scheduler")
+    broker = build_broker(settings)
+    jobs = Jobs(broker, [*builtin_tasks(settings), *tasks])
+    source = LabelScheduleSource(jobs.broker)
+    scheduler = TaskiqScheduler(jobs.broker, [source])
+    broker.is_scheduler_process = True
+    await source.startup()  # reads the `schedule` labels of the registered tasks
+    await scheduler.startup()
+    stop = _stop_event()
+    loop = asyncio.create_task(SchedulerLoop(scheduler).run(send_timeout=10))
+    print("realtime: scheduler running", flush=True)
+    await asyncio.wait([loop, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
+    loop.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await loop
+    await scheduler.shutdown()
+    await source.shutdown()
+    print("realtime: scheduler stopped", flush=True)

@@ -1,0 +1,379 @@
+"""Jobs end to end on real processes: the same test bodies on the embedded default (jobs
+run inside the server) and on Redis + PostgreSQL with real `realtime worker` processes;
+then what only workers have: crashes, hand-backs, redelivery, the scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import secrets
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import redis
+
+from tests.conftest import flush_redis, redis_url
+from tests.helpers import ws_call, ws_closed, ws_connect
+from tests.nodes import ROOT, Node, mint, node, process, worker
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+START, STATUS, CANCEL, WATCH, FAILING = 20, 21, 22, 23, 915
+FAST_RECLAIM = {"REALTIME_JOB_CLAIM_TIMEOUT": "1.5", "REALTIME_JOB_RECLAIM_INTERVAL": "0.2"}
+
+
+def permissions_with_test_jobs(tmp_path: Path) -> Path:
+    """The shipped permissions plus the test-only failing job."""
+    path = tmp_path / "permissions.toml"
+    text = (ROOT / "permissions.toml").read_text()
+    path.write_text(text.replace("[packages]\n", '[packages]\n"test.failing_job" = ["user"]\n', 1))
+    return path
+
+
+@dataclass
+class Jobs:
+    """A server (and, on Redis, its workers) plus what a test needs to reach them."""
+
+    tmp_path: Path
+    env: dict[str, str]
+    nodes: list[Node]
+    workers: list[Node] = field(default_factory=list)
+    stack: ExitStack = field(default_factory=ExitStack)
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        return self.nodes[0].address
+
+    def token(self, sub: str) -> str:
+        if sub not in self.tokens:
+            self.tokens[sub] = mint(self.tmp_path, sub)
+        return self.tokens[sub]
+
+    def add_worker(self, name: str, **env: str) -> Node:
+        started = self.stack.enter_context(worker(self.tmp_path, name, **{**self.env, **env}))
+        self.workers.append(started)
+        return started
+
+    def add_node(self, name: str) -> Node:
+        started = self.stack.enter_context(node(self.tmp_path, name, **self.env))
+        self.nodes.append(started)
+        return started
+
+    async def job_row(self, job_id: str) -> dict[str, Any]:
+        connection = await asyncpg.connect(self.env["DATABASE_URL"])
+        try:
+            row = await connection.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
+        finally:
+            await connection.close()
+        assert row is not None
+        return dict(row)
+
+    def queue_length(self) -> int:
+        client = redis.Redis.from_url(redis_url())
+        try:
+            return int(client.xlen(self.env["REALTIME_JOB_QUEUE"]))
+        finally:
+            client.close()
+
+
+def redis_env(tmp_path: Path, pg_url: str) -> dict[str, str]:
+    return {
+        "REDIS_URL": redis_url(),
+        "DATABASE_URL": pg_url,
+        "REALTIME_JOB_QUEUE": f"jobs:{secrets.token_hex(4)}",
+        "REALTIME_HANDLERS": "handlers,tests.failing_jobs",
+        "REALTIME_PERMISSIONS": str(permissions_with_test_jobs(tmp_path)),
+        **FAST_RECLAIM,
+    }
+
+
+@pytest.fixture
+def redis_jobs(tmp_path: Path, pg_url: str) -> Iterator[Jobs]:
+    """A node on Redis + PostgreSQL; workers are added by each test."""
+    flush_redis()
+    env = redis_env(tmp_path, pg_url)
+    jobs = Jobs(tmp_path, env, [])
+    with jobs.stack:
+        jobs.add_node("node-a")
+        yield jobs
+
+
+@pytest.fixture(params=["in-process", "worker"])
+def jobs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Jobs]:
+    """The embedded default (SQLite, jobs inside the server), then Redis + PostgreSQL with
+    a real `realtime worker`."""
+    if request.param == "worker":
+        redis_jobs = request.getfixturevalue("redis_jobs")
+        redis_jobs.add_worker("worker-1")
+        yield redis_jobs
+        return
+    env = {
+        "REALTIME_HANDLERS": "handlers,tests.failing_jobs",
+        "REALTIME_PERMISSIONS": str(permissions_with_test_jobs(tmp_path)),
+    }
+    embedded = Jobs(tmp_path, env, [])
+    with embedded.stack:
+        embedded.add_node("embedded")
+        yield embedded
+
+
+@asynccontextmanager
+async def socket(jobs: Jobs, sub: str = "alice", at: Node | None = None) -> AsyncIterator[Any]:
+    address = (at or jobs.nodes[0]).address
+    headers = {"Authorization": f"Bearer {jobs.token(sub)}"}
+    ws = await ws_connect(address, additional_headers=headers)
+    try:
+        yield ws
+    finally:
+        await ws.close()
+
+
+async def start(ws: Any, steps: int, seconds: float) -> str:
+    answer = await ws_call(ws, START, {"total_steps": steps, "step_seconds": seconds}, "start")
+    assert answer["status_code"] == 0, answer
+    return str(answer["data"]["job_id"])
+
+
+async def watch_until_done(ws: Any, job_id: str, timeout: float = 30) -> list[dict[str, Any]]:
+    """Watch the job; every frame up to and including its job.done, then 0.3 s more to
+    catch a second job.done if one were sent."""
+    answer = await ws_call(ws, WATCH, {"job_id": job_id}, "watch")
+    assert answer["status_code"] == 0, answer
+    events: list[dict[str, Any]] = []
+    async with asyncio.timeout(timeout):
+        while not events or events[-1].get("event") != "job.done":
+            events.append(json.loads(await ws.recv()))
+    try:
+        async with asyncio.timeout(0.3):
+            events.append(json.loads(await ws.recv()))
+    except TimeoutError:
+        pass
+    return events
+
+
+def steps_of(events: list[dict[str, Any]]) -> list[int]:
+    return [e["data"]["step"] for e in events if e.get("event") == "job.progress"]
+
+
+def done_of(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e["data"] for e in events if e.get("event") == "job.done"]
+
+
+async def status(jobs: Jobs, job_id: str, sub: str = "alice") -> httpx.Response:
+    headers = {"Authorization": f"Bearer {jobs.token(sub)}"}
+    async with httpx.AsyncClient(base_url=f"http://{jobs.address}") as http:
+        return await http.get(f"/jobs/{job_id}", headers=headers)
+
+
+# -- the same bodies on both configurations -------------------------------------------------
+
+
+async def test_progress_then_exactly_one_done(jobs: Jobs) -> None:
+    async with socket(jobs) as ws:
+        job_id = await start(ws, 4, 0.05)
+        events = await watch_until_done(ws, job_id)
+    assert steps_of(events) == [1, 2, 3, 4]
+    assert done_of(events) == [{"job_id": job_id, "state": "SUCCESS", "result": {"steps": 4}}]
+    final = (await status(jobs, job_id)).json()
+    assert final["state"] == "SUCCESS" and final["progress"] == 100
+
+
+async def test_late_watch_gets_the_history(jobs: Jobs) -> None:
+    async with socket(jobs) as ws:
+        job_id = await start(ws, 3, 0.01)
+    for _ in range(300):
+        if (await status(jobs, job_id)).json()["state"] == "SUCCESS":
+            break
+        await asyncio.sleep(0.02)
+    async with socket(jobs) as late:
+        events = await watch_until_done(late, job_id)
+    assert steps_of(events) == [1, 2, 3] and len(done_of(events)) == 1
+
+
+async def test_only_the_owner_sees_a_job_on_every_door(jobs: Jobs) -> None:
+    async with socket(jobs) as ws:
+        job_id = await start(ws, 20, 0.05)
+    async with socket(jobs, "bob") as ws:
+        for pkg_id in (STATUS, CANCEL, WATCH):
+            answer = await ws_call(ws, pkg_id, {"job_id": job_id})
+            assert answer["status_code"] == 4 and answer["error"]["message"] == "job not found"
+    assert (await status(jobs, job_id, "bob")).status_code == 404
+    bob = {"Authorization": f"Bearer {jobs.token('bob')}"}
+    compat = await ws_connect(jobs.address, f"/ws/jobs/{job_id}", additional_headers=bob)
+    assert await ws_closed(compat) == (1008, "job not found")
+    assert (await status(jobs, job_id)).json()["state"] in {"PENDING", "STARTED"}  # untouched
+
+
+async def test_compat_socket_streams_progress_then_closes_1000(jobs: Jobs) -> None:
+    async with socket(jobs) as ws:
+        job_id = await start(ws, 3, 0.05)
+    alice = {"Authorization": f"Bearer {jobs.token('alice')}"}
+    compat = await ws_connect(jobs.address, f"/ws/jobs/{job_id}", additional_headers=alice)
+    objects = [json.loads(await asyncio.wait_for(compat.recv(), 20)) for _ in range(3)]
+    assert await ws_closed(compat) == (1000, "job finished")
+    assert [o["step"] for o in objects] == [1, 2, 3]
+
+
+async def test_cancel_mid_job(jobs: Jobs) -> None:
+    async with socket(jobs) as ws:
+        job_id = await start(ws, 50, 0.05)
+        await ws_call(ws, WATCH, {"job_id": job_id}, "watch")
+        first = json.loads(await asyncio.wait_for(ws.recv(), 20))
+        assert first["event"] == "job.progress"
+        await ws.send(
+            json.dumps({"pkg_id": CANCEL, "req_id": "cancel", "data": {"job_id": job_id}})
+        )
+        frames = []
+        async with asyncio.timeout(10):
+            while not any(f.get("event") == "job.done" for f in frames) or not any(
+                f.get("req_id") == "cancel" for f in frames
+            ):
+                frames.append(json.loads(await ws.recv()))
+        await asyncio.sleep(0.3)  # a further step would have been published by now
+        answer = await ws_call(ws, STATUS, {"job_id": job_id}, "after")
+    assert next(f for f in frames if f.get("req_id") == "cancel")["data"]["state"] == "CANCELLED"
+    assert done_of(frames) == [{"job_id": job_id, "state": "CANCELLED"}]
+    assert answer["data"]["state"] == "CANCELLED" and answer["data"]["progress"] < 100
+
+
+async def test_a_failing_task_is_failure_with_a_safe_message(jobs: Jobs) -> None:
+    async with socket(jobs) as ws:
+        answer = await ws_call(ws, FAILING, {}, "fail")
+        job_id = answer["data"]["job_id"]
+        events = await watch_until_done(ws, job_id)
+    assert steps_of(events) == [1]
+    assert done_of(events) == [{"job_id": job_id, "state": "FAILURE", "error": "the job failed"}]
+    final = (await status(jobs, job_id)).json()
+    assert final["state"] == "FAILURE" and final["error"] == "the job failed"
+    assert "hunter2" not in json.dumps(events) + json.dumps(final)
+
+
+# -- only with workers ----------------------------------------------------------------------
+
+
+async def test_watch_from_a_socket_on_another_node(redis_jobs: Jobs) -> None:
+    redis_jobs.add_worker("worker-1")
+    node_b = redis_jobs.add_node("node-b")
+    async with socket(redis_jobs) as ws:
+        job_id = await start(ws, 5, 0.1)
+        async with socket(redis_jobs, at=node_b) as elsewhere:
+            events = await watch_until_done(elsewhere, job_id)
+    assert steps_of(events) == [1, 2, 3, 4, 5] and len(done_of(events)) == 1
+
+
+async def test_worker_killed_mid_job_another_worker_finishes_it(redis_jobs: Jobs) -> None:
+    doomed = redis_jobs.add_worker("doomed")
+    async with socket(redis_jobs) as ws:
+        job_id = await start(ws, 12, 0.25)
+        answer = await ws_call(ws, WATCH, {"job_id": job_id}, "watch")
+        assert answer["status_code"] == 0
+        events = [json.loads(await asyncio.wait_for(ws.recv(), 10)) for _ in range(3)]
+        redis_jobs.add_worker("survivor")  # idle: nothing new will arrive on the queue
+        doomed.kill()  # SIGKILL, mid-job
+        killed_at = time.monotonic()
+        async with asyncio.timeout(30):
+            while events[-1].get("event") != "job.done":
+                events.append(json.loads(await ws.recv()))
+                if len(steps_of(events)) == 4:
+                    resumed_after = time.monotonic() - killed_at
+    assert steps_of(events) == list(range(1, 13))  # continued where it stopped, no repeats
+    assert done_of(events) == [{"job_id": job_id, "state": "SUCCESS", "result": {"steps": 12}}]
+    # the claim timeout (1.5 s) plus a reclaim scan (0.2 s) plus one step (0.25 s)
+    assert resumed_after < 10, resumed_after
+    row = await redis_jobs.job_row(job_id)
+    assert row["attempts"] == 2 and row["state"] == "SUCCESS"
+    assert redis_jobs.queue_length() == 0  # acknowledged and deleted: nothing piles up
+
+
+async def test_a_job_longer_than_the_claim_timeout_runs_once(redis_jobs: Jobs) -> None:
+    for name in ("worker-1", "worker-2"):
+        redis_jobs.add_worker(name)
+    async with socket(redis_jobs) as ws:
+        job_id = await start(ws, 8, 0.5)  # 4 s, with a 1.5 s claim timeout
+        events = await watch_until_done(ws, job_id)
+    assert steps_of(events) == list(range(1, 9)) and len(done_of(events)) == 1
+    assert (await redis_jobs.job_row(job_id))["attempts"] == 1  # never taken over
+
+
+async def test_a_job_queued_before_any_worker_group_is_run(redis_jobs: Jobs) -> None:
+    async with socket(redis_jobs) as ws:
+        job_id = await start(ws, 2, 0.01)
+    client = redis.Redis.from_url(redis_url())
+    queue = redis_jobs.env["REALTIME_JOB_QUEUE"]
+    try:
+        client.xgroup_destroy(queue, f"{queue}:workers")  # as if only a producer had run
+    finally:
+        client.close()
+    redis_jobs.add_worker("late-worker")
+    async with socket(redis_jobs) as ws:
+        events = await watch_until_done(ws, job_id)
+    assert done_of(events)[0]["state"] == "SUCCESS"
+
+
+async def test_an_idle_worker_stops_at_once_on_sigterm(redis_jobs: Jobs) -> None:
+    idle = redis_jobs.add_worker("idle")
+    idle.process.send_signal(signal.SIGTERM)
+    assert idle.process.wait(5) == 0
+    assert "worker stopped" in idle.output()
+
+
+async def test_sigterm_hands_a_running_job_to_another_worker(redis_jobs: Jobs) -> None:
+    slow_takeover = {"REALTIME_JOB_CLAIM_TIMEOUT": "60", "REALTIME_WORKER_GRACE": "0.5"}
+    leaving = redis_jobs.add_worker("leaving", **slow_takeover)
+    async with socket(redis_jobs) as ws:
+        job_id = await start(ws, 10, 0.3)
+        answer = await ws_call(ws, WATCH, {"job_id": job_id}, "watch")
+        assert answer["status_code"] == 0
+        events = [json.loads(await asyncio.wait_for(ws.recv(), 10)) for _ in range(2)]
+        redis_jobs.add_worker("staying", **slow_takeover)
+        leaving.process.send_signal(signal.SIGTERM)
+        assert leaving.process.wait(10) == 0
+        async with asyncio.timeout(15):  # far less than the 60 s claim timeout
+            while events[-1].get("event") != "job.done":
+                events.append(json.loads(await ws.recv()))
+    assert "handing 1 unfinished jobs back" in leaving.output()
+    assert steps_of(events) == list(range(1, 11)) and len(done_of(events)) == 1
+    assert (await redis_jobs.job_row(job_id))["attempts"] == 2
+
+
+async def test_a_job_interrupted_too_often_fails(redis_jobs: Jobs) -> None:
+    once = {"REALTIME_JOB_MAX_ATTEMPTS": "1"}
+    doomed = redis_jobs.add_worker("doomed", **once)
+    async with socket(redis_jobs) as ws:
+        job_id = await start(ws, 20, 0.2)
+        await ws_call(ws, WATCH, {"job_id": job_id}, "watch")
+        events = [json.loads(await asyncio.wait_for(ws.recv(), 10))]
+        redis_jobs.add_worker("survivor", **once)
+        doomed.kill()
+        async with asyncio.timeout(20):
+            while events[-1].get("event") != "job.done":
+                events.append(json.loads(await ws.recv()))
+    expected = {"job_id": job_id, "state": "FAILURE", "error": "the job was interrupted too often"}
+    assert done_of(events) == [expected]
+
+
+async def test_scheduler_queues_heartbeat_once_per_period(redis_jobs: Jobs) -> None:
+    for name in ("worker-1", "worker-2"):
+        redis_jobs.add_worker(name)
+    env = {**redis_jobs.env, "REALTIME_HEARTBEAT_SECONDS": "1"}
+    with process(redis_jobs.tmp_path, "scheduler", ["scheduler"], "scheduler running", **env):
+        await asyncio.sleep(4.5)
+    client = redis.Redis.from_url(redis_url())
+    try:
+        entries = client.xrange("rt:{system.heartbeat}:s")
+    finally:
+        client.close()
+    beats = [json.loads(fields[b"d"])["at"] for _, fields in entries]
+    stamps = sorted(time.mktime(time.strptime(b[:19], "%Y-%m-%dT%H:%M:%S")) for b in beats)
+    assert 3 <= len(stamps) <= 5, beats  # one a second over ~4.5 s
+    assert len(set(stamps)) == len(stamps), beats  # never twice in the same period
+    assert all(later - earlier <= 2 for earlier, later in itertools.pairwise(stamps)), beats
