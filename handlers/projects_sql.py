@@ -7,7 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 from databases import Database
 
-from realtime.db import contains, now, utc
+from realtime.db import Prepared, contains, now, utc
 from schema.tables import projects as t
 
 COLUMNS = (
@@ -60,6 +60,33 @@ async def get(db: Database, tenant: str, project_id: int) -> dict[str, Any] | No
     return _project(record) if record else None
 
 
+def _page_statements(include_deleted: bool, search: bool, order: str) -> tuple[Prepared, Prepared]:
+    """The count and the page of one shape of list, built once per shape."""
+    where = [t.c.tenant_id == sa.bindparam("tenant")]
+    if not include_deleted:
+        where.append(t.c.is_deleted == sa.false())
+    if search:
+        where.append(t.c.name.ilike(sa.bindparam("search"), escape="\\"))
+    ordering = t.c.id.desc() if order == "newest" else t.c.id.asc()
+    count = sa.select(sa.func.count()).select_from(t).where(*where)
+    rows = (
+        sa.select(*COLUMNS)
+        .where(*where)
+        .order_by(ordering)
+        .limit(sa.bindparam("limit"))
+        .offset(sa.bindparam("offset"))
+    )
+    return Prepared(count), Prepared(rows)
+
+
+_PAGES = {
+    (deleted, search, order): _page_statements(deleted, search, order)
+    for deleted in (False, True)
+    for search in (False, True)
+    for order in ("newest", "oldest")
+}
+
+
 async def page(
     db: Database,
     tenant: str,
@@ -70,21 +97,13 @@ async def page(
     include_deleted: bool,
     order: str,
 ) -> tuple[list[dict[str, Any]], int]:
-    where = [t.c.tenant_id == tenant]
-    if not include_deleted:
-        where.append(t.c.is_deleted == sa.false())
+    count, rows = _PAGES[include_deleted, bool(search), "newest" if order == "newest" else "oldest"]
+    values: dict[str, Any] = {"tenant": tenant}
     if search:
-        where.append(t.c.name.ilike(contains(search), escape="\\"))
-    total = await db.fetch_val(sa.select(sa.func.count()).select_from(t).where(*where))
-    ordering = t.c.id.desc() if order == "newest" else t.c.id.asc()
-    query = (
-        sa.select(*COLUMNS)
-        .where(*where)
-        .order_by(ordering)
-        .limit(per_page)
-        .offset((page - 1) * per_page)
-    )
-    return [_project(r) for r in await db.fetch_all(query)], int(total)
+        values["search"] = contains(search)
+    total = await count.fetch_val(db, **values)
+    found = await rows.fetch_all(db, **values, limit=per_page, offset=(page - 1) * per_page)
+    return [_project(r) for r in found], int(total)
 
 
 async def update(
