@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from databases import Database
 
 from realtime.db import Prepared, contains, now, utc
+from schema.tables import project_counts as c
 from schema.tables import projects as t
 
 COLUMNS = (
@@ -69,6 +70,10 @@ def _page_statements(include_deleted: bool, search: bool, order: str) -> tuple[P
         where.append(t.c.name.ilike(sa.bindparam("search"), escape="\\"))
     ordering = t.c.id.desc() if order == "newest" else t.c.id.asc()
     count = sa.select(sa.func.count()).select_from(t).where(*where)
+    if not search:  # the tenant's count, kept by triggers (migration 0004): one row read
+        kept = c.c.total if include_deleted else c.c.live
+        mine = sa.select(kept).where(c.c.tenant_id == sa.bindparam("tenant")).scalar_subquery()
+        count = sa.select(sa.func.coalesce(mine, 0))
     rows = (
         sa.select(*COLUMNS)
         .where(*where)

@@ -152,20 +152,22 @@ class Prepared:
 
     def __init__(self, statement: ClauseElement) -> None:
         self.statement = statement
-        self._postgres: tuple[str, tuple[str, ...]] | None = None
+        self._postgres: tuple[str, tuple[str, ...], dict[str, Any]] | None = None
 
-    def _compiled(self) -> tuple[str, tuple[str, ...]]:
+    def _compiled(self) -> tuple[str, tuple[str, ...], dict[str, Any]]:
         if self._postgres is None:
             compiled: Any = self.statement.compile(
                 dialect=asyncpg_dialect(),  # type: ignore[no-untyped-call]
                 compile_kwargs={"render_postcompile": True},
             )
-            self._postgres = (compiled.string, tuple(compiled.positiontup or ()))
+            # literals in the statement are parameters too, with their values kept here
+            literals = dict(compiled.params)
+            self._postgres = (compiled.string, tuple(compiled.positiontup or ()), literals)
         return self._postgres
 
     def _args(self, values: dict[str, Any]) -> tuple[str, list[Any]]:
-        sql, names = self._compiled()
-        return sql, [values[name] for name in names]
+        sql, names, literals = self._compiled()
+        return sql, [values[name] if name in values else literals[name] for name in names]
 
     async def fetch_all(self, db: Database, **values: Any) -> list[Any]:
         if db.url.dialect != "postgresql":

@@ -35,6 +35,16 @@ projects = sa.Table(
     sa.Index("ix_projects_tenant_live_id", "tenant_id", "is_deleted", "id"),
 )
 
+# live and total projects per tenant, kept by triggers on `projects` (migration 0004), so
+# a page's `total` is one row read instead of a count over every row of the tenant
+project_counts = sa.Table(
+    "project_counts",
+    metadata,
+    sa.Column("tenant_id", sa.String(255), primary_key=True),
+    sa.Column("live", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("total", sa.Integer, nullable=False, server_default="0"),
+)
+
 authors = sa.Table(
     "authors",
     metadata,

@@ -249,3 +249,32 @@ def test_authors(db_client: TestClient, tokens: dict[str, str]) -> None:
         assert [a["name"] for a in page["data"]] == ["Ben", "Bea"]
         assert page["meta"] == {"page": 1, "per_page": 2, "total": 2, "pages": 1}
         assert call(ws, AUTHORS_CREATE, {"name": ""})["status_code"] == 2
+
+
+def test_totals_follow_every_write_in_each_tenant(
+    db_client: TestClient, tokens: dict[str, str]
+) -> None:
+    """`meta.total` comes from counts kept by triggers: it must match the rows after
+    creates, soft deletes (twice), updates, in two tenants, with and without deleted."""
+    alice, bob = auth_header(tokens["alice"]), auth_header(tokens["bob"])
+    ids = [
+        db_client.post("/projects", json={"name": f"p{i}"}, headers=alice).json()["id"]
+        for i in range(7)
+    ]
+    db_client.post("/projects", json={"name": "theirs"}, headers=bob)
+    for project_id in ids[:3]:
+        db_client.delete(f"/projects/{project_id}", headers=alice)
+    db_client.delete(f"/projects/{ids[0]}", headers=alice)  # again: no change
+    db_client.patch(f"/projects/{ids[5]}", json={"name": "renamed"}, headers=alice)
+
+    def totals(headers: dict[str, str]) -> tuple[int, int, int]:
+        live = db_client.get("/projects?per_page=100", headers=headers).json()
+        every = db_client.get("/projects?per_page=100&include_deleted=true", headers=headers).json()
+        found = db_client.get("/projects?search=p", headers=headers).json()  # counted rows
+        assert live["meta"]["total"] == len(live["data"])
+        assert every["meta"]["total"] == len(every["data"])
+        return live["meta"]["total"], every["meta"]["total"], found["meta"]["total"]
+
+    assert totals(alice) == (4, 7, 3)  # p3, p4, p6 match "p"; "renamed" does not
+    assert totals(bob) == (1, 1, 0)
+    assert totals(auth_header(tokens["carl"])) == (4, 7, 3)  # same tenant as alice
