@@ -10,7 +10,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.conftest import build_app, make_settings
-from tests.helpers import auth_header, call, close_of, request
+from tests.helpers import auth_header, call, close_of, request, ws_call, ws_connect
 
 ECHO, ME, REFRESH = 40, 41, 42
 SLEEP, BOOM, MISSING, CONFLICT, UNAVAILABLE, ADMIN, NUMBERS, EMIT, NOBODY = (
@@ -233,12 +233,19 @@ def test_oversized_frame_closes_1009(client: TestClient, token: str) -> None:
         assert close_of(ws)[0] == 1009
 
 
-def test_client_close_is_normal_1000(client: TestClient, token: str) -> None:
-    with client.websocket_connect("/ws", headers=auth_header(token)) as ws:
-        assert call(ws, ECHO)["status_code"] == 0
-        ws.close(1000)
-    with client.websocket_connect("/ws", headers=auth_header(token)) as ws:
-        assert call(ws, ECHO)["status_code"] == 0
+@pytest.mark.anyio
+async def test_client_close_is_normal_1000(server: str, token: str) -> None:
+    """The client closes with 1000: the server answers the close handshake with 1000 (and
+    cancels what the socket had in flight), then serves the next socket as before."""
+    ws = await ws_connect(server, additional_headers=auth_header(token))
+    assert (await ws_call(ws, ECHO))["status_code"] == 0
+    await ws.send(json.dumps({"pkg_id": SLEEP, "req_id": "slow", "data": {"seconds": 5}}))
+    await ws.close(1000, "bye")
+    assert ws.close_sent is not None and ws.close_sent.code == 1000
+    assert ws.close_rcvd is not None and ws.close_rcvd.code == 1000
+    again = await ws_connect(server, additional_headers=auth_header(token))
+    assert (await ws_call(again, ECHO, {"n": 2}))["data"] == {"n": 2}
+    await again.close()
 
 
 def test_web_alias_and_echo_compat_socket(client: TestClient, token: str) -> None:
