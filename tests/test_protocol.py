@@ -241,8 +241,8 @@ async def test_client_close_is_normal_1000(server: str, token: str) -> None:
     assert (await ws_call(ws, ECHO))["status_code"] == 0
     await ws.send(json.dumps({"pkg_id": SLEEP, "req_id": "slow", "data": {"seconds": 5}}))
     await ws.close(1000, "bye")
-    assert ws.close_sent is not None and ws.close_sent.code == 1000
-    assert ws.close_rcvd is not None and ws.close_rcvd.code == 1000
+    assert ws.protocol.close_sent is not None and ws.protocol.close_sent.code == 1000
+    assert ws.protocol.close_rcvd is not None and ws.protocol.close_rcvd.code == 1000
     again = await ws_connect(server, additional_headers=auth_header(token))
     assert (await ws_call(again, ECHO, {"n": 2}))["data"] == {"n": 2}
     await again.close()
