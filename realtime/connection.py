@@ -122,6 +122,12 @@ class Connection:
         self._outbox: collections.deque[bytes | _Close] = collections.deque()
         self._wakeup: asyncio.Future[None] | None = None
         self._writing = False
+        # the task writing a batch now and since when: `check_stall` (run by one sweeper
+        # per process) cancels a batch older than send_timeout, instead of a timer per batch
+        self._flusher: asyncio.Task[None] | None = None
+        self._flush_started = 0.0
+        self._stalled = False
+        self._writer: asyncio.Task[None] | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self._reader: asyncio.Task[None] | None = None
         self._expiry: asyncio.Task[None] | None = None
@@ -136,7 +142,7 @@ class Connection:
         await self.websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
         self.services.metrics.connections.inc()
         self.services.connections.add(self)
-        writer = asyncio.create_task(self._write_loop())
+        writer = self._writer = asyncio.create_task(self._write_loop())
         self._reader = asyncio.create_task(self._read_loop())
         try:
             await self._supervise(self._reader, writer)
@@ -208,23 +214,16 @@ class Connection:
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
 
-    async def _flush(self) -> bool:
+    async def _flush(self, task: asyncio.Task[None] | None) -> bool:
         """Write the queued frames up to a close marker; False if the peer is gone.
 
-        Whichever task calls it writes: the reader right after answering inline (no task
+        `task` (the caller) writes: the reader right after answering inline (no task
         switch on the hot path), or the writer for everything else. One deadline covers
         the batch: a peer that cannot take it within `send_timeout` is not reading (1013).
         """
-        task = asyncio.current_task()
-        assert task is not None
-        stalled: list[bool] = []
-
-        def stall() -> None:
-            stalled.append(True)
-            task.cancel()
-
-        timer = asyncio.get_running_loop().call_later(self.settings.send_timeout, stall)
         self._writing = True
+        self._flusher = task
+        self._flush_started = time.monotonic()
         try:
             # the frames queued now, not those added while we write: one deadline each batch
             for _ in range(len(self._outbox)):
@@ -233,18 +232,28 @@ class Connection:
                 text = self._outbox.popleft().decode()  # type: ignore[union-attr]
                 await self.websocket.send({"type": "websocket.send", "text": text})
         except asyncio.CancelledError:
-            if not stalled:
+            if not self._stalled or task is None:
                 raise
             task.uncancel()
             self.close(SlowConsumer())
         except (OSError, RuntimeError, WebSocketDisconnect):
             return False
         finally:
-            timer.cancel()
             self._writing = False
+            self._flusher = None
             if self._outbox:
                 self._wake()  # e.g. a close marker queued while we were writing
         return True
+
+    def check_stall(self, now: float) -> None:
+        """Called now and then (`time.monotonic()`) by the process's send sweeper: a batch
+        still being written after `send_timeout` means the peer is not reading."""
+        flusher = self._flusher
+        if flusher is None or self._stalled:
+            return
+        if now - self._flush_started > self.settings.send_timeout:
+            self._stalled = True
+            flusher.cancel()
 
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -256,7 +265,7 @@ class Connection:
                 self._wakeup = loop.create_future()
                 await self._wakeup
                 continue
-            if not await self._flush():
+            if not await self._flush(self._writer):
                 return  # the peer is gone
 
     async def _send_close(self, item: _Close) -> None:
@@ -280,7 +289,7 @@ class Connection:
             await self._on_open(self)
         while True:
             self._on_frame(self, await self._receive_text())
-            if self._outbox and not self._writing and not await self._flush():
+            if self._outbox and not self._writing and not await self._flush(self._reader):
                 raise _Disconnected()
             if self.state is State.CLOSING:
                 return

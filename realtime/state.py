@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,7 +101,7 @@ async def build_services(
             topics,
             jobs,
         )
-        async with running_broker(jobs, services):
+        async with running_broker(jobs, services), watching_sends(services):
             yield services
 
 
@@ -127,6 +128,28 @@ def _auth_backends(
         token_url=settings.keycloak_token_url,
     )
     return keys, login, None
+
+
+@contextlib.asynccontextmanager
+async def watching_sends(services: Services) -> AsyncIterator[None]:
+    """One sweeper per process enforces every socket's send deadline (1013 for a peer
+    that does not read): cheaper than arming and cancelling a timer per write."""
+    period = min(1.0, services.settings.send_timeout / 4)
+
+    async def sweep() -> None:
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for connection in list(services.connections):
+                connection.check_stall(now)
+
+    sweeper = asyncio.create_task(sweep())
+    try:
+        yield
+    finally:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
 
 
 @contextlib.asynccontextmanager
