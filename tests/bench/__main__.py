@@ -86,6 +86,9 @@ class PySpy:
             str(max(1, round(duration))),
             "--rate",
             "200",
+            # sample without stopping the process: blocking samples land on system calls
+            # (the socket writes) far more often than the time spent there
+            "--nonblocking",
             "--format",
             "raw",
             "--output",
