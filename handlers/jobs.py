@@ -8,6 +8,7 @@ writer moved it to its final state (the task, or a cancel).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -23,8 +24,16 @@ from handlers import jobs_sql as sql
 from realtime.auth.principal import Principal
 from realtime.bus import Offset
 from realtime.connection import Connection, ignore_frame
-from realtime.exceptions import InvalidData, NormalClosure, NotFound, PolicyViolation
+from realtime.db import translate
+from realtime.exceptions import (
+    InvalidData,
+    NormalClosure,
+    NotFound,
+    PolicyViolation,
+    Unavailable,
+)
 from realtime.hub import Hub
+from realtime.jobqueue import run_again
 from realtime.jobs import Task, TaskServices
 from realtime.packages import Context, Package, Page, Rest
 from realtime.state import Services
@@ -70,10 +79,45 @@ async def run_steps(
     then one `job.progress` event, per step; then exactly one `job.done`.
 
     Each run takes the job's lease; a step is recorded, then published, only while the
-    lease is held, so a run presumed dead that wakes up later writes nothing more. A
-    redelivered run continues after the last recorded step (a step must be safe to redo:
-    a run that died during it did not record it)."""
+    lease is held, so a run presumed dead that wakes up later records and publishes
+    nothing more. A redelivered run continues after the last recorded step (a step must
+    be safe to redo: a run that died during it did not record it). On a worker, an outage
+    of the database or the bus does not fail the job: it runs again later."""
     runner = secrets.token_hex(8)
+    try:
+        return await _run(services, job_id, runner, total_steps, work)
+    except asyncio.CancelledError:
+        if services.redelivered:  # handed back at a graceful stop: not an attempt
+            with contextlib.suppress(Exception):
+                await sql.hand_back(services.database, job_id, runner)
+        else:  # in-process: nothing will resume it
+            await _end(services, job_id, runner, "FAILURE", error="interrupted: the server stopped")
+        raise
+    except Exception as error:
+        if _outage(error) and run_again():
+            logger.warning("job %s met an outage (%s); it will run again", job_id, error)
+            raise
+        logger.exception("job %s failed", job_id)
+        try:
+            await _end(services, job_id, runner, "FAILURE", error="the job failed")
+        except Exception as failure:
+            if not (_outage(failure) and run_again()):
+                raise
+        raise
+
+
+def _outage(error: BaseException) -> bool:
+    """The database or the bus is unreachable or timed out (not the job's own fault)."""
+    return isinstance(error, Unavailable) or isinstance(translate(error), Unavailable)
+
+
+async def _run(
+    services: TaskServices,
+    job_id: str,
+    runner: str,
+    total_steps: int,
+    work: Callable[[int], Awaitable[None]],
+) -> dict[str, Any] | None:
     claimed = await sql.claim(services.database, job_id, runner)
     if claimed is None:
         return None  # already final: cancelled, or finished by an earlier run
@@ -81,22 +125,13 @@ async def run_steps(
     if attempts > services.settings.job_max_attempts:
         await _end(services, job_id, runner, "FAILURE", error="the job was interrupted too often")
         return None
-    try:
-        for step in range(done + 1, total_steps + 1):
-            await work(step)
-            if not await _step(services, job_id, runner, step, total_steps):
-                return None  # cancelled, or another run took over
-        result = {"steps": total_steps}
-        await _end(services, job_id, runner, "SUCCESS", result=result)
-        return result
-    except asyncio.CancelledError:
-        if not services.redelivered:  # in-process: nothing will resume it
-            await _end(services, job_id, runner, "FAILURE", error="interrupted: the server stopped")
-        raise
-    except Exception:
-        logger.exception("job %s failed", job_id)
-        await _end(services, job_id, runner, "FAILURE", error="the job failed")
-        raise
+    for step in range(done + 1, total_steps + 1):
+        await work(step)
+        if not await _step(services, job_id, runner, step, total_steps):
+            return None  # cancelled, or another run took over
+    result = {"steps": total_steps}
+    await _end(services, job_id, runner, "SUCCESS", result=result)
+    return result
 
 
 async def _step(services: TaskServices, job_id: str, runner: str, step: int, total: int) -> bool:

@@ -90,6 +90,17 @@ async def claim(db: Database, job_id: str, runner: str) -> tuple[int, int] | Non
     return (record["step"], record["attempts"]) if record else None
 
 
+async def hand_back(db: Database, job_id: str, runner: str) -> None:
+    """A run stopped on purpose (a worker's graceful stop): its claim does not count as
+    an attempt, so deploys do not use up a job's attempts."""
+    query = (
+        t.update()
+        .where(t.c.id == job_id, t.c.state == "STARTED", t.c.runner == runner)
+        .values(attempts=t.c.attempts - 1)
+    )
+    await db.execute(query)
+
+
 async def progress(db: Database, job_id: str, runner: str, step: int, percent: int) -> bool:
     """Record a step; False if the job was cancelled meanwhile or another run holds the
     lease (this run was presumed dead and the job redelivered)."""

@@ -167,8 +167,7 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 
     configure_logging(settings.log_level)
     tasks = load_handlers(settings.handlers)[1]
-    asyncio.run(run_worker(settings, tasks, args.concurrency or settings.max_jobs))
-    return 0
+    return asyncio.run(run_worker(settings, tasks, args.concurrency or settings.max_jobs))
 
 
 def _scheduler(settings: Settings, args: argparse.Namespace) -> int:

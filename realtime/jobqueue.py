@@ -28,7 +28,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from contextvars import ContextVar
 from typing import Any
 
 from redis.asyncio import Redis
@@ -37,6 +38,31 @@ from taskiq import AckableMessage
 from taskiq_redis import RedisStreamBroker
 
 logger = logging.getLogger("realtime.jobs")
+
+# Set by the worker around each delivery; a task that met an outage asks (run_again) for
+# its message not to be acknowledged, since taskiq acknowledges whatever the outcome.
+_RUN_AGAIN: ContextVar[list[bool] | None] = ContextVar("realtime_run_again", default=None)
+
+
+def run_again() -> bool:
+    """Ask that the job being run be delivered again later (after the claim timeout)
+    instead of acknowledged; False where nothing can redeliver it (in-process broker)."""
+    asked = _RUN_AGAIN.get()
+    if asked is None:
+        return False
+    asked[0] = True
+    return True
+
+
+@contextlib.contextmanager
+def delivery() -> Iterator[None]:
+    """The scope of one delivery, in which `run_again` applies to it."""
+    token = _RUN_AGAIN.set([False])
+    try:
+        yield
+    finally:
+        _RUN_AGAIN.reset(token)
+
 
 # Touch (or release) the messages a consumer still owns; a message another consumer took
 # over is left alone. ARGV: group, consumer, idle ms to set, ids...
@@ -86,7 +112,10 @@ class JobStreamBroker(RedisStreamBroker):
         )
         self.claim_timeout = claim_timeout
         self.reclaim_interval = reclaim_interval
-        self.owned: set[str] = set()  # ids of the messages this worker runs, not yet acked
+        # the messages this worker runs and has not acked: id -> delivery number (a message
+        # this worker takes back is a new delivery; the old one's ack must not count)
+        self.owned: dict[str, int] = {}
+        self._deliveries = 0
         self._cursor = "0-0"
         self._holding = False
         self._keeper: asyncio.Task[None] | None = None
@@ -97,10 +126,7 @@ class JobStreamBroker(RedisStreamBroker):
             self._keeper = asyncio.create_task(self._keep_claims())
 
     async def shutdown(self) -> None:
-        if self._keeper is not None:
-            self._keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keeper
+        await self._stop_keeper()
         await super().shutdown()
 
     async def listen(self) -> AsyncGenerator[AckableMessage, None]:
@@ -110,17 +136,23 @@ class JobStreamBroker(RedisStreamBroker):
             while True:
                 try:
                     if loop.time() >= next_scan:
-                        next_scan = loop.time() + self.reclaim_interval
-                        for message in await self._reclaim(redis):
+                        claimed = await self._reclaim(redis)
+                        # scan on at once while it finds orphans or has not walked the
+                        # whole pending list: a dead worker's jobs are taken over together
+                        more = claimed or self._cursor != "0-0"
+                        next_scan = loop.time() + (0 if more else self.reclaim_interval)
+                        for message in claimed:
                             yield message
                     wait = max(0.0, min(self.block / 1000, next_scan - loop.time()))
                     for message in await self._read(redis, wait):
                         yield message
                 except ResponseError as error:
-                    if "NOGROUP" not in str(error):
-                        raise
-                    # Redis lost the stream (restarted empty): recreate the group
-                    await self._declare_consumer_group()
+                    if "NOGROUP" in str(error):  # Redis lost the stream (restarted empty)
+                        await self._declare_consumer_group()
+                        continue
+                    # READONLY, BUSY, OOM, MASTERDOWN...: Redis is there but refuses
+                    logger.warning("job queue refused a read (%s); retrying", error)
+                    await asyncio.sleep(1)
                 except (RedisError, OSError) as error:
                     logger.warning("job queue unreachable (%s); retrying", type(error).__name__)
                     await asyncio.sleep(1)
@@ -133,10 +165,11 @@ class JobStreamBroker(RedisStreamBroker):
             block=max(1, int(wait * 1000)),
             count=1,
         )
-        return [self._message(i, fields) for _, entries in fetched or [] for i, fields in entries]
+        entries = [(i, fields) for _, batch in fetched or [] for i, fields in batch]
+        return await self._messages(redis, entries)
 
     async def _reclaim(self, redis: Redis) -> list[AckableMessage]:
-        """At most one orphan (idle past the claim timeout) per scan: a worker takes over
+        """At most one orphan (idle past the claim timeout) per call: a worker takes over
         only what it has room to run; the cursor walks the whole pending list in turn."""
         cursor, entries, *_ = await redis.xautoclaim(
             self.queue_name,
@@ -147,30 +180,40 @@ class JobStreamBroker(RedisStreamBroker):
             count=1,
         )
         self._cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
-        claimed = [self._message(i, fields) for i, fields in entries if fields]
+        claimed = await self._messages(redis, [(i, f) for i, f in entries if f])
         for message in claimed:
             logger.warning("reclaimed a job from a worker that stopped: %s", message.data[:80])
         return claimed
 
-    def _message(self, message_id: Any, fields: dict[bytes, bytes]) -> AckableMessage:
-        key = message_id.decode() if isinstance(message_id, bytes) else str(message_id)
-        self.owned.add(key)
-        return AckableMessage(data=fields[b"data"], ack=self._acker(key))
+    async def _messages(self, redis: Redis, entries: list[Any]) -> list[AckableMessage]:
+        messages = []
+        for message_id, fields in entries:
+            key = message_id.decode() if isinstance(message_id, bytes) else str(message_id)
+            data = fields.get(b"data")
+            if data is None:  # not a taskiq message: drop it rather than choke on it forever
+                logger.error("dropping a job queue entry without data: %s", key)
+                await redis.eval(_ACK, 1, self.queue_name, *self._owner(), key)
+                continue
+            self._deliveries += 1
+            self.owned[key] = self._deliveries
+            messages.append(AckableMessage(data=data, ack=self._acker(key, self._deliveries)))
+        return messages
 
-    def _acker(self, message_id: str) -> Callable[[], Awaitable[None]]:
+    def _owner(self) -> tuple[str, str]:
+        return self.consumer_group_name, self.consumer_name
+
+    def _acker(self, message_id: str, delivery: int) -> Callable[[], Awaitable[None]]:
         async def ack() -> None:
             if self._holding:
                 return  # stopping: taskiq acks even a cancelled task; keep it for another
-            self.owned.discard(message_id)
+            if self.owned.get(message_id) != delivery:
+                return  # an older delivery of a message this worker took back: not ours
+            del self.owned[message_id]
+            asked = _RUN_AGAIN.get()
+            if asked is not None and asked[0]:
+                return  # left pending: reclaimed after the claim timeout, a natural backoff
             async with Redis(connection_pool=self.connection_pool) as redis:
-                await redis.eval(
-                    _ACK,
-                    1,
-                    self.queue_name,
-                    self.consumer_group_name,
-                    self.consumer_name,
-                    message_id,
-                )
+                await redis.eval(_ACK, 1, self.queue_name, *self._owner(), message_id)
 
         return ack
 
@@ -178,15 +221,7 @@ class JobStreamBroker(RedisStreamBroker):
         if not self.owned:
             return
         async with Redis(connection_pool=self.connection_pool) as redis:
-            await redis.eval(
-                _TOUCH,
-                1,
-                self.queue_name,
-                self.consumer_group_name,
-                self.consumer_name,
-                idle_ms,
-                *sorted(self.owned),
-            )
+            await redis.eval(_TOUCH, 1, self.queue_name, *self._owner(), idle_ms, *self.owned)
 
     async def _keep_claims(self) -> None:
         """Refresh the claims of running jobs so that no other worker reclaims them."""
@@ -205,6 +240,15 @@ class JobStreamBroker(RedisStreamBroker):
 
     async def release(self) -> None:
         """Hand back the jobs this worker did not finish (a graceful stop): mark them idle
-        past the claim timeout, so the next scan of any other worker takes them at once."""
+        past the claim timeout, so the next scan of any other worker takes them at once.
+        The keeper stops first, so that no refresh in flight undoes the hand-back."""
+        await self._stop_keeper()
         await self._touch(int(self.claim_timeout * 1000) + 1)
         self.owned.clear()
+
+    async def _stop_keeper(self) -> None:
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
+            self._keeper = None

@@ -15,6 +15,7 @@ import signal
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from redis.exceptions import RedisError
 from taskiq import TaskiqScheduler
 from taskiq.cli.scheduler.run import SchedulerLoop
 from taskiq.receiver import Receiver
@@ -22,7 +23,7 @@ from taskiq.schedule_sources import LabelScheduleSource
 
 from realtime.db import open_database
 from realtime.exceptions import ConfigError
-from realtime.jobqueue import JobStreamBroker
+from realtime.jobqueue import JobStreamBroker, delivery
 from realtime.jobs import Jobs, Task, TaskServices, build_broker, builtin_tasks
 from realtime.migrate import check_schema
 from realtime.settings import Settings
@@ -44,7 +45,8 @@ class _Receiver(Receiver):
         assert task is not None
         self.running.add(task)
         try:
-            return await super().callback(*args, **kwargs)
+            with delivery():
+                return await super().callback(*args, **kwargs)
         finally:
             self.running.discard(task)
 
@@ -73,7 +75,8 @@ async def _task_services(settings: Settings) -> AsyncIterator[TaskServices]:
         yield TaskServices(settings, database, hub, redelivered=True)
 
 
-async def run_worker(settings: Settings, tasks: Sequence[Task], concurrency: int) -> None:
+async def run_worker(settings: Settings, tasks: Sequence[Task], concurrency: int) -> int:
+    """Run jobs until SIGTERM/SIGINT (0), or until the listener fails for good (1)."""
     _require_redis(settings, "worker")
     broker = build_broker(settings)
     assert isinstance(broker, JobStreamBroker)
@@ -88,24 +91,39 @@ async def run_worker(settings: Settings, tasks: Sequence[Task], concurrency: int
         stop = _stop_event()
         listening = asyncio.create_task(receiver.listen(stop))
         print(f"realtime: worker {services.worker} ready, {concurrency} jobs at once", flush=True)
-        await stop.wait()
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({stopping, listening}, return_when=asyncio.FIRST_COMPLETED)
+        failed = listening.done() and not listening.cancelled() and listening.exception()
+        if failed:
+            # a worker that takes no jobs must not look healthy: stop, hand back, exit 1
+            logger.error("the worker stopped taking jobs", exc_info=failed)
+        stop.set()
+        stopping.cancel()
         await _stop_worker(broker, receiver, listening, settings.worker_grace)
+    return 1 if failed else 0
 
 
 async def _stop_worker(
     broker: JobStreamBroker, receiver: _Receiver, listening: asyncio.Task[None], grace: float
 ) -> None:
     """Finish what fits in the grace period; hand the rest back unacknowledged."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(listening, grace)
+    await asyncio.wait({listening}, timeout=grace)  # taskiq waits for the running jobs
+    listening.cancel()
+    broker.hold_acks()  # from here on, taskiq's acks of cancelled jobs are ignored
     unfinished = list(receiver.running)
-    broker.hold_acks()
     for task in unfinished:
         task.cancel()
-    await asyncio.gather(*unfinished, return_exceptions=True)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(5):  # a job ignoring cancellation cannot hold the stop
+            await asyncio.gather(*unfinished, listening, return_exceptions=True)
     if unfinished:
         logger.warning("handing %d unfinished jobs back to the queue", len(unfinished))
-    await broker.release()
+    try:
+        async with asyncio.timeout(5):
+            await broker.release()
+    except (TimeoutError, RedisError, OSError) as error:
+        # not handed back: they are reclaimed after the claim timeout instead
+        logger.warning("could not hand jobs back (%s)", type(error).__name__)
     await broker.shutdown()
     print("realtime: worker stopped", flush=True)
 

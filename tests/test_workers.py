@@ -342,7 +342,7 @@ async def test_sigterm_hands_a_running_job_to_another_worker(redis_jobs: Jobs) -
                 events.append(json.loads(await ws.recv()))
     assert "handing 1 unfinished jobs back" in leaving.output()
     assert steps_of(events) == list(range(1, 11)) and len(done_of(events)) == 1
-    assert (await redis_jobs.job_row(job_id))["attempts"] == 2
+    assert (await redis_jobs.job_row(job_id))["attempts"] == 1  # a hand-back is no attempt
 
 
 async def test_a_job_interrupted_too_often_fails(redis_jobs: Jobs) -> None:
@@ -377,3 +377,67 @@ async def test_scheduler_queues_heartbeat_once_per_period(redis_jobs: Jobs) -> N
     assert 3 <= len(stamps) <= 5, beats  # one a second over ~4.5 s
     assert len(set(stamps)) == len(stamps), beats  # never twice in the same period
     assert all(later - earlier <= 2 for earlier, later in itertools.pairwise(stamps)), beats
+
+
+async def test_a_dead_worker_s_jobs_are_all_taken_over_together(redis_jobs: Jobs) -> None:
+    doomed = redis_jobs.add_worker("doomed")
+    async with socket(redis_jobs) as ws:
+        job_ids = [await start(ws, 16, 0.25) for _ in range(4)]
+        for job_id in job_ids:
+            await ws_call(ws, WATCH, {"job_id": job_id}, "watch")
+        survivor = redis_jobs.add_worker("survivor")
+        async with asyncio.timeout(10):  # every job has made a step on the doomed worker
+            while any(r["step"] == 0 for r in [await redis_jobs.job_row(j) for j in job_ids]):
+                await asyncio.sleep(0.05)
+        doomed.kill()
+        frames = []
+        async with asyncio.timeout(30):
+            while len(done_of(frames)) < 4:
+                frames.append(json.loads(await ws.recv()))
+    assert sorted(d["job_id"] for d in done_of(frames)) == sorted(job_ids)
+    assert {d["state"] for d in done_of(frames)} == {"SUCCESS"}
+    assert survivor.output().count("reclaimed a job") == 4
+
+
+async def test_a_malformed_queue_entry_neither_stops_the_worker_nor_blocks_jobs(
+    redis_jobs: Jobs,
+) -> None:
+    worker_1 = redis_jobs.add_worker("worker-1")
+    client = redis.Redis.from_url(redis_url())
+    try:
+        client.xadd(redis_jobs.env["REALTIME_JOB_QUEUE"], {"not-data": "x"})
+    finally:
+        client.close()
+    async with socket(redis_jobs) as ws:
+        job_id = await start(ws, 2, 0.01)
+        events = await watch_until_done(ws, job_id)
+    assert done_of(events)[0]["state"] == "SUCCESS"
+    assert worker_1.process.poll() is None
+    assert "dropping a job queue entry without data" in worker_1.output()
+    assert redis_jobs.queue_length() == 0
+
+
+async def test_a_database_outage_mid_job_runs_it_again_instead_of_failing(
+    redis_jobs: Jobs,
+) -> None:
+    from urllib.parse import urlsplit
+
+    from tests.proxy import running_proxy
+
+    database = urlsplit(redis_jobs.env["DATABASE_URL"]).path
+    with running_proxy(5432) as proxy:
+        behind = {"DATABASE_URL": f"postgresql://postgres@127.0.0.1:{proxy.port}{database}"}
+        cut_off = redis_jobs.add_worker("cut-off", **behind)
+        async with socket(redis_jobs) as ws:
+            job_id = await start(ws, 12, 0.2)
+            await ws_call(ws, WATCH, {"job_id": job_id}, "watch")
+            events = [json.loads(await asyncio.wait_for(ws.recv(), 10)) for _ in range(2)]
+            proxy.cut()  # the worker's database goes away mid-job
+            await asyncio.sleep(1.0)
+            proxy.restore()
+            async with asyncio.timeout(30):
+                while events[-1].get("event") != "job.done":
+                    events.append(json.loads(await ws.recv()))
+    assert done_of(events) == [{"job_id": job_id, "state": "SUCCESS", "result": {"steps": 12}}]
+    assert steps_of(events) == list(range(1, 13))
+    assert "it will run again" in cut_off.output()
