@@ -39,6 +39,8 @@ from taskiq_redis import RedisStreamBroker
 
 logger = logging.getLogger("realtime.jobs")
 
+PRUNE_EVERY = 60.0  # seconds between clean-ups of the consumers of stopped workers
+
 # Set by the worker around each delivery; a task that met an outage asks (run_again) for
 # its message not to be acknowledged, since taskiq acknowledges whatever the outcome.
 _RUN_AGAIN: ContextVar[list[bool] | None] = ContextVar("realtime_run_again", default=None)
@@ -132,9 +134,13 @@ class JobStreamBroker(RedisStreamBroker):
     async def listen(self) -> AsyncGenerator[AckableMessage, None]:
         loop = asyncio.get_running_loop()
         next_scan = 0.0
+        next_prune = loop.time() + PRUNE_EVERY
         async with Redis(connection_pool=self.connection_pool) as redis:
             while True:
                 try:
+                    if loop.time() >= next_prune:
+                        next_prune = loop.time() + PRUNE_EVERY
+                        await self._prune(redis)
                     if loop.time() >= next_scan:
                         claimed = await self._reclaim(redis)
                         # scan on at once while it finds orphans or has not walked the
@@ -198,6 +204,21 @@ class JobStreamBroker(RedisStreamBroker):
             self.owned[key] = self._deliveries
             messages.append(AckableMessage(data=data, ack=self._acker(key, self._deliveries)))
         return messages
+
+    async def _prune(self, redis: Redis) -> None:
+        """Forget consumers of stopped workers (each process joins under a new name):
+        only those with nothing pending, silent for ten claim timeouts. A live worker
+        that were removed would simply be recreated by its next read."""
+        silent_ms = self.claim_timeout * 10 * 1000
+        for consumer in await redis.xinfo_consumers(self.queue_name, self.consumer_group_name):
+            name = consumer["name"]
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            if (
+                consumer["pending"] == 0
+                and consumer["idle"] > silent_ms
+                and name != self.consumer_name
+            ):
+                await redis.xgroup_delconsumer(self.queue_name, self.consumer_group_name, name)
 
     def _owner(self) -> tuple[str, str]:
         return self.consumer_group_name, self.consumer_name

@@ -441,3 +441,31 @@ async def test_a_database_outage_mid_job_runs_it_again_instead_of_failing(
     assert done_of(events) == [{"job_id": job_id, "state": "SUCCESS", "result": {"steps": 12}}]
     assert steps_of(events) == list(range(1, 13))
     assert "it will run again" in cut_off.output()
+
+
+async def test_consumers_of_stopped_workers_are_forgotten_unless_they_hold_jobs() -> None:
+    """Each worker process joins the group under a new name; the clean-up removes the
+    silent ones with nothing pending, never one that still holds a job."""
+    import redis.asyncio as aioredis
+
+    from realtime.jobqueue import JobStreamBroker
+
+    flush_redis()
+    queue, group = "jobs:prune", "jobs:prune:workers"
+    client = aioredis.from_url(redis_url())
+    broker = JobStreamBroker(
+        redis_url(), queue=queue, group=group, claim_timeout=0.01, reclaim_interval=1
+    )
+    try:
+        await client.xgroup_create(queue, group, id="0", mkstream=True)
+        await client.xreadgroup(group, "stopped", {queue: ">"}, count=1, block=10)
+        await client.xadd(queue, {"data": "{}"})
+        await client.xreadgroup(group, "holding", {queue: ">"}, count=1)
+        await asyncio.sleep(0.3)  # both silent for longer than ten claim timeouts
+        async with aioredis.Redis(connection_pool=broker.connection_pool) as connection:
+            await broker._prune(connection)
+        left = await client.xinfo_consumers(queue, group)
+        assert [(c["name"], c["pending"]) for c in left] == [(b"holding", 1)]
+    finally:
+        await client.aclose()
+        await broker.shutdown()
