@@ -54,6 +54,13 @@ class Proxy:
         server = self.loop.run_until_complete(asyncio.start_server(self._client, sock=self._sock))
         self.loop.run_forever()
         server.close()
+        # end the connection tasks still piping before the loop goes (no "Task was
+        # destroyed but it is pending" at exit)
+        pending = asyncio.all_tasks(self.loop)
+        for task in pending:
+            task.cancel()
+        self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self.loop.close()
 
 
 @contextlib.contextmanager
