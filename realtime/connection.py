@@ -15,7 +15,7 @@ import enum
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -76,6 +76,31 @@ class _Disconnected(Exception):
     """The peer went away; nothing left to answer."""
 
 
+async def _finish(send: Coroutine[Any, Any, None], blocked: Any) -> None:
+    """Drive `send`, which already ran up to awaiting `blocked`, to its end, as a task
+    would have: resume it when what it waits on is done, or throw in what that raised
+    (a cancellation by the send deadline included)."""
+    while True:
+        try:
+            if blocked is None:  # a bare yield (sleep(0)): just give the loop a turn
+                await asyncio.sleep(0)
+            else:
+                # what a task does with a future its coroutine yielded: clear the flag the
+                # future's __await__ set, then wait for it
+                blocked._asyncio_future_blocking = False
+                await blocked
+        except BaseException as error:
+            try:
+                blocked = send.throw(error)
+            except StopIteration:
+                return
+            continue
+        try:
+            blocked = send.send(None)
+        except StopIteration:
+            return
+
+
 def presented_token(websocket: WebSocket) -> str | None:
     """The handshake token, checked in PROTOCOL.md 1.1 order: header, subprotocol, query."""
     authorization = websocket.headers.get("authorization", "")
@@ -128,6 +153,8 @@ class Connection:
         self._flush_started = 0.0
         self._stalled = False
         self._writer: asyncio.Task[None] | None = None
+        self._sending: asyncio.Task[None] | None = None  # a direct send the transport held
+        self._peer_gone = False
         self._handlers: set[asyncio.Task[None]] = set()
         self._reader: asyncio.Task[None] | None = None
         self._expiry: asyncio.Task[None] | None = None
@@ -170,7 +197,9 @@ class Connection:
 
     async def _cleanup(self, writer: asyncio.Task[None]) -> None:
         self.services.hub.drop(self)
-        tasks = [t for t in (self._reader, writer, self._expiry, *self._handlers) if t]
+        tasks = [
+            t for t in (self._reader, writer, self._expiry, self._sending, *self._handlers) if t
+        ]
         for task in tasks:
             task.cancel()
         # a second cancellation while we wait must not replace the one being raised
@@ -202,9 +231,41 @@ class Connection:
         if not replay and len(self._outbox) >= self.settings.send_queue:
             self.close(SlowConsumer())
             return
+        if wake and not self._outbox and not self._writing and self.state is State.OPEN:
+            self._send_now(message)  # nothing ahead of it: no queue, no writer wake-up
+            return
         self._outbox.append(message)
         if wake:
             self._wake()
+
+    def _send_now(self, message: bytes) -> None:
+        """Write one frame from the caller's own turn of the loop. uvicorn's send returns
+        without suspending unless the transport is paused (the peer reads slowly); then
+        the rest of that send runs in a task, under the send deadline, and later frames
+        queue behind it."""
+        send = self.websocket.send({"type": "websocket.send", "text": message.decode()})
+        try:
+            blocked = send.send(None)
+        except StopIteration:
+            return
+        except (OSError, RuntimeError, WebSocketDisconnect):
+            self._peer_gone = True
+            self._wake()  # the writer ends the connection
+            return
+        self._writing = True
+        self._sending = self._flusher = asyncio.ensure_future(_finish(send, blocked))
+        self._flush_started = time.monotonic()
+        self._sending.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._writing = False
+        self._flusher = self._sending = None
+        if task.cancelled():
+            if self._stalled:
+                self.close(SlowConsumer())
+        elif task.exception() is not None:
+            self._peer_gone = True
+        self._wake()
 
     def _put(self, item: bytes | _Close) -> None:
         self._outbox.append(item)
@@ -258,6 +319,8 @@ class Connection:
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            if self._peer_gone:
+                return
             if self._outbox and isinstance(self._outbox[0], _Close):
                 await self._send_close(self._outbox[0])
                 return
