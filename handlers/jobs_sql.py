@@ -9,7 +9,7 @@ import orjson
 import sqlalchemy as sa
 from databases import Database
 
-from realtime.db import now, utc
+from realtime.db import Prepared, now, utc
 from schema.tables import jobs as t
 
 LIVE = ("PENDING", "STARTED")
@@ -101,16 +101,30 @@ async def hand_back(db: Database, job_id: str, runner: str) -> None:
     await db.execute(query)
 
 
+# the statement of every step of every job: built and compiled once
+_PROGRESS = Prepared(
+    t.update()
+    .where(
+        t.c.id == sa.bindparam("the_job"),
+        t.c.state == "STARTED",
+        t.c.runner == sa.bindparam("the_runner"),
+    )
+    .values(
+        step=sa.bindparam("new_step"),
+        progress=sa.bindparam("new_progress"),
+        updated_at=sa.bindparam("stamp"),
+    )
+    .returning(t.c.id)
+)
+
+
 async def progress(db: Database, job_id: str, runner: str, step: int, percent: int) -> bool:
     """Record a step; False if the job was cancelled meanwhile or another run holds the
     lease (this run was presumed dead and the job redelivered)."""
-    query = (
-        t.update()
-        .where(t.c.id == job_id, t.c.state == "STARTED", t.c.runner == runner)
-        .values(step=step, progress=percent, updated_at=now())
-        .returning(t.c.id)
+    found = await _PROGRESS.fetch_one(
+        db, the_job=job_id, the_runner=runner, new_step=step, new_progress=percent, stamp=now()
     )
-    return await db.fetch_one(query) is not None
+    return found is not None
 
 
 async def finish(

@@ -20,8 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import sqlalchemy as sa
 from databases import Database
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
+from sqlalchemy.sql import visitors
+from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.sql.expression import ClauseElement
 
 from realtime.exceptions import ConfigError, Conflict, InvalidData, RequestError, Unavailable
@@ -169,23 +172,38 @@ class Prepared:
         sql, names, literals = self._compiled()
         return sql, [values[name] if name in values else literals[name] for name in names]
 
+    def _bound(self, values: dict[str, Any]) -> ClauseElement:
+        """The statement with its parameters' values in (for `databases`, off PostgreSQL;
+        `.params()` would do for a SELECT but not for an UPDATE)."""
+
+        def bind(element: Any) -> Any:
+            if isinstance(element, BindParameter) and element.key in values:
+                return sa.bindparam(element.key, values[element.key], type_=element.type)
+            return None
+
+        # SQLAlchemy's overloads do not cover a callback over any element
+        bound: ClauseElement = visitors.replacement_traverse(  # type: ignore[call-overload]
+            self.statement, {}, bind
+        )
+        return bound
+
     async def fetch_all(self, db: Database, **values: Any) -> list[Any]:
         if db.url.dialect != "postgresql":
-            return list(await db.fetch_all(self.statement.params(**values)))
+            return list(await db.fetch_all(self._bound(values)))
         sql, args = self._args(values)
         async with db.connection() as connection:
             return list(await connection.raw_connection.fetch(sql, *args))
 
     async def fetch_one(self, db: Database, **values: Any) -> Any:
         if db.url.dialect != "postgresql":
-            return await db.fetch_one(self.statement.params(**values))
+            return await db.fetch_one(self._bound(values))
         sql, args = self._args(values)
         async with db.connection() as connection:
             return await connection.raw_connection.fetchrow(sql, *args)
 
     async def fetch_val(self, db: Database, **values: Any) -> Any:
         if db.url.dialect != "postgresql":
-            return await db.fetch_val(self.statement.params(**values))
+            return await db.fetch_val(self._bound(values))
         sql, args = self._args(values)
         async with db.connection() as connection:
             return await connection.raw_connection.fetchval(sql, *args)
