@@ -223,7 +223,8 @@ class Connection:
 
     def enqueue(self, message: bytes, wake: bool = True, replay: bool = False) -> None:
         """Queue one text frame; a full queue means the peer is not reading: 1013.
-        `wake=False` when the caller (the reader) flushes the queue itself right after;
+        A frame with nothing queued ahead is written at once (`_send_now`);
+        `wake=False` when the caller flushes the queue itself right after;
         `replay=True` for history sent at once on subscribe, bounded by the retention and
         not a sign of a slow peer."""
         if self.state is State.CLOSING:
@@ -352,6 +353,10 @@ class Connection:
             await self._on_open(self)
         while True:
             self._on_frame(self, await self._receive_text())
+            if self._sending is not None:
+                # the transport holds a send (the peer reads slowly): read no further
+                # frames until it is written, as a plain `await send` would
+                await asyncio.wait({self._sending})
             if self._outbox and not self._writing and not await self._flush(self._reader):
                 raise _Disconnected()
             if self.state is State.CLOSING:
@@ -469,7 +474,7 @@ class Connection:
             except RequestError as error:
                 self.answer_error(package.id, request.req_id, error)
                 return
-            self._answer(ctx, message, wake=False)
+            self._answer(ctx, message)
             return
         if len(self._handlers) >= self.settings.max_inflight:
             self.answer_error(
