@@ -196,6 +196,7 @@ class Connection:
                     await asyncio.shield(writer)
 
     async def _cleanup(self, writer: asyncio.Task[None]) -> None:
+        self.state = State.CLOSING  # nothing may start a send any more
         self.services.hub.drop(self)
         tasks = [
             t for t in (self._reader, writer, self._expiry, self._sending, *self._handlers) if t
@@ -244,12 +245,14 @@ class Connection:
         without suspending unless the transport is paused (the peer reads slowly); then
         the rest of that send runs in a task, under the send deadline, and later frames
         queue behind it."""
-        send = self.websocket.send({"type": "websocket.send", "text": message.decode()})
         try:
+            send = self.websocket.send({"type": "websocket.send", "text": message.decode()})
             blocked = send.send(None)
         except StopIteration:
             return
-        except (OSError, RuntimeError, WebSocketDisconnect):
+        except Exception as error:  # never into the caller (the hub's fan-out loop)
+            if not isinstance(error, OSError | RuntimeError | WebSocketDisconnect):
+                logger.error("a send failed", exc_info=error)
             self._peer_gone = True
             self._wake()  # the writer ends the connection
             return
@@ -264,7 +267,9 @@ class Connection:
         if task.cancelled():
             if self._stalled:
                 self.close(SlowConsumer())
-        elif task.exception() is not None:
+        elif (error := task.exception()) is not None:
+            if not isinstance(error, OSError | RuntimeError | WebSocketDisconnect):
+                logger.error("a send failed", exc_info=error)
             self._peer_gone = True
         self._wake()
 
@@ -286,15 +291,23 @@ class Connection:
         self._writing = True
         self._flusher = task
         self._flush_started = time.monotonic()
+        frame: bytes | _Close | None = None
         try:
             # the frames queued now, not those added while we write: one deadline each batch
             for _ in range(len(self._outbox)):
                 if isinstance(self._outbox[0], _Close):
                     break
-                text = self._outbox.popleft().decode()  # type: ignore[union-attr]
+                frame = self._outbox.popleft()
+                text = frame.decode()  # type: ignore[union-attr]
                 await self.websocket.send({"type": "websocket.send", "text": text})
+                frame = None
         except asyncio.CancelledError:
             if not self._stalled or task is None:
+                # cancelled by a close (expiry, drain, job finished), not by the deadline:
+                # the frame was not written (uvicorn writes only after its wait), so it goes
+                # back in front, ahead of the frames and the close that follow it
+                if frame is not None:
+                    self._outbox.appendleft(frame)
                 raise
             task.uncancel()
             self.close(SlowConsumer())
@@ -313,9 +326,10 @@ class Connection:
         flusher = self._flusher
         if flusher is None or self._stalled:
             return
-        if now - self._flush_started > self.settings.send_timeout:
+        # a send that just finished (its done-callback not run yet) cannot be cancelled:
+        # only a cancel that takes counts as a stall
+        if now - self._flush_started > self.settings.send_timeout and flusher.cancel():
             self._stalled = True
-            flusher.cancel()
 
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()

@@ -46,3 +46,183 @@ async def test_a_held_send_is_cancelled_by_the_send_deadline() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert unwound == [True]
+
+
+# -- a Connection over uvicorn's real sans-I/O protocol and a transport in memory ---------
+
+import time  # noqa: E402
+import types  # noqa: E402
+from collections.abc import Awaitable, Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+from starlette.websockets import WebSocket  # noqa: E402
+from uvicorn.config import Config  # noqa: E402
+from uvicorn.protocols.websockets.websockets_sansio_impl import (  # noqa: E402
+    WebSocketsSansIOProtocol,
+)
+from uvicorn.server import ServerState  # noqa: E402
+from websockets.frames import Frame  # noqa: E402
+from websockets.streams import StreamReader  # noqa: E402
+
+from realtime.connection import Connection, State, echo_frame  # noqa: E402
+from realtime.exceptions import GoingAway  # noqa: E402
+from realtime.metrics import Metrics  # noqa: E402
+from realtime.settings import Settings  # noqa: E402
+
+HANDSHAKE = (
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+class MemoryTransport:
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.out += data
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def frames(self) -> list[tuple[str, bytes]]:
+        """What the server wrote after the handshake, as (opcode, payload)."""
+        reader = StreamReader()
+        reader.feed_data(bytes(self.out[self.out.find(b"\r\n\r\n") + 4 :]))
+        reader.feed_eof()
+        found = []
+        while True:
+            parser = Frame.parse(reader.read_exact, mask=False)
+            try:
+                while True:
+                    next(parser)
+            except StopIteration as done:
+                found.append((done.value.opcode.name, bytes(done.value.data)))
+            except EOFError:
+                return found
+
+
+Scenario = Callable[[Connection, WebSocketsSansIOProtocol], Awaitable[None]]
+
+
+async def over_uvicorn(scenario: Scenario) -> MemoryTransport:
+    failures: list[BaseException] = []  # uvicorn logs an app's exception; we re-raise it
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        websocket = WebSocket(scope, receive, send)
+        await websocket.accept()
+        services = types.SimpleNamespace(
+            settings=Settings.from_mapping({}),
+            metrics=Metrics(),
+            connections=set(),
+            hub=types.SimpleNamespace(drop=lambda connection: None),
+        )
+        connection = Connection(websocket, services, echo_frame)  # type: ignore[arg-type]
+        connection.state = State.OPEN
+        connection._writer = asyncio.create_task(connection._write_loop())
+        await asyncio.sleep(0)
+        try:
+            await scenario(connection, protocol)
+        except BaseException as failure:
+            failures.append(failure)
+
+    config = Config(app=app, ws="websockets-sansio", lifespan="off", ws_ping_interval=None)
+    config.load()
+    protocol = WebSocketsSansIOProtocol(config, ServerState(), {}, _loop=asyncio.get_running_loop())
+    transport = MemoryTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol.data_received(HANDSHAKE)
+    for task in list(protocol.tasks):
+        await task
+    if failures:
+        raise failures[0]
+    return transport
+
+
+async def test_frames_queued_behind_a_held_send_keep_their_order_then_the_close() -> None:
+    async def scenario(connection: Connection, protocol: Any) -> None:
+        connection.enqueue(b"A0")  # written at once
+        protocol.pause_writing()  # the peer stops reading
+        connection.enqueue(b"A")  # held by the transport
+        connection.enqueue(b"B")
+        connection.enqueue(b"C")
+        connection.close(GoingAway())
+        await asyncio.sleep(0.05)
+        protocol.resume_writing()
+        assert connection._writer is not None
+        await asyncio.wait_for(connection._writer, 2)
+
+    transport = await over_uvicorn(scenario)
+    assert transport.frames() == [
+        ("TEXT", b"A0"),
+        ("TEXT", b"A"),
+        ("TEXT", b"B"),
+        ("TEXT", b"C"),
+        ("CLOSE", b"\x03\xe9server draining"),
+    ]
+
+
+async def test_a_close_during_a_held_flush_loses_no_frame() -> None:
+    """The reader is flushing X when a close from elsewhere (drain, expiry) cancels it: X
+    was not written, so it goes out before Y and the close, not never."""
+
+    async def scenario(connection: Connection, protocol: Any) -> None:
+        connection._outbox.extend([b"X", b"Y"])
+        protocol.pause_writing()
+
+        async def reader() -> None:
+            await connection._flush(connection._reader)
+            await asyncio.sleep(10)
+
+        connection._reader = asyncio.create_task(reader())
+        await asyncio.sleep(0.01)
+        connection.close(GoingAway())
+        await asyncio.sleep(0.01)
+        protocol.resume_writing()
+        assert connection._writer is not None
+        await asyncio.wait_for(connection._writer, 2)
+
+    transport = await over_uvicorn(scenario)
+    assert transport.frames() == [
+        ("TEXT", b"X"),
+        ("TEXT", b"Y"),
+        ("CLOSE", b"\x03\xe9server draining"),
+    ]
+
+
+async def test_a_sweep_just_after_a_held_send_finished_is_no_stall() -> None:
+    """The sweeper may tick after a held send completed but before its callback ran: that
+    is no stall, and the deadline must still work for the next held send (1013)."""
+
+    async def scenario(connection: Connection, protocol: Any) -> None:
+        loop = asyncio.get_running_loop()
+        protocol.pause_writing()
+        connection.enqueue(b"A")
+        await asyncio.sleep(0)
+        connection._flush_started -= connection.settings.send_timeout + 1
+        protocol.resume_writing()
+        loop.call_soon(lambda: connection.check_stall(time.monotonic()))
+        await asyncio.sleep(0.01)
+        assert not connection._stalled and connection.state is State.OPEN
+        protocol.pause_writing()
+        connection.enqueue(b"B")
+        connection._flush_started -= connection.settings.send_timeout + 1
+        connection.check_stall(time.monotonic())
+        await asyncio.sleep(0.01)
+        assert connection.state is State.CLOSING  # closed 1013 by the deadline
+        assert connection._writer is not None
+        connection._writer.cancel()
+
+    transport = await over_uvicorn(scenario)
+    assert transport.frames()[0] == ("TEXT", b"A")
