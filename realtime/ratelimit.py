@@ -19,18 +19,24 @@ class MemoryRateLimiter:
         self._rate = rate
         self._burst = float(max(burst, 1))
         self._clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}
+        # key -> [tokens, last refill time], updated in place (no allocation per request)
+        self._buckets: dict[str, list[float]] = {}
         self._calls = 0
 
     def check(self, key: str, cost: float = 1.0) -> None:
         """Take `cost` tokens from `key`'s bucket or raise RateLimited with retry_after."""
         now = self._clock()
-        tokens, last = self._buckets.get(key, (self._burst, now))
-        tokens = min(self._burst, tokens + (now - last) * self._rate)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = [self._burst, now]
+        tokens = bucket[0] + (now - bucket[1]) * self._rate
+        if tokens > self._burst:
+            tokens = self._burst
+        bucket[1] = now
         if tokens < cost:
-            self._buckets[key] = (tokens, now)
+            bucket[0] = tokens
             raise RateLimited((cost - tokens) / self._rate)
-        self._buckets[key] = (tokens - cost, now)
+        bucket[0] = tokens - cost
         self._calls += 1
         if self._calls % PRUNE_EVERY == 0:
             self._prune(now)

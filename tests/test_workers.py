@@ -201,7 +201,7 @@ async def test_late_watch_gets_the_history(jobs: Jobs) -> None:
 
 async def test_only_the_owner_sees_a_job_on_every_door(jobs: Jobs) -> None:
     async with socket(jobs) as ws:
-        job_id = await start(ws, 20, 0.05)
+        job_id = await start(ws, 100, 0.05)
     async with socket(jobs, "bob") as ws:
         for pkg_id in (STATUS, CANCEL, WATCH):
             answer = await ws_call(ws, pkg_id, {"job_id": job_id})
@@ -210,7 +210,8 @@ async def test_only_the_owner_sees_a_job_on_every_door(jobs: Jobs) -> None:
     bob = {"Authorization": f"Bearer {jobs.token('bob')}"}
     compat = await ws_connect(jobs.address, f"/ws/jobs/{job_id}", additional_headers=bob)
     assert await ws_closed(compat) == (1008, "job not found")
-    assert (await status(jobs, job_id)).json()["state"] in {"PENDING", "STARTED"}  # untouched
+    # bob's cancel did nothing: the job runs on (or, on a slow machine, has just finished)
+    assert (await status(jobs, job_id)).json()["state"] in {"PENDING", "STARTED", "SUCCESS"}
 
 
 async def test_compat_socket_streams_progress_then_closes_1000(jobs: Jobs) -> None:
