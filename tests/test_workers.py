@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -368,16 +369,21 @@ async def test_scheduler_queues_heartbeat_once_per_period(redis_jobs: Jobs) -> N
     env = {**redis_jobs.env, "REALTIME_HEARTBEAT_SECONDS": "1"}
     with process(redis_jobs.tmp_path, "scheduler", ["scheduler"], "scheduler running", **env):
         await asyncio.sleep(4.5)
+    for _ in range(100):  # the workers run what was queued before the scheduler stopped
+        if redis_jobs.queue_length() == 0:
+            break
+        await asyncio.sleep(0.05)
     client = redis.Redis.from_url(redis_url())
     try:
         entries = client.xrange("rt:{system.heartbeat}:s")
     finally:
         client.close()
     beats = [json.loads(fields[b"d"])["at"] for _, fields in entries]
-    stamps = sorted(time.mktime(time.strptime(b[:19], "%Y-%m-%dT%H:%M:%S")) for b in beats)
-    assert 3 <= len(stamps) <= 5, beats  # one a second over ~4.5 s
-    assert len(set(stamps)) == len(stamps), beats  # never twice in the same period
-    assert all(later - earlier <= 2 for earlier, later in itertools.pairwise(stamps)), beats
+    stamps = sorted(datetime.fromisoformat(beat).timestamp() for beat in beats)
+    # one a second over ~4.5 s: a second scheduler, or a beat run twice, would double it
+    assert 3 <= len(stamps) <= 5, beats
+    # on time: the beats are about a period apart (run times, so a little jitter)
+    assert all(0.5 <= later - earlier <= 2 for earlier, later in itertools.pairwise(stamps)), beats
 
 
 async def test_a_dead_worker_s_jobs_are_all_taken_over_together(redis_jobs: Jobs) -> None:
