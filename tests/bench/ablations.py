@@ -48,10 +48,20 @@ def _bare_frame() -> None:
     realtime.app.package_frame = bare_frame  # type: ignore[assignment]
 
 
-ABLATIONS: dict[str, Callable[[], None]] = {
-    "bare-frame": _bare_frame,
-    "lazy-gc": _lazy_gc,
-}
+def _no_router() -> None:
+    """`/ws` frames parsed and looked up as usual, then the handler called directly and
+    the answer encoded as usual: no Context, no roles, rate limit, validator or metrics.
+    What the router's admission and bookkeeping cost per request."""
+    import realtime.app
+    from realtime.protocol import encode_ok, parse_request
+
+    def routerless_frame(connection: Any, text: str) -> None:
+        request = parse_request(text)
+        package = connection.services.catalog.get(request.pkg_id)
+        data = package.handler(None, request.data)
+        connection.enqueue(encode_ok(package.id, request.req_id, data))
+
+    realtime.app.package_frame = routerless_frame  # type: ignore[assignment]
 
 
 def parse(value: str) -> list[str]:
