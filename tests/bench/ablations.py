@@ -64,6 +64,13 @@ def _no_router() -> None:
     realtime.app.package_frame = routerless_frame  # type: ignore[assignment]
 
 
+ABLATIONS: dict[str, Callable[[], None]] = {
+    "bare-frame": _bare_frame,
+    "no-router": _no_router,
+    "lazy-gc": _lazy_gc,
+}
+
+
 def parse(value: str) -> list[str]:
     names = [name.strip() for name in value.split(",") if name.strip()]
     unknown = [name for name in names if name not in ABLATIONS]
