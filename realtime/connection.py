@@ -146,9 +146,9 @@ class Connection:
         # the outbox: a deque with one waiter, lighter than asyncio.Queue on the hot path
         self._outbox: collections.deque[bytes | _Close] = collections.deque()
         self._wakeup: asyncio.Future[None] | None = None
-        self._writing = False
-        # the task writing a batch now and since when: `check_stall` (run by one sweeper
-        # per process) cancels a batch older than send_timeout, instead of a timer per batch
+        # the task writing now (a batch, or a send the transport held) and since when:
+        # `check_stall` (run by one sweeper per process) cancels one older than
+        # send_timeout, instead of a timer per batch
         self._flusher: asyncio.Task[None] | None = None
         self._flush_started = 0.0
         self._stalled = False
@@ -256,13 +256,11 @@ class Connection:
             self._peer_gone = True
             self._wake()  # the writer ends the connection
             return
-        self._writing = True
         self._sending = self._flusher = asyncio.ensure_future(_finish(send, blocked))
         self._flush_started = time.monotonic()
         self._sending.add_done_callback(self._sent)
 
     def _sent(self, task: asyncio.Task[None]) -> None:
-        self._writing = False
         self._flusher = self._sending = None
         if task.cancelled():
             if self._stalled:
@@ -281,14 +279,17 @@ class Connection:
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
 
-    async def _flush(self, task: asyncio.Task[None] | None) -> bool:
+    @property
+    def _writing(self) -> bool:
+        return self._flusher is not None
+
+    async def _flush(self, task: asyncio.Task[None]) -> bool:
         """Write the queued frames up to a close marker; False if the peer is gone.
 
         `task` (the caller) writes: the reader right after answering inline (no task
         switch on the hot path), or the writer for everything else. One deadline covers
         the batch: a peer that cannot take it within `send_timeout` is not reading (1013).
         """
-        self._writing = True
         self._flusher = task
         self._flush_started = time.monotonic()
         frame: bytes | _Close | None = None
@@ -302,7 +303,7 @@ class Connection:
                 await self.websocket.send({"type": "websocket.send", "text": text})
                 frame = None
         except asyncio.CancelledError:
-            if not self._stalled or task is None:
+            if not self._stalled:
                 # cancelled by a close (expiry, drain, job finished), not by the deadline:
                 # the frame was not written (uvicorn writes only after its wait), so it goes
                 # back in front, ahead of the frames and the close that follow it
@@ -314,7 +315,6 @@ class Connection:
         except (OSError, RuntimeError, WebSocketDisconnect):
             return False
         finally:
-            self._writing = False
             self._flusher = None
             if self._outbox:
                 self._wake()  # e.g. a close marker queued while we were writing
@@ -333,6 +333,8 @@ class Connection:
 
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
+        me = self._writer
+        assert me is not None  # run() sets it before the loop starts
         while True:
             if self._peer_gone:
                 return
@@ -343,7 +345,7 @@ class Connection:
                 self._wakeup = loop.create_future()
                 await self._wakeup
                 continue
-            if not await self._flush(self._writer):
+            if not await self._flush(me):
                 return  # the peer is gone
 
     async def _send_close(self, item: _Close) -> None:
@@ -365,13 +367,15 @@ class Connection:
         self.state = State.OPEN
         if self._on_open is not None:
             await self._on_open(self)
+        me = self._reader
+        assert me is not None  # run() sets it before the loop starts
         while True:
             self._on_frame(self, await self._receive_text())
             if self._sending is not None:
                 # the transport holds a send (the peer reads slowly): read no further
                 # frames until it is written, as a plain `await send` would
                 await asyncio.wait({self._sending})
-            if self._outbox and not self._writing and not await self._flush(self._reader):
+            if self._outbox and not self._writing and not await self._flush(me):
                 raise _Disconnected()
             if self.state is State.CLOSING:
                 return

@@ -187,23 +187,23 @@ class Prepared:
         )
         return bound
 
-    async def fetch_all(self, db: Database, **values: Any) -> list[Any]:
+    async def _run(self, db: Database, values: dict[str, Any], method: str) -> Any:
+        """`method` of `databases` (fetch_all, fetch_one, fetch_val) off PostgreSQL, the
+        matching asyncpg method on it."""
         if db.url.dialect != "postgresql":
-            return list(await db.fetch_all(self._bound(values)))
+            return await getattr(db, method)(self._bound(values))
         sql, args = self._args(values)
         async with db.connection() as connection:
-            return list(await connection.raw_connection.fetch(sql, *args))
+            return await getattr(connection.raw_connection, _ASYNCPG[method])(sql, *args)
+
+    async def fetch_all(self, db: Database, **values: Any) -> list[Any]:
+        return list(await self._run(db, values, "fetch_all"))
 
     async def fetch_one(self, db: Database, **values: Any) -> Any:
-        if db.url.dialect != "postgresql":
-            return await db.fetch_one(self._bound(values))
-        sql, args = self._args(values)
-        async with db.connection() as connection:
-            return await connection.raw_connection.fetchrow(sql, *args)
+        return await self._run(db, values, "fetch_one")
 
     async def fetch_val(self, db: Database, **values: Any) -> Any:
-        if db.url.dialect != "postgresql":
-            return await db.fetch_val(self._bound(values))
-        sql, args = self._args(values)
-        async with db.connection() as connection:
-            return await connection.raw_connection.fetchval(sql, *args)
+        return await self._run(db, values, "fetch_val")
+
+
+_ASYNCPG = {"fetch_all": "fetch", "fetch_one": "fetchrow", "fetch_val": "fetchval"}

@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
         "--ablate-sql",
         action="store_true",
         help="diagnostic: realtime with fixed SQL on raw asyncpg in projects_sql.page "
-        "(tests/bench/projects/ablation.py); not the product, never the headline figure",
+        "(tests/bench/projects/ablation.py; superseded, it still counts rows: history only)",
     )
     add(
         "--profile",

@@ -9,6 +9,11 @@ compiling per call, no `databases` record wrapper, one pool acquire/release (and
 `Connection.reset()` round trip) instead of two. Same rows, same dicts, same `total`;
 any other kind of list (search, include_deleted, oldest first) goes to the original.
 Nothing else in the server changes. It is a measurement, not a proposed patch.
+
+Superseded: since migration 0004 and `realtime.db.Prepared`, `projects_sql.page` itself
+runs compiled-once statements on asyncpg and reads the total from `project_counts`; this
+replacement still runs the first measurement's `count(*)`, so it is now *slower* than the
+product. It stays only to reproduce the history table of docs/bench-projects.md.
 """
 
 from __future__ import annotations
