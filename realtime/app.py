@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
@@ -22,7 +23,13 @@ from starlette.websockets import WebSocket
 
 from realtime import __version__
 from realtime.builtin import BUILTIN_PACKAGES
-from realtime.connection import Connection, FrameHandler, echo_frame, package_frame
+from realtime.connection import (
+    ASGIChannels,
+    Connection,
+    FrameHandler,
+    echo_frame,
+    package_frame,
+)
 from realtime.db import ping
 from realtime.exceptions import AuthError, ConfigError, InvalidData, RequestError
 from realtime.jobs import Task
@@ -98,7 +105,7 @@ def create_app(
             yield
 
     routes = [*_routes(catalog), *extra_routes]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(ASGIChannels)])
 
 
 def _routes(catalog: Catalog) -> list[BaseRoute]:

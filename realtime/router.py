@@ -30,6 +30,8 @@ from realtime.validation import Validator
 
 logger = logging.getLogger("realtime.router")
 
+PERMITTED_CACHE = 1024
+
 
 class Router:
     def __init__(
@@ -43,12 +45,32 @@ class Router:
         self.catalog = catalog
         self._limiter = limiter
         self.metrics = metrics
+        self._stats = metrics.requests
         self._timeout = handler_timeout
         self._validators = {p.id: Validator(p.request_schema(), p.name) for p in catalog}
+        # None where the schema accepts every object: no call at all on the hot path
+        self._checks = {p.id: None if v.trivial else v for p, v in self._by_package()}
         self._roles: dict[int, Roles] = {p.id: permissions.package_roles(p.name) for p in catalog}
-        self._inline = {p.id for p in catalog if not inspect.iscoroutinefunction(p.handler)}
+        # plain `def` handlers: pure computation, run inline on the socket's reader
+        self.inline = frozenset(p.id for p in catalog if not inspect.iscoroutinefunction(p.handler))
+        # roles -> the package ids they may call: a token's roles are fixed, so the check
+        # is one set lookup per request (bounded: a handful of role sets in practice)
+        self._permitted: dict[Roles, frozenset[int]] = {}
         self.route_roles: dict[str, Roles] = dict(permissions.routes)
         self.grants: dict[str, Roles] = dict(permissions.grants)
+
+    def _by_package(self) -> list[tuple[Package, Validator]]:
+        return [(p, self._validators[p.id]) for p in self.catalog]
+
+    def permitted(self, roles: Roles) -> frozenset[int]:
+        """The ids of the packages `roles` may call."""
+        found = self._permitted.get(roles)
+        if found is None:
+            if len(self._permitted) >= PERMITTED_CACHE:
+                self._permitted.clear()
+            found = frozenset(pid for pid, allowed in self._roles.items() if allows(allowed, roles))
+            self._permitted[roles] = found
+        return found
 
     def granted(self, grant: str, roles: Roles) -> bool:
         """Whether `roles` hold the named grant of permissions.toml's [grants]."""
@@ -57,10 +79,6 @@ class Router:
     def roles(self, package: Package) -> Roles:
         return self._roles[package.id]
 
-    def is_inline(self, package: Package) -> bool:
-        """A plain `def` handler is pure computation: it runs inline, without a task."""
-        return package.id in self._inline
-
     async def call(
         self, ctx: Context, data: JSONObject, transport: str
     ) -> tuple[Any, JSONObject | None]:
@@ -68,7 +86,7 @@ class Router:
         started = time.perf_counter()
         try:
             data = self._admit(ctx, data)
-            if ctx.package.id in self._inline:
+            if ctx.package.id in self.inline:
                 result = ctx.package.handler(ctx, data)
             else:
                 result = await self._run(ctx, data)
@@ -88,22 +106,26 @@ class Router:
     ) -> tuple[Any, JSONObject | None]:
         """`call` for a plain `def` handler, without an event-loop round trip."""
         started = time.perf_counter()
+        package = ctx.package
         try:
             data = self._admit(ctx, data)
-            answer = _shape(ctx.package, ctx.package.handler(ctx, data), data)
+            result = package.handler(ctx, data)
+            answer = _paginate(package, result, data) if package.paginated else (result, None)
         except Exception as error:
             failure = self._failure(ctx, error)
             self._record(ctx, failure.status.name, transport, started)
             raise failure from None
-        self._record(ctx, "OK", transport, started)
+        self._stats.record(package.name, "OK", transport, time.perf_counter() - started)
         return answer
 
     def _admit(self, ctx: Context, data: JSONObject) -> JSONObject:
         package = ctx.package
-        if not allows(self._roles[package.id], ctx.principal.roles):
+        principal = ctx.principal
+        if package.id not in self.permitted(principal.roles):
             raise PermissionDenied(f"your roles do not allow {package.name}")
-        self._limiter.check(ctx.principal.sub)
-        return self._validators[package.id](data)
+        self._limiter.check(principal.sub)
+        check = self._checks[package.id]
+        return data if check is None else check(data)
 
     async def _run(self, ctx: Context, data: JSONObject) -> Any:
         """The handler under its deadline: one timer that cancels this task when it fires
@@ -149,7 +171,7 @@ class Router:
 
     def _record(self, ctx: Context, outcome: str, transport: str, started: float) -> None:
         elapsed = time.perf_counter() - started
-        self.metrics.requests.record(ctx.package.name, outcome, transport, elapsed)
+        self._stats.record(ctx.package.name, outcome, transport, elapsed)
 
 
 def _shape(package: Package, result: Any, data: JSONObject) -> tuple[Any, JSONObject | None]:

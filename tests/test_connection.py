@@ -64,7 +64,7 @@ from uvicorn.server import ServerState  # noqa: E402
 from websockets.frames import Frame  # noqa: E402
 from websockets.streams import StreamReader  # noqa: E402
 
-from realtime.connection import Connection, State, echo_frame  # noqa: E402
+from realtime.connection import ASGI_CHANNELS, Connection, State, echo_frame  # noqa: E402
 from realtime.exceptions import GoingAway  # noqa: E402
 from realtime.metrics import Metrics  # noqa: E402
 from realtime.settings import Settings  # noqa: E402
@@ -120,6 +120,7 @@ async def over_uvicorn(scenario: Scenario) -> MemoryTransport:
     failures: list[BaseException] = []  # uvicorn logs an app's exception; we re-raise it
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
+        scope[ASGI_CHANNELS] = (receive, send)  # as the app's middleware leaves them
         websocket = WebSocket(scope, receive, send)
         await websocket.accept()
         services = types.SimpleNamespace(
@@ -127,6 +128,7 @@ async def over_uvicorn(scenario: Scenario) -> MemoryTransport:
             metrics=Metrics(),
             connections=set(),
             hub=types.SimpleNamespace(drop=lambda connection: None),
+            router=types.SimpleNamespace(inline=frozenset()),
         )
         connection = Connection(websocket, services, echo_frame)  # type: ignore[arg-type]
         connection.state = State.OPEN

@@ -56,10 +56,9 @@ def _no_router() -> None:
     from realtime.protocol import encode_ok, parse_request
 
     def routerless_frame(connection: Any, text: str) -> None:
-        request = parse_request(text)
-        package = connection.services.catalog.get(request.pkg_id)
-        data = package.handler(None, request.data)
-        connection.enqueue(encode_ok(package.id, request.req_id, data))
+        pkg_id, req_id, data = parse_request(text)
+        package = connection.services.catalog.get(pkg_id)
+        connection.enqueue(encode_ok(package.id, req_id, package.handler(None, data)))
 
     realtime.app.package_frame = routerless_frame  # type: ignore[assignment]
 
