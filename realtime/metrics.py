@@ -27,20 +27,41 @@ class _Latency:
         self.total = 0.0
 
 
-class RequestStats(Collector):
-    """Requests by (package, status, transport) and latency by package."""
+class Tally:
+    """One (package, status, transport) counter and its package's latency histogram."""
 
-    def __init__(self) -> None:
-        self.counts: defaultdict[tuple[str, str, str], int] = defaultdict(int)
-        self.latency: defaultdict[str, _Latency] = defaultdict(_Latency)
+    __slots__ = ("count", "latency")
 
-    def record(self, package: str, status: str, transport: str, seconds: float) -> None:
-        self.counts[(package, status, transport)] += 1
-        latency = self.latency[package]
+    def __init__(self, latency: _Latency) -> None:
+        self.count = 0
+        self.latency = latency
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        latency = self.latency
         # most answers fall in the first bucket: no search for them
         index = 0 if seconds <= FIRST_BUCKET else bisect.bisect_left(LATENCY_BUCKETS, seconds)
         latency.buckets[index] += 1
         latency.total += seconds
+
+
+class RequestStats(Collector):
+    """Requests by (package, status, transport) and latency by package."""
+
+    def __init__(self) -> None:
+        self.tallies: dict[tuple[str, str, str], Tally] = {}
+        self.latency: defaultdict[str, _Latency] = defaultdict(_Latency)
+
+    def tally(self, package: str, status: str, transport: str) -> Tally:
+        """The counter to `add` to; the router keeps the OK ones at hand (hot path)."""
+        key = (package, status, transport)
+        found = self.tallies.get(key)
+        if found is None:
+            found = self.tallies[key] = Tally(self.latency[package])
+        return found
+
+    def record(self, package: str, status: str, transport: str, seconds: float) -> None:
+        self.tally(package, status, transport).add(seconds)
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
@@ -48,8 +69,8 @@ class RequestStats(Collector):
             "Package calls answered",
             labels=["package", "status", "transport"],
         )
-        for labels, count in list(self.counts.items()):
-            requests.add_metric(list(labels), count)
+        for labels, tally in list(self.tallies.items()):
+            requests.add_metric(list(labels), tally.count)
         yield requests
         histogram = HistogramMetricFamily(
             "realtime_request_seconds",
