@@ -129,6 +129,7 @@ async def over_uvicorn(scenario: Scenario) -> MemoryTransport:
             connections=set(),
             hub=types.SimpleNamespace(drop=lambda connection: None),
             router=types.SimpleNamespace(inline=frozenset()),
+            catalog=types.SimpleNamespace(by_id={}),
         )
         connection = Connection(websocket, services, echo_frame)  # type: ignore[arg-type]
         connection.state = State.OPEN
