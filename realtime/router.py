@@ -52,6 +52,7 @@ class Router:
             transport: {p.id: metrics.requests.tally(p.name, "OK", transport) for p in catalog}
             for transport in TRANSPORTS
         }
+        self._ok_ws = self._ok["ws"]
         self._timeout = handler_timeout
         self._validators = {p.id: Validator(p.request_schema(), p.name) for p in catalog}
         # None where the schema accepts every object: no call at all on the hot path
@@ -107,10 +108,9 @@ class Router:
         self._ok[transport][ctx.package.id].add(perf_counter() - started)
         return answer
 
-    def call_inline(
-        self, ctx: Context, data: JSONObject, transport: str
-    ) -> tuple[Any, JSONObject | None]:
-        """`call` for a plain `def` handler, without an event-loop round trip."""
+    def call_inline(self, ctx: Context, data: JSONObject) -> tuple[Any, JSONObject | None]:
+        """`call` for a plain `def` handler on the socket, without an event-loop round trip
+        (REST calls `call`, which runs such handlers inline too)."""
         started = perf_counter()
         package = ctx.package
         try:
@@ -119,9 +119,9 @@ class Router:
             answer = _paginate(package, result, data) if package.paginated else (result, None)
         except Exception as error:
             failure = self._failure(ctx, error)
-            self._record(ctx, failure.status.name, transport, started)
+            self._record(ctx, failure.status.name, "ws", started)
             raise failure from None
-        self._ok[transport][package.id].add(perf_counter() - started)
+        self._ok_ws[package.id].add(perf_counter() - started)
         return answer
 
     def _admit(self, ctx: Context, data: JSONObject, now: float) -> JSONObject:
