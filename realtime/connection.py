@@ -189,6 +189,7 @@ class Connection:
         self._stalled = False
         self._writer: asyncio.Task[None] | None = None
         self._sending: asyncio.Task[None] | None = None  # a direct send the transport held
+        self._written: asyncio.Future[None] | None = None  # the reader waits for a held write
         self._peer_gone = False
         self._handlers: set[asyncio.Task[None]] = set()
         self._reader: asyncio.Task[None] | None = None
@@ -257,10 +258,13 @@ class Connection:
 
     # -- writing -----------------------------------------------------------------------
 
-    def enqueue(self, message: bytes, wake: bool = True, replay: bool = False) -> None:
+    def enqueue(self, message: bytes, direct: bool = True, replay: bool = False) -> None:
         """Queue one text frame; a full queue means the peer is not reading: 1013.
-        A frame with nothing queued ahead is written at once (`_send_now`);
-        `wake=False` when the caller flushes the queue itself right after;
+        A push with nothing queued ahead is written at once (`_send_now`), from the
+        caller's turn (the hub's fan-out). `direct=False` for the answers to frames: they
+        wait for the writer, which runs once the reader has handled the frames that came
+        in together and writes their answers back to back (the peer is woken once for
+        them, not once each: a third of the cost of a pipelined call on loopback).
         `replay=True` for history sent at once on subscribe, bounded by the retention and
         not a sign of a slow peer."""
         if self.state is State.CLOSING:
@@ -268,12 +272,11 @@ class Connection:
         if not replay and len(self._outbox) >= self.settings.send_queue:
             self.close(SlowConsumer())
             return
-        if wake and not self._outbox and self._flusher is None and self.state is State.OPEN:
+        if direct and not self._outbox and self._flusher is None and self.state is State.OPEN:
             self._send_now(message)  # nothing ahead of it: no queue, no writer wake-up
             return
         self._outbox.append(message)
-        if wake:
-            self._wake()
+        self._wake()
 
     def _send_now(self, message: bytes) -> None:
         """Write one frame from the caller's own turn of the loop. uvicorn's send returns
@@ -297,6 +300,7 @@ class Connection:
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         self._flusher = self._sending = None
+        self._release_reader()
         if task.cancelled():
             if self._stalled:
                 self.close(SlowConsumer())
@@ -314,6 +318,15 @@ class Connection:
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
 
+    def _release_reader(self) -> None:
+        """A held write is done: the reader, if it waits for that, reads on."""
+        if self._written is not None and not self._written.done():
+            self._written.set_result(None)
+
+    async def _until_written(self) -> None:
+        self._written = asyncio.get_running_loop().create_future()
+        await self._written
+
     @property
     def _writing(self) -> bool:
         return self._flusher is not None
@@ -321,9 +334,8 @@ class Connection:
     async def _flush(self, task: asyncio.Task[None]) -> bool:
         """Write the queued frames up to a close marker; False if the peer is gone.
 
-        `task` (the caller) writes: the reader right after answering inline (no task
-        switch on the hot path), or the writer for everything else. One deadline covers
-        the batch: a peer that cannot take it within `send_timeout` is not reading (1013).
+        `task` is the writer. One deadline covers the batch: a peer that cannot take it
+        within `send_timeout` is not reading (1013).
         """
         self._flusher = task
         self._flush_started = time.monotonic()
@@ -351,6 +363,7 @@ class Connection:
             return False
         finally:
             self._flusher = None
+            self._release_reader()
             if self._outbox:
                 self._wake()  # e.g. a close marker queued while we were writing
         return True
@@ -402,8 +415,12 @@ class Connection:
         self.state = State.OPEN
         if self._on_open is not None:
             await self._on_open(self)
-        me = self._reader
-        assert me is not None  # run() sets it before the loop starts
+        await self._serve_frames()
+
+    async def _serve_frames(self) -> None:
+        """Hand each text frame to `on_frame`, whose answers the writer writes together
+        once the frames that came in together are handled."""
+        yield_every = max(1, min(YIELD_EVERY, self.settings.send_queue // 2))
         receive, on_frame, limit = self._receive, self._on_frame, self.settings.max_frame_bytes
         while True:
             # _receive_text inlined: one coroutine less per frame on the hot path
@@ -412,18 +429,17 @@ class Connection:
             if text is None or (len(text) * 4 > limit and len(text.encode()) > limit):
                 raise self._not_usable(message, limit)
             on_frame(self, text)
-            if self._sending is not None:
-                # the transport holds a send (the peer reads slowly): read no further
-                # frames until it is written, as a plain `await send` would
-                await asyncio.wait({self._sending})
-            if self._outbox and self._flusher is None and not await self._flush(me):
-                raise _Disconnected()
+            if self._flusher is not None:
+                # the transport holds a write (the peer reads slowly): read no further
+                # frames until it is done, as a plain `await send` would
+                await self._until_written()
             if self.state is State.CLOSING:
                 return
             self._frames += 1
-            if self._frames % YIELD_EVERY == 0:
+            if self._frames % yield_every == 0:
                 # frames already buffered are received without suspending: yield now and
-                # then, so handlers and the writer keep pace with a client pipelining hard
+                # then, so the writer (their answers wait for it, well within the send
+                # queue) and the handlers keep pace with a client pipelining hard
                 await asyncio.sleep(0)
 
     async def _receive_text(self) -> str:
@@ -513,7 +529,7 @@ class Connection:
     # -- answering ---------------------------------------------------------------------
 
     def answer_error(self, pkg_id: int | None, req_id: str | None, error: RequestError) -> None:
-        self.enqueue(encode_error(pkg_id, req_id, error.status, error.to_error()))
+        self.enqueue(encode_error(pkg_id, req_id, error.status, error.to_error()), direct=False)
         if error.status is not Status.RATE_LIMITED:
             return
         self._rate_limited += 1
@@ -522,7 +538,10 @@ class Connection:
 
     def invalid_frame(self, error: EnvelopeError) -> None:
         self.enqueue(
-            encode_error(error.pkg_id, error.req_id, Status.INVALID_DATA, {"message": error.reason})
+            encode_error(
+                error.pkg_id, error.req_id, Status.INVALID_DATA, {"message": error.reason}
+            ),
+            direct=False,
         )
         self._invalid_frames += 1
         if self._invalid_frames >= self.settings.max_invalid_frames:
@@ -579,10 +598,7 @@ class Connection:
 
     def _answer(self, ctx: Context, message: bytes) -> None:
         self._rate_limited = 0
-        if not self._outbox and self._flusher is None and self.state is State.OPEN:
-            self._send_now(message)  # the common case, without enqueue's checks
-        else:
-            self.enqueue(message)
+        self.enqueue(message, direct=False)
         if ctx.after_answer is not None:
             for callback in ctx.after_answer:
                 callback()
@@ -612,4 +628,4 @@ def ignore_frame(connection: Connection, text: str) -> None:
 
 def echo_frame(connection: Connection, text: str) -> None:
     """`/ws/echo` (compatibility): answer each text frame with `Echo: <text>`."""
-    connection.enqueue(f"Echo: {text}".encode())
+    connection.enqueue(f"Echo: {text}".encode(), direct=False)

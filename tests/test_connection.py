@@ -61,7 +61,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import (  # noqa: E402
     WebSocketsSansIOProtocol,
 )
 from uvicorn.server import ServerState  # noqa: E402
-from websockets.frames import Frame  # noqa: E402
+from websockets.frames import Frame, Opcode  # noqa: E402
 from websockets.streams import StreamReader  # noqa: E402
 
 from realtime.connection import ASGI_CHANNELS, Connection, State, echo_frame  # noqa: E402
@@ -177,8 +177,8 @@ async def test_frames_queued_behind_a_held_send_keep_their_order_then_the_close(
 
 
 async def test_a_close_during_a_held_flush_loses_no_frame() -> None:
-    """The reader is flushing X when a close from elsewhere (drain, expiry) cancels it: X
-    was not written, so it goes out before Y and the close, not never."""
+    """A task is flushing X when something other than the send deadline cancels it: X was
+    not written, so it goes out before Y and the close, not never."""
 
     async def scenario(connection: Connection, protocol: Any) -> None:
         connection._outbox.extend([b"X", b"Y"])
@@ -229,3 +229,64 @@ async def test_a_sweep_just_after_a_held_send_finished_is_no_stall() -> None:
 
     transport = await over_uvicorn(scenario)
     assert transport.frames()[0] == ("TEXT", b"A")
+
+
+def client_frame(text: str) -> bytes:
+    """A text frame as a client sends it (masked)."""
+    return Frame(Opcode.TEXT, text.encode()).serialize(mask=True)
+
+
+async def test_answers_to_frames_that_came_in_together_keep_their_order() -> None:
+    """40 pipelined frames in one read: the reader handles them (yielding to the writer
+    every few), the writer writes their answers; all of them, in order."""
+
+    async def scenario(connection: Connection, protocol: Any) -> None:
+        reader = asyncio.create_task(connection._serve_frames())
+        protocol.data_received(b"".join(client_frame(f"q{i}") for i in range(40)))
+        await asyncio.sleep(0)  # the reader handles a first run of them, then yields
+        assert connection._outbox  # their answers wait for the writer
+        connection.enqueue(b"pushed")  # so a push waits behind them
+        await asyncio.sleep(0.05)
+        assert protocol.queue.qsize() == 0 and not connection._outbox
+        reader.cancel()
+        connection.close(GoingAway())
+        assert connection._writer is not None
+        await asyncio.wait_for(connection._writer, 2)
+
+    transport = await over_uvicorn(scenario)
+    texts = [payload for opcode, payload in transport.frames() if opcode == "TEXT"]
+    assert texts[0] == b"Echo: q0" and b"pushed" in texts[1:]
+    answers = [t for t in texts if t != b"pushed"]
+    assert answers == [f"Echo: q{i}".encode() for i in range(40)]
+
+
+async def test_a_held_write_stops_the_reader_until_it_is_done() -> None:
+    """A peer that reads slowly: while the transport holds a write, the reader takes no
+    further frames (backpressure reaches the peer's TCP window instead of our queue)."""
+
+    async def scenario(connection: Connection, protocol: Any) -> None:
+        protocol.pause_writing()
+        reader = asyncio.create_task(connection._serve_frames())
+        protocol.data_received(client_frame("A"))
+        await asyncio.sleep(0.01)
+        assert connection._flusher is connection._writer  # A's answer is held
+        protocol.data_received(client_frame("B"))
+        protocol.data_received(client_frame("C"))
+        await asyncio.sleep(0.01)
+        assert protocol.queue.qsize() == 1  # B was taken, C waits: the reader waits
+        assert list(connection._outbox) == [b"Echo: B"]
+        protocol.resume_writing()
+        await asyncio.sleep(0.01)
+        assert protocol.queue.qsize() == 0  # the write done, the reader read on
+        reader.cancel()
+        connection.close(GoingAway())
+        assert connection._writer is not None
+        await asyncio.wait_for(connection._writer, 2)
+
+    transport = await over_uvicorn(scenario)
+    assert transport.frames() == [
+        ("TEXT", b"Echo: A"),
+        ("TEXT", b"Echo: B"),
+        ("TEXT", b"Echo: C"),
+        ("CLOSE", b"\x03\xe9server draining"),
+    ]
