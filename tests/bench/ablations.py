@@ -29,8 +29,8 @@ def _lazy_gc() -> None:
 
 def _bare_frame() -> None:
     """`/ws` frames answered like the bare loop does (orjson in, orjson out), through the
-    same Connection (reader, direct send, writer): what the package path costs, and what
-    the connection machinery alone costs."""
+    same Connection (reader, writer): what the package path costs, and what the connection
+    machinery alone costs."""
     import orjson
 
     import realtime.app
@@ -43,7 +43,7 @@ def _bare_frame() -> None:
             "status_code": 0,
             "data": request.get("data", {}),
         }
-        connection.enqueue(orjson.dumps(answer))
+        connection.enqueue(orjson.dumps(answer), direct=False)  # as answers are
 
     realtime.app.package_frame = bare_frame  # type: ignore[assignment]
 
@@ -58,7 +58,8 @@ def _no_router() -> None:
     def routerless_frame(connection: Any, text: str) -> None:
         pkg_id, req_id, data = parse_request(text)
         package = connection.services.catalog.get(pkg_id)
-        connection.enqueue(encode_ok(package.id, req_id, package.handler(None, data)))
+        answer = encode_ok(package.id, req_id, package.handler(None, data))
+        connection.enqueue(answer, direct=False)
 
     realtime.app.package_frame = routerless_frame  # type: ignore[assignment]
 

@@ -1,4 +1,4 @@
-"""Diagnostic patches of realtime for the fan-out bench: `--patch hub-batch,direct-send`.
+"""Diagnostic patches of realtime for the fan-out bench: `--patch hub-batch`.
 
 Like tests/bench/ablations.py: each monkeypatches realtime inside the bench server process
 only (the runner passes the list in `BENCH_FANOUT_PATCH`), so the gain over an unpatched
@@ -34,31 +34,8 @@ def _hub_batch() -> None:
     hub.Hub._read_loop = read_loop  # type: ignore[method-assign]
 
 
-def _direct_send() -> None:
-    """`Connection.enqueue` writes at once when the socket's queue is empty and no flush
-    runs, skipping the writer task's wake-up (valid while uvicorn's send does not suspend:
-    the transport is not paused; raises if it ever does)."""
-    from realtime.connection import Connection, State
-
-    enqueue = Connection.enqueue
-
-    def direct(self: Connection, message: bytes, wake: bool = True) -> None:
-        if wake and self.state is State.OPEN and not self._outbox and not self._writing:
-            send = self.websocket.send({"type": "websocket.send", "text": message.decode()})
-            try:
-                send.send(None)
-            except StopIteration:
-                return
-            except (OSError, RuntimeError):
-                return  # the peer is gone
-            send.close()
-            raise RuntimeError("direct-send: the send suspended; this diagnostic cannot go on")
-        enqueue(self, message, wake)
-
-    Connection.enqueue = direct  # type: ignore[method-assign]
-
-
-PATCHES: dict[str, Callable[[], None]] = {"hub-batch": _hub_batch, "direct-send": _direct_send}
+# (`direct-send` was removed once Connection.enqueue wrote pushes at once itself)
+PATCHES: dict[str, Callable[[], None]] = {"hub-batch": _hub_batch}
 
 
 def parse(value: str) -> list[str]:
