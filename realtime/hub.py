@@ -37,7 +37,7 @@ class Subscriber(Protocol):
     id: str
     principal: Principal | None
 
-    def enqueue(self, message: bytes, wake: bool = True, replay: bool = False) -> None: ...
+    def enqueue(self, message: bytes, direct: bool = True, replay: bool = False) -> None: ...
 
 
 @dataclass(slots=True)

@@ -8,8 +8,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -82,6 +84,63 @@ class CoreBusy:
         busy, total = self.read()
         busy0, total0 = self._started
         return (busy - busy0) / max(total - total0, 1)
+
+
+class OthersPeak:
+    """CPU used by processes other than the bench's own (its servers, this client, Redis)
+    in the worst `span` seconds of the window, as a share of one core: a burst of some
+    other program on the machine (on this VM the RabbitMQ tooling starts an Erlang VM about
+    once a minute, ~110-145 ms of CPU in 150 ms) shows here. Sampled every 50 ms by a
+    thread: all cores' user+system ticks from /proc/stat minus those of the known
+    processes (so processes that start and end within the window count too)."""
+
+    def __init__(self, pids: Sequence[int], span: float = 0.25) -> None:
+        self.pids = [*pids, os.getpid(), *_pids_named(b"redis-server")]
+        self.span = span
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._samples: list[tuple[float, float]] = []  # (time, other CPU seconds so far)
+
+    def _others(self) -> float:
+        with open("/proc/stat") as stat:
+            ticks = [int(v) for v in stat.readline().split()[1:]]
+        total = ticks[0] + ticks[1] + ticks[2]  # user, nice, system of all cores
+        own = 0.0
+        for pid in self.pids:
+            with contextlib.suppress(OSError):
+                own += ProcessCPU(pid).read()
+        return total / CLOCK_TICKS - own
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            self._samples.append((time.perf_counter(), self._others()))
+
+    def start(self) -> None:
+        self._samples = [(time.perf_counter(), self._others())]
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> float:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join()
+        worst, first = 0.0, 0
+        for last, (now, cpu) in enumerate(self._samples):
+            while now - self._samples[first][0] > self.span and first < last:
+                first += 1
+            if now > self._samples[first][0]:
+                worst = max(worst, (cpu - self._samples[first][1]) / self.span)
+        return worst
+
+
+def _pids_named(name: bytes) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/comm", "rb") as comm:
+                if comm.read().strip() == name:
+                    found.append(int(entry))
+    return found
 
 
 def percentile(ordered: Sequence[float], q: float) -> float:

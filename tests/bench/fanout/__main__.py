@@ -9,7 +9,8 @@ alternate round by round, so drift hits them alike.
 
 Cross-node: two realtime nodes on the same Redis (node A on CPU 0, node B on CPU 1),
 `--cross-subscribers` sockets on node A, a publisher on node B at `--cross-rates`
-publications per second (one run per rate); publish-to-deliver latency of every delivery.
+publications per second (one run per rate); publish-to-deliver latency of every delivery
+to every `--cross-sample-every`-th subscriber (all of them count what they receive).
 
 Loopback only; Redis db `--redis-db` of the local server is flushed before each Redis
 run. Nothing here asserts a timing.
@@ -40,7 +41,7 @@ from tests.bench.fanout.apps import ROOT
 from tests.bench.fanout.clients import DIALECTS, PUBLISHER, SUBSCRIBER, Dialect
 from tests.bench.fanout.runs import Options, Result, run_once
 from tests.bench.loadgen import Probe
-from tests.bench.report import CoreBusy, ProcessCPU
+from tests.bench.report import CoreBusy, OthersPeak, ProcessCPU
 from tests.bench.server import bench_server
 
 APPS = "tests.bench.fanout.apps"
@@ -85,6 +86,13 @@ def _parser() -> argparse.ArgumentParser:
     add("--sample-every", type=int, default=50, help="every n-th subscriber is timed")
     add("--systems", default=",".join(SYSTEMS), help="comma-separated, in this order")
     add("--cross-subscribers", type=int, default=100, help="cross-node subscribers (100)")
+    add(
+        "--cross-sample-every",
+        type=int,
+        default=10,
+        help="cross-node: every n-th subscriber parses and times its deliveries, all count "
+        "them (10; 1: every subscriber parses every delivery)",
+    )
     add(
         "--cross-rates",
         default="1000",
@@ -217,6 +225,7 @@ def _probes(pids: dict[str, int], pinned: bool) -> dict[str, Probe]:
     probes: dict[str, Probe] = {name: ProcessCPU(pid) for name, pid in pids.items()}
     if pinned:
         probes |= {"core 0 busy": CoreBusy(0), "core 1 busy": CoreBusy(1)}
+    probes["others peak"] = OthersPeak(list(pids.values()))
     return probes
 
 
@@ -283,7 +292,7 @@ def _cross(
         duration=args.duration,
         rate=rate,
         payload_bytes=args.payload_bytes,
-        sample_every=1,
+        sample_every=args.cross_sample_every,
     )
     with (
         _server(system, tmp, key, redis_url, 0 if pin else None, "a") as (pid_a, port_a),
@@ -355,6 +364,7 @@ def _row(result: Result) -> list[str]:
         ),
         *(_pct(v) for k, v in probes.items() if k not in ("server CPU", "node A CPU", "py-spy")),
         _pct(result.notes.get("busy_before")),
+        _ms(result.notes.get("client_stall_max_ms", float("nan"))),
     ]
 
 
@@ -382,7 +392,7 @@ def _extra_names(results: Sequence[Result]) -> list[str]:
 
 
 def runs_table(results: Sequence[Result]) -> str:
-    header = (*HEADER, *_extra_names(results), "busy before")
+    header = (*HEADER, *_extra_names(results), "busy before", "client stall max ms")
     return _table(header, [_row(r) for r in results])
 
 
@@ -526,7 +536,8 @@ def main() -> int:
     print(
         f"{args.subscribers} subscribers, window {args.window}, {args.payload_bytes} B payload, "
         f"{args.warmup:g} s warm-up + {args.duration:g} s measured, {args.rounds} rounds; "
-        f"cross-node {args.cross_subscribers} subscribers at {args.cross_rates}/s; "
+        f"cross-node {args.cross_subscribers} subscribers at {args.cross_rates}/s "
+        f"(every {args.cross_sample_every}th timed); "
         f"nofile {nofile[0]}; python {machine['python']}, nproc {machine['nproc']}, "
         f"code {machine['git']}; {machine['versions']}"
         + (f"; DIAGNOSTIC PATCHES in realtime: {args.patch}" if args.patch else ""),

@@ -34,8 +34,74 @@ def _hub_batch() -> None:
     hub.Hub._read_loop = read_loop  # type: ignore[method-assign]
 
 
+def _gc_off() -> None:
+    """No garbage collection at all in the server (reference counting only): whether the
+    collector's pauses make the latency tail."""
+    import gc
+
+    gc.disable()
+
+
+def _hub_lag() -> None:
+    """Per publication, in the node that publishes: (t, entering Hub.publish, its XADD
+    answered); in the node that delivers: (t, entering Hub._deliver, fan-out done). `t` is
+    the publisher's perf_counter_ns, CLOCK_MONOTONIC on Linux like ours. Appended every
+    1,000 rows to /tmp/realtime-hub-lag-<pid>-{publish,deliver}.txt (EXPERIMENT: where
+    the cross-node tail comes from)."""
+    import os
+    import time
+    from typing import Any
+
+    import orjson
+
+    from realtime import hub
+
+    deliver, publish = hub.Hub._deliver, hub.Hub.publish
+    rows: dict[str, list[tuple[int, int, int]]] = {"publish": [], "deliver": []}
+
+    def note(kind: str, t: Any, started: int) -> None:
+        if isinstance(t, int):
+            rows[kind].append((t, started, time.perf_counter_ns()))
+            if len(rows[kind]) >= 1000:
+                with open(f"/tmp/realtime-hub-lag-{os.getpid()}-{kind}.txt", "a") as out:
+                    out.writelines(f"{t} {a} {b}\n" for t, a, b in rows[kind])
+                rows[kind].clear()
+
+    async def timed_deliver(self: hub.Hub, event: hub.Event) -> None:
+        started = time.perf_counter_ns()
+        await deliver(self, event)
+        note("deliver", orjson.loads(event.data).get("t"), started)
+
+    async def timed_publish(self: hub.Hub, topic: str, data: Any, event: str = "message") -> Any:
+        started = time.perf_counter_ns()
+        offset = await publish(self, topic, data, event)
+        note("publish", data.get("t") if isinstance(data, dict) else None, started)
+        return offset
+
+    hub.Hub._deliver = timed_deliver  # type: ignore[method-assign]
+    hub.Hub.publish = timed_publish  # type: ignore[method-assign]
+
+    import gc
+
+    collecting: list[int] = []
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            collecting[:] = [time.perf_counter_ns()]
+        elif collecting and info["generation"] >= 1:
+            now = time.perf_counter_ns()
+            with open(f"/tmp/realtime-hub-lag-{os.getpid()}-gc.txt", "a") as out:
+                out.write(f"{info['generation']} {collecting[0]} {now} {info['collected']}\n")
+
+    gc.callbacks.append(on_gc)
+
+
 # (`direct-send` was removed once Connection.enqueue wrote pushes at once itself)
-PATCHES: dict[str, Callable[[], None]] = {"hub-batch": _hub_batch}
+PATCHES: dict[str, Callable[[], None]] = {
+    "hub-batch": _hub_batch,
+    "gc-off": _gc_off,
+    "hub-lag": _hub_lag,
+}
 
 
 def parse(value: str) -> list[str]:

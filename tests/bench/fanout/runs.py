@@ -7,7 +7,7 @@ Two kinds:
   `window - 1` publications' worth of deliveries. So the server is never idle and never
   flooded (no queue grows, nothing is dropped), and the figure is the rate it sustains.
 - `paced`: the publisher sends `rate` publications per second on its own clock (possibly
-  on another node than the subscribers); every subscriber parses every delivery.
+  on another node than the subscribers).
 
 Every publication carries its number `i` and its send time `t` (`time.perf_counter_ns`
 of this process, which also receives, so the clocks agree). Publish-to-deliver latency
@@ -118,6 +118,7 @@ class _Run:
         self.sending = False
         self.recording = False
         self.latencies: list[int] = []
+        self.stalls: list[float] = []  # how late the client's 1 ms ticks woke (recording)
         pad = options.payload_bytes - len(orjson.dumps(self._data(100_000, "")))
         self.pad = "x" * max(0, pad)
 
@@ -235,6 +236,7 @@ async def run_once(
         run.next_at = 0
         run.publish_more()
 
+    ticker = asyncio.create_task(_tick(run))
     stalled = await _watch(run, options.warmup)
     client_cpu = SelfCPU()
     client_cpu.start()
@@ -245,6 +247,7 @@ async def run_once(
     started = time.perf_counter()
     stalled = stalled or await _watch(run, options.duration)
     run.recording = False
+    ticker.cancel()
     window = time.perf_counter() - started
     published, delivered = run.published - published0, run.delivered - delivered0
     own = client_cpu.stop()
@@ -286,8 +289,20 @@ async def run_once(
             "failures": failures[:3],
             "window": options.window if options.rate <= 0 else None,
             "rate": options.rate or None,
+            "client_stall_max_ms": 1e3 * max(run.stalls, default=0.0),
         },
     )
+
+
+async def _tick(run: _Run) -> None:
+    """The load generator's own stalls: a 1 ms sleep that wakes late means this process
+    (which stamps and receives) could not run, and every latency it measured meanwhile
+    includes that wait."""
+    while True:
+        before = time.perf_counter()
+        await asyncio.sleep(0.001)
+        if run.recording:
+            run.stalls.append(time.perf_counter() - before - 0.001)
 
 
 async def _drain(run: _Run, expected: int, idle: float, cap: float = 120.0) -> float:
