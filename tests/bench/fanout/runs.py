@@ -236,7 +236,8 @@ async def run_once(
         run.next_at = 0
         run.publish_more()
 
-    ticker = asyncio.create_task(_tick(run))
+    # paced runs only: in a closed loop the client's own CPU is already the limit's neighbour
+    ticker = asyncio.create_task(_tick(run)) if options.rate > 0 else None
     stalled = await _watch(run, options.warmup)
     client_cpu = SelfCPU()
     client_cpu.start()
@@ -247,7 +248,8 @@ async def run_once(
     started = time.perf_counter()
     stalled = stalled or await _watch(run, options.duration)
     run.recording = False
-    ticker.cancel()
+    if ticker is not None:
+        ticker.cancel()
     window = time.perf_counter() - started
     published, delivered = run.published - published0, run.delivered - delivered0
     own = client_cpu.stop()
