@@ -286,7 +286,7 @@ class _PlainProgress:
         self.id = connection.id  # dropped with its socket
         self.principal = connection.principal
 
-    def enqueue(self, message: bytes, wake: bool = True, replay: bool = False) -> None:
+    def enqueue(self, message: bytes, direct: bool = True, replay: bool = False) -> None:
         frame = orjson.loads(message)
         if frame.get("event") == "job.progress":
             self.connection.enqueue(orjson.dumps(frame["data"]), replay=replay)

@@ -115,7 +115,9 @@ def _frozen_startup() -> Iterator[None]:
     """Keep what imports and start-up created (~150k objects, none of it garbage that
     matters) out of the garbage collector while serving: a full collection scanned them
     all, a 30-60 ms pause of every socket on this node that made the cross-node latency
-    tail. Given back to the collector at shutdown (a test process starts many apps)."""
+    tail. Given back to the collector at shutdown (a test process starts many apps; with
+    two apps in one process, the first to stop unfreezes both: that costs only this
+    speed-up)."""
     gc.freeze()
     try:
         yield

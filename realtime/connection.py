@@ -75,6 +75,13 @@ class _Close:
     reason: str
 
 
+class _Replay(bytes):
+    """A history frame queued on subscribe: bounded by the topic's retention, so it does
+    not count against the send queue (a long replay is no sign of a slow peer)."""
+
+    __slots__ = ()
+
+
 class _Disconnected(Exception):
     """The peer went away; nothing left to answer."""
 
@@ -180,6 +187,7 @@ class Connection:
             self._receive, self._send = websocket.receive, websocket.send
         # the outbox: a deque with one waiter, lighter than asyncio.Queue on the hot path
         self._outbox: collections.deque[bytes | _Close] = collections.deque()
+        self._replays = 0  # _Replay frames in the outbox
         self._wakeup: asyncio.Future[None] | None = None
         # the task writing now (a batch, or a send the transport held) and since when:
         # `check_stall` (run by one sweeper per process) cancels one older than
@@ -250,8 +258,9 @@ class Connection:
             return
         self.state = State.CLOSING
         self.services.metrics.closes.labels(str(int(error.code))).inc()
-        if isinstance(error, SlowConsumer) or len(self._outbox) >= self.settings.send_queue:
+        if isinstance(error, SlowConsumer) or self._queued() >= self.settings.send_queue:
             self._outbox.clear()
+            self._replays = 0
         self._put(_Close(int(error.code), error.reason))
         if self._reader is not None and self._reader is not asyncio.current_task():
             self._reader.cancel()
@@ -266,17 +275,40 @@ class Connection:
         in together and writes their answers back to back (the peer is woken once for
         them, not once each: a third of the cost of a pipelined call on loopback).
         `replay=True` for history sent at once on subscribe, bounded by the retention and
-        not a sign of a slow peer."""
+        not a sign of a slow peer: not counted against the queue."""
         if self.state is State.CLOSING:
-            return
-        if not replay and len(self._outbox) >= self.settings.send_queue:
-            self.close(SlowConsumer())
             return
         if direct and not self._outbox and self._flusher is None and self.state is State.OPEN:
             self._send_now(message)  # nothing ahead of it: no queue, no writer wake-up
             return
-        self._outbox.append(message)
+        if replay:
+            self._replays += 1
+            self._outbox.append(_Replay(message))
+        elif self._queued() >= self.settings.send_queue and not self._write_backlog():
+            self.close(SlowConsumer())
+            return
+        else:
+            self._outbox.append(message)
         self._wake()
+
+    def _queued(self) -> int:
+        """Frames waiting that count against the send queue (history replays do not)."""
+        return len(self._outbox) - self._replays
+
+    def _write_backlog(self) -> bool:
+        """The queue is full but the transport holds no write: the backlog is ours (the
+        writer has not had its turn yet, e.g. answers to a batch of frames, then a burst
+        of events), not a peer that does not read. Write it now, from this turn, as far
+        as the transport takes it. True if the queue has room again (or the peer left)."""
+        while self._outbox and self._flusher is None and self.state is State.OPEN:
+            frame = self._outbox[0]
+            if isinstance(frame, _Close) or self._peer_gone:
+                break
+            self._outbox.popleft()
+            if type(frame) is _Replay:
+                self._replays -= 1
+            self._send_now(frame)
+        return self._peer_gone or self._queued() < self.settings.send_queue
 
     def _send_now(self, message: bytes) -> None:
         """Write one frame from the caller's own turn of the loop. uvicorn's send returns
@@ -346,6 +378,8 @@ class Connection:
                 if isinstance(self._outbox[0], _Close):
                     break
                 frame = self._outbox.popleft()
+                if type(frame) is _Replay:
+                    self._replays -= 1
                 text = frame.decode()  # type: ignore[union-attr]
                 await self._send({"type": "websocket.send", "text": text})
                 frame = None
@@ -356,6 +390,8 @@ class Connection:
                 # back in front, ahead of the frames and the close that follow it
                 if frame is not None:
                     self._outbox.appendleft(frame)
+                    if type(frame) is _Replay:
+                        self._replays += 1
                 raise
             task.uncancel()
             self.close(SlowConsumer())

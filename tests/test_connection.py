@@ -116,7 +116,7 @@ class MemoryTransport:
 Scenario = Callable[[Connection, WebSocketsSansIOProtocol], Awaitable[None]]
 
 
-async def over_uvicorn(scenario: Scenario) -> MemoryTransport:
+async def over_uvicorn(scenario: Scenario, **settings: str) -> MemoryTransport:
     failures: list[BaseException] = []  # uvicorn logs an app's exception; we re-raise it
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -124,7 +124,7 @@ async def over_uvicorn(scenario: Scenario) -> MemoryTransport:
         websocket = WebSocket(scope, receive, send)
         await websocket.accept()
         services = types.SimpleNamespace(
-            settings=Settings.from_mapping({}),
+            settings=Settings.from_mapping(settings),
             metrics=Metrics(),
             connections=set(),
             hub=types.SimpleNamespace(drop=lambda connection: None),
@@ -290,3 +290,42 @@ async def test_a_held_write_stops_the_reader_until_it_is_done() -> None:
         ("TEXT", b"Echo: C"),
         ("CLOSE", b"\x03\xe9server draining"),
     ]
+
+
+async def test_our_own_backlog_at_a_full_queue_is_written_not_closed_1013() -> None:
+    """Answers wait for the writer; a burst of pushes comes before the writer's turn and
+    fills the send queue. The transport holds nothing (the peer reads): the backlog is
+    written from the pusher's turn, in order, and the socket stays open."""
+
+    async def scenario(connection: Connection, protocol: Any) -> None:
+        for i in range(3):
+            connection.enqueue(f"answer{i}".encode(), direct=False)
+        for i in range(10):  # same turn: the writer has not run
+            connection.enqueue(f"push{i}".encode())
+        assert connection.state is State.OPEN
+        await asyncio.sleep(0.01)
+        connection.close(GoingAway())
+        assert connection._writer is not None
+        await asyncio.wait_for(connection._writer, 2)
+
+    transport = await over_uvicorn(scenario, REALTIME_SEND_QUEUE="4")
+    texts = [payload for opcode, payload in transport.frames() if opcode == "TEXT"]
+    assert texts == [
+        *(f"answer{i}".encode() for i in range(3)),
+        *(f"push{i}".encode() for i in range(10)),
+    ]
+    assert transport.frames()[-1] == ("CLOSE", b"\x03\xe9server draining")
+
+
+async def test_a_peer_that_holds_writes_is_still_closed_1013_at_a_full_queue() -> None:
+    async def scenario(connection: Connection, protocol: Any) -> None:
+        protocol.pause_writing()  # the peer stops reading
+        for i in range(6):
+            connection.enqueue(f"push{i}".encode())
+        assert connection.state is State.CLOSING  # push0 held, push1-4 queued, push5: full
+        protocol.resume_writing()
+        assert connection._writer is not None
+        await asyncio.wait_for(connection._writer, 2)
+
+    transport = await over_uvicorn(scenario, REALTIME_SEND_QUEUE="4")
+    assert transport.frames()[-1] == ("CLOSE", b"\x03\xf5slow consumer")

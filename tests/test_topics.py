@@ -3,6 +3,7 @@ permissions, presence, project events, the subscribe/publish race."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from pathlib import Path
@@ -280,3 +281,128 @@ def test_unsubscribe_while_subscribing_leaves_no_ghost(
         assert call(ws, ECHO, {"n": 1})["data"] == {"n": 1}  # no message came first
         presence = call(pub, PRESENCE, {"topic": "chat.flicker"})["data"]["presence"]
         assert presence == []
+
+
+# -- resuming a long history at the default send queue, on a real server ----------------
+
+
+def _client_frame(message: dict[str, Any]) -> bytes:
+    from websockets.frames import Frame, Opcode
+
+    return Frame(Opcode.TEXT, json.dumps(message).encode()).serialize(mask=True)
+
+
+def _server_frames(data: bytes) -> list[tuple[str, bytes]]:
+    from websockets.frames import Frame
+    from websockets.streams import StreamReader
+
+    reader = StreamReader()
+    reader.feed_data(data[data.find(b"\r\n\r\n") + 4 :])
+    reader.feed_eof()
+    found = []
+    while True:
+        parser = Frame.parse(reader.read_exact, mask=False)
+        try:
+            while True:
+                next(parser)
+        except StopIteration as done:
+            found.append((done.value.opcode.name, bytes(done.value.data)))
+        except EOFError:
+            return found
+
+
+async def _publish_history(address: str, root: str, count: int) -> tuple[str, list[int]]:
+    """`count` events on `broadcast`, published concurrently; returns the first offset
+    and the data in stream order (on Redis concurrent publishes land in any order)."""
+    from tests.helpers import ws_connect
+
+    pub = await ws_connect(address, additional_headers=auth_header(root))
+    for n in range(count):
+        await pub.send(json.dumps(_publish(n, f"p{n}")))
+    answers = [json.loads(await pub.recv()) for _ in range(count)]
+    await pub.close()
+    placed = sorted((seq(a["data"]["offset"]), a["data"]["offset"], a["req_id"]) for a in answers)
+    return placed[0][1], [int(req_id[1:]) for _, _, req_id in placed]
+
+
+def _publish(data: Any, req_id: str) -> dict[str, Any]:
+    return {"pkg_id": PUBLISH, "req_id": req_id, "data": {"topic": "broadcast", "data": data}}
+
+
+@pytest.mark.anyio
+async def test_a_pipelined_resume_of_more_than_a_send_queue_is_answered_in_full(
+    bus: Settings, tokens: dict[str, str]
+) -> None:
+    """15 calls, a subscribe 299 events back and 16 more calls in one TCP write, with the
+    default send queue (256): the answers to the frames around it wait for the writer,
+    and the 299 replayed events behind the subscribe answer must not count as a peer that
+    does not read (1013)."""
+    import asyncio
+    import socket
+
+    from tests.conftest import serve
+
+    with serve(build_app(bus.replace(send_queue=256))) as address:
+        first, stream = await _publish_history(address, tokens["root"], 300)
+        host, port = address.split(":")
+        sock = socket.create_connection((host, int(port)))
+        sock.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            + f"Authorization: Bearer {tokens['alice']}\r\n\r\n".encode()
+        )
+        await asyncio.sleep(0.3)  # the handshake is done
+        burst = [{"pkg_id": ECHO, "req_id": f"a{i}", "data": {"i": i}} for i in range(15)]
+        subscribe = {"topic": "broadcast", "since": first}
+        burst.append({"pkg_id": SUBSCRIBE, "req_id": "s", "data": subscribe})
+        burst += [{"pkg_id": ECHO, "req_id": f"b{i}", "data": {"i": i}} for i in range(16)]
+        sock.sendall(b"".join(_client_frame(m) for m in burst))
+        sock.settimeout(1.0)
+        data = b""
+        with contextlib.suppress(TimeoutError):
+            while chunk := await asyncio.to_thread(sock.recv, 1 << 20):
+                data += chunk
+        sock.close()
+    frames = _server_frames(data)
+    assert [opcode for opcode, _ in frames if opcode != "TEXT"] == []  # no close at all
+    texts = [json.loads(payload) for _, payload in frames]
+    answers = {m["req_id"]: m for m in texts if "req_id" in m}
+    assert sorted(answers) == sorted(m["req_id"] for m in burst)
+    assert all(answer["status_code"] == 0 for answer in answers.values())
+    events = [m["data"] for m in texts if m.get("event") == "message"]
+    assert events == stream[1:]  # what followed `since`, in the stream's order
+    assert texts.index(answers["s"]) < texts.index(next(m for m in texts if "event" in m))
+
+
+@pytest.mark.anyio
+async def test_resuming_while_the_topic_is_busy_is_not_a_slow_consumer(
+    bus: Settings, tokens: dict[str, str]
+) -> None:
+    """A subscriber resumes 299 events back while another client keeps publishing: it
+    gets the history, then every live event, in order, and is not closed."""
+    import asyncio
+
+    from tests.conftest import serve
+    from tests.helpers import ws_connect
+
+    with serve(build_app(bus.replace(send_queue=256))) as address:
+        first, stream = await _publish_history(address, tokens["root"], 300)
+        pub = await ws_connect(address, additional_headers=auth_header(tokens["root"]))
+        sub = await ws_connect(address, additional_headers=auth_header(tokens["alice"]))
+        subscribe = {"topic": "broadcast", "since": first}
+        await sub.send(json.dumps({"pkg_id": SUBSCRIBE, "req_id": "s", "data": subscribe}))
+        for i in range(200):  # publishes racing the subscribe and its replay
+            await pub.send(json.dumps(_publish(f"q{i}", f"q{i}")))
+            await asyncio.sleep(0.0005)
+        received: list[dict[str, Any]] = []
+        async with asyncio.timeout(10):
+            while len([m for m in received if m.get("event") == "message"]) < 499:
+                received.append(json.loads(await sub.recv()))
+        await pub.close()
+        await sub.close()
+    assert received[0]["req_id"] == "s" and received[0]["status_code"] == 0
+    events = [m for m in received if m.get("event") == "message"]
+    assert [e["data"] for e in events[:299]] == stream[1:]
+    # the live ones, published concurrently, in whatever order the bus took them
+    assert sorted(e["data"] for e in events[299:]) == sorted(f"q{i}" for i in range(200))
+    assert [seq(e["offset"]) for e in events] == list(range(seq(first) + 1, seq(first) + 500))
