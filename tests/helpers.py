@@ -73,3 +73,24 @@ async def ws_connect_slow(address: str, path: str = "/ws", **kwargs: Any) -> Any
     sock.connect((host, int(port)))
     sock.setblocking(False)
     return await ws_connect(address, path, sock=sock, max_queue=1, **kwargs)
+
+
+def server_frames(data: bytes) -> list[tuple[str, bytes]]:
+    """The WebSocket frames a server wrote after its handshake response (`data` is all
+    the raw bytes), as (opcode name, payload)."""
+    from websockets.frames import Frame
+    from websockets.streams import StreamReader
+
+    reader = StreamReader()
+    reader.feed_data(bytes(data[data.find(b"\r\n\r\n") + 4 :]))
+    reader.feed_eof()
+    found = []
+    while True:
+        parser = Frame.parse(reader.read_exact, mask=False)
+        try:
+            while True:
+                next(parser)
+        except StopIteration as done:
+            found.append((done.value.opcode.name, bytes(done.value.data)))
+        except EOFError:
+            return found

@@ -62,12 +62,12 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import (  # noqa: E402
 )
 from uvicorn.server import ServerState  # noqa: E402
 from websockets.frames import Frame, Opcode  # noqa: E402
-from websockets.streams import StreamReader  # noqa: E402
 
 from realtime.connection import ASGI_CHANNELS, Connection, State, echo_frame  # noqa: E402
 from realtime.exceptions import GoingAway  # noqa: E402
 from realtime.metrics import Metrics  # noqa: E402
 from realtime.settings import Settings  # noqa: E402
+from tests.helpers import server_frames  # noqa: E402
 
 HANDSHAKE = (
     b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -98,19 +98,7 @@ class MemoryTransport:
 
     def frames(self) -> list[tuple[str, bytes]]:
         """What the server wrote after the handshake, as (opcode, payload)."""
-        reader = StreamReader()
-        reader.feed_data(bytes(self.out[self.out.find(b"\r\n\r\n") + 4 :]))
-        reader.feed_eof()
-        found = []
-        while True:
-            parser = Frame.parse(reader.read_exact, mask=False)
-            try:
-                while True:
-                    next(parser)
-            except StopIteration as done:
-                found.append((done.value.opcode.name, bytes(done.value.data)))
-            except EOFError:
-                return found
+        return server_frames(bytes(self.out))
 
 
 Scenario = Callable[[Connection, WebSocketsSansIOProtocol], Awaitable[None]]

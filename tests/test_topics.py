@@ -15,7 +15,7 @@ from starlette.testclient import TestClient, WebSocketTestSession
 from realtime.auth.dev import DevIssuer
 from realtime.settings import Settings
 from tests.conftest import build_app
-from tests.helpers import auth_header, call, request
+from tests.helpers import auth_header, call, request, server_frames
 
 SUBSCRIBE, UNSUBSCRIBE, PUBLISH, PRESENCE = 30, 31, 32, 33
 ECHO = 40
@@ -292,25 +292,6 @@ def _client_frame(message: dict[str, Any]) -> bytes:
     return Frame(Opcode.TEXT, json.dumps(message).encode()).serialize(mask=True)
 
 
-def _server_frames(data: bytes) -> list[tuple[str, bytes]]:
-    from websockets.frames import Frame
-    from websockets.streams import StreamReader
-
-    reader = StreamReader()
-    reader.feed_data(data[data.find(b"\r\n\r\n") + 4 :])
-    reader.feed_eof()
-    found = []
-    while True:
-        parser = Frame.parse(reader.read_exact, mask=False)
-        try:
-            while True:
-                next(parser)
-        except StopIteration as done:
-            found.append((done.value.opcode.name, bytes(done.value.data)))
-        except EOFError:
-            return found
-
-
 async def _publish_history(address: str, root: str, count: int) -> tuple[str, list[int]]:
     """`count` events on `broadcast`, published concurrently; returns the first offset
     and the data in stream order (on Redis concurrent publishes land in any order)."""
@@ -363,7 +344,7 @@ async def test_a_pipelined_resume_of_more_than_a_send_queue_is_answered_in_full(
             while chunk := await asyncio.to_thread(sock.recv, 1 << 20):
                 data += chunk
         sock.close()
-    frames = _server_frames(data)
+    frames = server_frames(data)
     assert [opcode for opcode, _ in frames if opcode != "TEXT"] == []  # no close at all
     texts = [json.loads(payload) for _, payload in frames]
     answers = {m["req_id"]: m for m in texts if "req_id" in m}
