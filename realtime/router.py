@@ -46,7 +46,6 @@ class Router:
         self.catalog = catalog
         self._limiter = limiter
         self.metrics = metrics
-        self._stats = metrics.requests
         # the OK counters by transport and package id, looked up once (hot path)
         self._ok = {
             transport: {p.id: metrics.requests.tally(p.name, "OK", transport) for p in catalog}
@@ -54,9 +53,7 @@ class Router:
         }
         self._ok_ws = self._ok["ws"]
         self._timeout = handler_timeout
-        self._validators = {p.id: Validator(p.request_schema(), p.name) for p in catalog}
-        # None where the schema accepts every object: no call at all on the hot path
-        self._checks = {p.id: None if v.trivial else v for p, v in self._by_package()}
+        self._checks = {p.id: _check(p) for p in catalog}
         self._roles: dict[int, Roles] = {p.id: permissions.package_roles(p.name) for p in catalog}
         # plain `def` handlers: pure computation, run inline on the socket's reader
         self.inline = frozenset(p.id for p in catalog if not inspect.iscoroutinefunction(p.handler))
@@ -65,9 +62,6 @@ class Router:
         self._permitted: dict[Roles, frozenset[int]] = {}
         self.route_roles: dict[str, Roles] = dict(permissions.routes)
         self.grants: dict[str, Roles] = dict(permissions.grants)
-
-    def _by_package(self) -> list[tuple[Package, Validator]]:
-        return [(p, self._validators[p.id]) for p in self.catalog]
 
     def permitted(self, roles: Roles) -> frozenset[int]:
         """The ids of the packages `roles` may call."""
@@ -180,7 +174,14 @@ class Router:
 
     def _record(self, ctx: Context, outcome: str, transport: str, started: float) -> None:
         elapsed = perf_counter() - started
-        self._stats.record(ctx.package.name, outcome, transport, elapsed)
+        self.metrics.requests.record(ctx.package.name, outcome, transport, elapsed)
+
+
+def _check(package: Package) -> Validator | None:
+    """The package's validator; None where its schema accepts every object, so the hot
+    path makes no call at all."""
+    validator = Validator(package.request_schema(), package.name)
+    return None if validator.trivial else validator
 
 
 def _shape(package: Package, result: Any, data: JSONObject) -> tuple[Any, JSONObject | None]:
