@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from realtime import __version__
+from realtime.asyncapi import document as asyncapi_document
 from realtime.builtin import BUILTIN_PACKAGES
 from realtime.connection import (
     ASGIChannels,
@@ -51,6 +52,8 @@ from realtime.router import Router
 from realtime.settings import Settings
 from realtime.state import build_services
 from realtime.topics import TopicPermissions
+from realtime.web import cors
+from realtime.web import routes as web_routes
 
 
 def load_handlers(modules: Sequence[str]) -> tuple[list[Package], list[Task]]:
@@ -106,8 +109,9 @@ def create_app(
             with _frozen_startup():
                 yield
 
-    routes = [*_routes(catalog), *extra_routes]
-    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(ASGIChannels)])
+    routes = [*_routes(catalog), *web_routes(), *extra_routes]
+    middleware = [*cors(settings.allowed_origins), Middleware(ASGIChannels)]
+    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
 
 
 @contextlib.contextmanager
@@ -136,6 +140,7 @@ def _routes(catalog: Catalog) -> list[BaseRoute]:
         Route("/packages", packages_catalog),
         Route("/openapi.json", openapi_json),
         Route("/docs", docs),
+        Route("/asyncapi.json", asyncapi_json),
         Route("/auth/login", login, methods=["POST"]),
         *package_routes(catalog),
     ]
@@ -191,6 +196,12 @@ async def packages_catalog(request: Request) -> Response:
 async def openapi_json(request: Request) -> Response:
     services = services_of(request)
     return json_response(document(services.catalog, services.router, __version__))
+
+
+async def asyncapi_json(request: Request) -> Response:
+    services = services_of(request)
+    document = asyncapi_document(services.catalog, services.router, services.topics, __version__)
+    return json_response(document)
 
 
 async def docs(request: Request) -> Response:

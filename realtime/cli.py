@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from realtime.exceptions import ConfigError
@@ -57,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
 
     packages = commands.add_parser("packages", help="print the package table")
     packages.set_defaults(command=_packages)
+
+    types = commands.add_parser(
+        "client-types", help="write TypeScript types of every package and event for realtime.js"
+    )
+    types.add_argument("-o", "--output", default="-", help="file to write (default stdout)")
+    types.add_argument("--json2ts", help="json-schema-to-typescript's json2ts (default: npx)")
+    types.set_defaults(command=_client_types)
     return parser
 
 
@@ -180,13 +188,30 @@ def _scheduler(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _packages(settings: Settings, args: argparse.Namespace) -> int:
+def _catalog(settings: Settings) -> Any:
     from realtime.app import load_handlers
     from realtime.builtin import BUILTIN_PACKAGES
     from realtime.packages import Catalog
+
+    return Catalog([*BUILTIN_PACKAGES, *load_handlers(settings.handlers)[0]])
+
+
+def _client_types(settings: Settings, args: argparse.Namespace) -> int:
+    from realtime.clienttypes import generate
+
+    source = generate(_catalog(settings), args.json2ts)
+    if args.output == "-":
+        sys.stdout.write(source)
+    else:
+        Path(args.output).write_text(source)
+        print(f"realtime: wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _packages(settings: Settings, args: argparse.Namespace) -> int:
     from realtime.permissions import Permissions
 
-    catalog = Catalog([*BUILTIN_PACKAGES, *load_handlers(settings.handlers)[0]])
+    catalog = _catalog(settings)
     permissions = Permissions.load(settings.permissions_file)
     print(f"{'id':>4}  {'name':<24} {'roles':<20} rest")
     for p in catalog:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from realtime.packages import Catalog, Package
+from realtime.packages import META_SCHEMA, Catalog, Package
 from realtime.router import Router
 from realtime.types import JSONObject
 
@@ -40,13 +40,6 @@ ERROR_SCHEMA: JSONObject = {
     },
     "required": ["status_code", "error"],
 }
-META_SCHEMA: JSONObject = {
-    "type": "object",
-    "properties": {k: {"type": "integer"} for k in ("page", "per_page", "total", "pages")},
-    "required": ["page", "per_page", "total", "pages"],
-}
-
-
 def _json(schema: JSONObject) -> JSONObject:
     return {"application/json": {"schema": schema}}
 
@@ -84,16 +77,7 @@ def _parameters(package: Package, path_names: list[str], method: str) -> list[JS
 
 
 def _success(package: Package) -> JSONObject:
-    schema: JSONObject = dict(package.response_schema or {})
-    if package.paginated:
-        schema = {
-            "type": "object",
-            "properties": {
-                "data": {"type": "array", "items": schema},
-                "meta": {"$ref": "#/components/schemas/Meta"},
-            },
-            "required": ["data", "meta"],
-        }
+    schema = package.answer_schema({"$ref": "#/components/schemas/Meta"})
     return {"description": "OK", "content": _json(schema)}
 
 
@@ -213,8 +197,8 @@ def document(catalog: Catalog, router: Router, version: str) -> JSONObject:
 
 SWAGGER_UI = """<!doctype html>
 <html><head><meta charset="utf-8"><title>realtime API</title>
-<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css">
+<link rel="stylesheet" href="/docs/assets/swagger-ui.css">
 </head><body><div id="ui"></div>
-<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
+<script src="/docs/assets/swagger-ui-bundle.js"></script>
 <script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"});</script>
 </body></html>"""

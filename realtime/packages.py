@@ -36,6 +36,12 @@ PAGINATION_PROPERTIES: JSONObject = {
     },
 }
 
+META_SCHEMA: JSONObject = {
+    "type": "object",
+    "properties": {k: {"type": "integer"} for k in ("page", "per_page", "total", "pages")},
+    "required": ["page", "per_page", "total", "pages"],
+}
+
 
 class Session(Protocol):
     """What a handler may do with the socket it was called on (absent over REST)."""
@@ -113,6 +119,18 @@ class Package:
         if self.paginated:
             schema["properties"] = {**PAGINATION_PROPERTIES, **schema.get("properties", {})}
         return schema
+
+    def answer_schema(self, meta: JSONObject = META_SCHEMA) -> JSONObject:
+        """What a caller gets on success: the data, or `{data: [...], meta}` when paginated
+        (the REST body, and what the JavaScript client resolves)."""
+        schema: JSONObject = dict(self.response_schema or {})
+        if not self.paginated:
+            return schema
+        return {
+            "type": "object",
+            "properties": {"data": {"type": "array", "items": schema}, "meta": meta},
+            "required": ["data", "meta"],
+        }
 
 
 class Catalog:

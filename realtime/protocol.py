@@ -103,3 +103,58 @@ def encode_error(
 
 def encode_event(event: str, data: Any, **fields: Any) -> bytes:
     return orjson.dumps({"event": event, **fields, "data": data})
+
+
+def _object(properties: dict[str, Any], required: list[str]) -> JSONObject:
+    return {"type": "object", "properties": properties, "required": required}
+
+
+_OFFSET = {"type": "string", "description": "opaque position in the topic's stream"}
+_JOB_STATES = ["PENDING", "STARTED", "SUCCESS", "FAILURE", "CANCELLED"]
+
+# The data of every event the server pushes (PROTOCOL.md 2.4, docs/protocol.md Events):
+# name -> (JSON Schema of `data`, the frame's fields beside `event` and `data`). The
+# AsyncAPI document and the generated client types are made from this table.
+_ON_TOPIC = ("topic", "offset")
+EVENTS: dict[str, tuple[JSONObject, tuple[str, ...]]] = {
+    "message": ({"description": "what was published on the topic"}, _ON_TOPIC),
+    "job.progress": (
+        _object(
+            {
+                "job_id": {"type": "string"},
+                "progress": {"type": "integer", "minimum": 0, "maximum": 100},
+                "step": {"type": "integer"},
+                "total_steps": {"type": "integer"},
+                "payload": {},
+            },
+            ["job_id", "progress", "step", "total_steps"],
+        ),
+        _ON_TOPIC,
+    ),
+    "job.done": (
+        _object(
+            {
+                "job_id": {"type": "string"},
+                "state": {"enum": _JOB_STATES[2:]},
+                "result": {},
+                "error": {"type": "string"},
+            },
+            ["job_id", "state"],
+        ),
+        _ON_TOPIC,
+    ),
+    "auth.expiring": (_object({"expires_in": {"type": "integer"}}, ["expires_in"]), ()),
+    "server.draining": (_object({}, []), ()),
+    "subscription.recovered": (
+        _object({"recovered": {"type": "boolean"}, "offset": _OFFSET}, ["recovered", "offset"]),
+        ("topic",),
+    ),
+}
+
+
+def event_frame_schema(name: str) -> JSONObject:
+    """The JSON Schema of a whole event frame: `{"event", ["topic", "offset"], "data"}`."""
+    data, fields = EVENTS[name]
+    field_schemas = {"topic": {"type": "string"}, "offset": _OFFSET}
+    properties = {"event": {"const": name}, **{f: field_schemas[f] for f in fields}, "data": data}
+    return _object(properties, ["event", *fields, "data"])

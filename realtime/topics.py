@@ -59,6 +59,10 @@ class TopicPermissions:
             raise ConfigError(f"permissions [topics.{pattern!r}]: only {{sub}}, {{tenant}}, *")
         return _Rule(pattern, parts, actions)
 
+    def patterns(self) -> dict[str, dict[str, Roles]]:
+        """Each topic pattern with the roles of its actions, in the order they are tried."""
+        return {rule.pattern: rule.actions for rule in self._rules}
+
     def check(self, principal: Principal, topic: str, action: str) -> None:
         for rule in self._rules:
             if rule.matches(topic, principal):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from realtime.app import create_app
 from realtime.auth.dev import DevIssuer
 from realtime.settings import Settings
 from tests.conftest import ROOT, serve
+from tests.npmtools import run_tool
 
 
 def test_document_describes_the_rest_mount(client: TestClient) -> None:
@@ -91,49 +91,17 @@ def test_schemathesis_finds_nothing(live: tuple[str, str], tmp_path: Path) -> No
     assert "Tested: 16" in done.stdout
 
 
-@pytest.mark.skipif(shutil.which("npm") is None, reason="needs Node.js and npm on PATH")
 def test_frontend_types_generate_with_openapi_typescript(
     client: TestClient, tmp_path: Path
 ) -> None:
     (tmp_path / "openapi.json").write_text(json.dumps(client.get("/openapi.json").json()))
-    tools = Path(os.environ.get("REALTIME_NPM_CACHE", Path.home() / ".cache" / "realtime-npm"))
-    binary = tools / "node_modules" / ".bin" / "openapi-typescript"
-    if not binary.exists():
-        subprocess.run(
-            [
-                "npm",
-                "install",
-                "--prefix",
-                str(tools),
-                "--no-audit",
-                "--no-fund",
-                "openapi-typescript@7.13.0",
-                "typescript@5",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
-    done = subprocess.run(
-        [str(binary), "openapi.json", "-o", "api.d.ts"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_tool("openapi-typescript", "openapi.json", "-o", "api.d.ts", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     types = (tmp_path / "api.d.ts").read_text()
     assert '"/projects/{id}"' in types and "per_page?: number" in types
     assert '"projects.create"' in types
     # the generated file type-checks
-    tsc = tools / "node_modules" / ".bin" / "tsc"
-    checked = subprocess.run(
-        [str(tsc), "--noEmit", "--strict", "api.d.ts"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    checked = run_tool("tsc", "--noEmit", "--strict", "api.d.ts", cwd=tmp_path)
     assert checked.returncode == 0, checked.stdout
 
 
