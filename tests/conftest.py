@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -188,8 +189,13 @@ REDIS_SERVER = os.environ.get("REALTIME_TEST_REDIS", "redis://127.0.0.1:6379")
 REDIS_TEST_DB = 9
 
 
-def redis_url() -> str:
-    return f"{REDIS_SERVER}/{REDIS_TEST_DB}"
+def redis_url(server: str = REDIS_SERVER) -> str:
+    """The tests' Redis database: the one REALTIME_TEST_REDIS names
+    (`redis://host:port/10`), else database 9 of that server."""
+    parts = urlsplit(server)
+    if parts.path.strip("/"):
+        return server
+    return urlunsplit(parts._replace(path=f"/{REDIS_TEST_DB}"))
 
 
 def flush_redis() -> None:
@@ -199,7 +205,7 @@ def flush_redis() -> None:
     try:
         client.flushdb()
     except redis.ConnectionError as error:
-        pytest.fail(f"Redis at {REDIS_SERVER} cannot be reached: {error}")
+        pytest.fail(f"Redis at {redis_url()} cannot be reached: {error}")
     finally:
         client.close()
 

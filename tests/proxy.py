@@ -1,5 +1,5 @@
-"""A TCP proxy in front of the real PostgreSQL, so a test can cut the database off and
-bring it back without touching the shared server."""
+"""A TCP proxy in front of the real PostgreSQL or Redis, so a test can cut a service off
+and bring it back without touching the shared server."""
 
 from __future__ import annotations
 
@@ -8,10 +8,21 @@ import contextlib
 import socket
 import threading
 from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+DEFAULT_PORTS = {"postgresql": 5432, "postgres": 5432, "redis": 6379}
+
+
+def address_of(url: str) -> tuple[str, int]:
+    """The host and port a service URL names (the scheme's default port when absent)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.split("+")[0]
+    return parts.hostname or "127.0.0.1", parts.port or DEFAULT_PORTS[scheme]
 
 
 class Proxy:
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target_host = target_host
         self.target_port = target_port
         self.loop = asyncio.new_event_loop()
         self.up = True
@@ -32,7 +43,7 @@ class Proxy:
         if not self.up:
             writer.close()
             return
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        up_reader, up_writer = await asyncio.open_connection(self.target_host, self.target_port)
         self._writers |= {writer, up_writer}
         await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
 
@@ -49,6 +60,14 @@ class Proxy:
     def restore(self) -> None:
         self.up = True
 
+    def url(self, service_url: str) -> str:
+        """`service_url` with its host and port replaced by this proxy's (user, password,
+        database and query kept)."""
+        parts = urlsplit(service_url)
+        credentials = parts.netloc.rpartition("@")[0]
+        netloc = f"{credentials}@" if credentials else ""
+        return urlunsplit(parts._replace(netloc=f"{netloc}127.0.0.1:{self.port}"))
+
     def run(self) -> None:
         asyncio.set_event_loop(self.loop)
         server = self.loop.run_until_complete(asyncio.start_server(self._client, sock=self._sock))
@@ -64,8 +83,9 @@ class Proxy:
 
 
 @contextlib.contextmanager
-def running_proxy(target_port: int = 5432) -> Iterator[Proxy]:
-    proxy = Proxy(target_port)
+def running_proxy(service_url: str) -> Iterator[Proxy]:
+    """A proxy to the host and port of `service_url`; reach it at `proxy.url(service_url)`."""
+    proxy = Proxy(*address_of(service_url))
     thread = threading.Thread(target=proxy.run, daemon=True)
     thread.start()
     try:

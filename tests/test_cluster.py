@@ -197,8 +197,8 @@ async def test_redis_restarted_empty_resumes_with_recovered_false(
 
 async def test_redis_unreachable_then_back_loses_nothing(tmp_path: Path) -> None:
     flush_redis()
-    with running_proxy(6379) as proxy:
-        through_proxy = {"REDIS_URL": f"redis://127.0.0.1:{proxy.port}/9", **UNLIMITED}
+    with running_proxy(redis_url()) as proxy:
+        through_proxy = {"REDIS_URL": proxy.url(redis_url()), **UNLIMITED}
         direct = {"REDIS_URL": redis_url(), **UNLIMITED}
         with (
             node(tmp_path, "behind", **through_proxy) as behind,

@@ -105,9 +105,8 @@ def test_unreachable_database_stops_start_up_in_one_line(tmp_path: Path) -> None
 def test_database_outage_is_unavailable_and_the_rest_keeps_serving(
     tmp_path: Path, pg_url: str, issuer_token: str
 ) -> None:
-    name = pg_url.rsplit("/", 1)[1]
-    with running_proxy() as proxy:
-        url = f"postgresql://postgres@127.0.0.1:{proxy.port}/{name}"
+    with running_proxy(pg_url) as proxy:
+        url = proxy.url(pg_url)
         settings = make_settings(tmp_path, database_url=url, db_timeout=1.0)
         headers = auth_header(issuer_token)
         with TestClient(create_app(settings, build_app_packages())) as client:

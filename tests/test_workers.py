@@ -427,13 +427,11 @@ async def test_a_malformed_queue_entry_neither_stops_the_worker_nor_blocks_jobs(
 async def test_a_database_outage_mid_job_runs_it_again_instead_of_failing(
     redis_jobs: Jobs,
 ) -> None:
-    from urllib.parse import urlsplit
-
     from tests.proxy import running_proxy
 
-    database = urlsplit(redis_jobs.env["DATABASE_URL"]).path
-    with running_proxy(5432) as proxy:
-        behind = {"DATABASE_URL": f"postgresql://postgres@127.0.0.1:{proxy.port}{database}"}
+    database = redis_jobs.env["DATABASE_URL"]
+    with running_proxy(database) as proxy:
+        behind = {"DATABASE_URL": proxy.url(database)}
         cut_off = redis_jobs.add_worker("cut-off", **behind)
         async with socket(redis_jobs) as ws:
             job_id = await start(ws, 12, 0.2)
