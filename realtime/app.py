@@ -209,16 +209,19 @@ async def docs(request: Request) -> Response:
 
 
 async def login(request: Request) -> Response:
+    from realtime.rest import json_body
+
+    services = services_of(request)
     try:
-        body = await request.json()
-    except ValueError:
-        return error_response(InvalidData("request body is not valid JSON"))
-    username = body.get("username") if isinstance(body, dict) else None
-    password = body.get("password") if isinstance(body, dict) else None
+        # no token is needed here: the body is bounded and parsed as the REST mount's are
+        body = await json_body(request, services.settings.max_body_bytes)
+    except RequestError as error:
+        return error_response(error)
+    username, password = body.get("username"), body.get("password")
     if not isinstance(username, str) or not isinstance(password, str):
         return error_response(InvalidData("username and password are required strings"))
     try:
-        return json_response(await services_of(request).login.login(username, password))
+        return json_response(await services.login.login(username, password))
     except AuthError as error:
         return unauthorized(error)
     except RequestError as error:

@@ -4,6 +4,7 @@
     ├── RequestError                    answered with a status code; the socket stays open
     │   ├── ServerError         1 ERROR             (the message is generic, never the cause)
     │   ├── InvalidData         2 INVALID_DATA      details: [{"path", "reason"}]
+    │   │   └── BodyTooLarge    2 INVALID_DATA      (HTTP 413) a REST body over the limit
     │   ├── PermissionDenied    3 PERMISSION_DENIED
     │   ├── NotFound            4 NOT_FOUND
     │   ├── RateLimited         5 RATE_LIMITED      details: {"retry_after"}
@@ -33,20 +34,6 @@ from typing import Any
 
 from realtime.protocol import CloseCode, Status
 
-# The one table: status code -> HTTP status of the REST mount (PROTOCOL.md 4).
-HTTP_STATUS: dict[Status, int] = {
-    Status.OK: 200,
-    Status.ERROR: 500,
-    Status.INVALID_DATA: 422,
-    Status.PERMISSION_DENIED: 403,
-    Status.NOT_FOUND: 404,
-    Status.RATE_LIMITED: 429,
-    Status.UNKNOWN_PACKAGE: 404,
-    Status.TIMEOUT: 504,
-    Status.CONFLICT: 409,
-    Status.UNAVAILABLE: 503,
-}
-
 
 class RealtimeError(Exception):
     """Root of every error realtime raises on purpose."""
@@ -65,7 +52,7 @@ class RequestError(RealtimeError):
 
     @property
     def http_status(self) -> int:
-        return HTTP_STATUS[self.status]
+        return HTTP_STATUS.get(type(self)) or HTTP_STATUS[self.status]
 
     def to_error(self) -> dict[str, Any]:
         error: dict[str, Any] = {"message": self.message}
@@ -82,6 +69,13 @@ class ServerError(RequestError):
 class InvalidData(RequestError):
     status = Status.INVALID_DATA
     default_message = "invalid data"
+
+
+class BodyTooLarge(InvalidData):
+    """A REST request body over REALTIME_MAX_BODY_BYTES: refused before it is parsed."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body larger than {limit} bytes")
 
 
 class PermissionDenied(RequestError):
@@ -123,6 +117,24 @@ class Conflict(RequestError):
 class Unavailable(_RetryLater):
     status = Status.UNAVAILABLE
     default_message = "a dependency is unavailable, retry later"
+
+
+# The one table: the HTTP status of an error on the REST mount (PROTOCOL.md 4), by its
+# status code, or by its class where a finer HTTP status tells a client more (a body
+# too large is INVALID_DATA, answered 413).
+HTTP_STATUS: dict[Status | type[RequestError], int] = {
+    Status.OK: 200,
+    Status.ERROR: 500,
+    Status.INVALID_DATA: 422,
+    Status.PERMISSION_DENIED: 403,
+    Status.NOT_FOUND: 404,
+    Status.RATE_LIMITED: 429,
+    Status.UNKNOWN_PACKAGE: 404,
+    Status.TIMEOUT: 504,
+    Status.CONFLICT: 409,
+    Status.UNAVAILABLE: 503,
+    BodyTooLarge: 413,
+}
 
 
 class CloseError(RealtimeError):

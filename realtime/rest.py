@@ -14,6 +14,7 @@ from starlette.routing import Route
 from realtime.auth.principal import Principal
 from realtime.exceptions import (
     AuthError,
+    BodyTooLarge,
     InvalidData,
     PermissionDenied,
     RequestError,
@@ -43,6 +44,9 @@ def error_response(error: RequestError) -> Response:
     retry_after = getattr(error, "retry_after", None)
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
+    if isinstance(error, BodyTooLarge):
+        # the rest of the body was never read: this connection cannot carry another request
+        headers["Connection"] = "close"
     body = {"status_code": int(error.status), "error": error.to_error()}
     return json_response(body, error.http_status, headers)
 
@@ -107,15 +111,31 @@ def _endpoint(package: Package) -> Endpoint:
 
 async def request_data(request: Request, package: Package) -> JSONObject:
     """Body, then query, then path parameters (the path wins), typed by the schema."""
-    data: JSONObject = await _body(request) if request.method in BODY_METHODS else {}
+    limit = services_of(request).settings.max_body_bytes
+    data: JSONObject = await json_body(request, limit) if request.method in BODY_METHODS else {}
     properties = package.request_schema().get("properties", {})
     for name, value in [*request.query_params.items(), *request.path_params.items()]:
         data[name] = _coerce(value, properties.get(name, {}))
     return data
 
 
-async def _body(request: Request) -> JSONObject:
-    raw = await request.body()
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, read as it arrives, never more than `limit` bytes of it: BodyTooLarge as
+    soon as it passes the limit, and before reading anything when Content-Length does."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BodyTooLarge(limit)
+    return bytes(body)
+
+
+async def json_body(request: Request, limit: int) -> JSONObject:
+    """The body as a JSON object (an empty body is `{}`); InvalidData otherwise."""
+    raw = await read_body(request, limit)
     if not raw.strip():
         return {}
     try:

@@ -142,6 +142,8 @@ class Settings:
     expiry_warning: float = _env("REALTIME_EXPIRY_WARNING", _float, 30.0)
     auth_timeout: float = _env("REALTIME_AUTH_TIMEOUT", _float, 10.0)
     max_frame_bytes: int = _env("REALTIME_MAX_FRAME_BYTES", _int, 64 * 1024)
+    # REST request bodies (and POST /auth/login): larger ones are answered 413 unread
+    max_body_bytes: int = _env("REALTIME_MAX_BODY_BYTES", _int, 1024 * 1024)
     max_inflight: int = _env("REALTIME_MAX_INFLIGHT", _int, 64)
     send_queue: int = _env("REALTIME_SEND_QUEUE", _int, 256)
     send_timeout: float = _env("REALTIME_SEND_TIMEOUT", _float, 5.0)
