@@ -12,6 +12,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from realtime.auth.dev import DevIssuer
+from realtime.web import STATIC
 from tests.conftest import ROOT, build_app, make_settings
 from tests.npmtools import node_tools, run_node, run_tool
 
@@ -119,21 +120,28 @@ def test_asyncapi_document_is_valid_and_complete(client: TestClient, tmp_path: P
 
 
 GOOD_CALLS = """
+import { connect } from "./realtime.js";
 import type { RealtimePackages, RealtimeEvents } from "./realtime-types";
-declare function call<N extends keyof RealtimePackages>(
-  name: N, data: RealtimePackages[N]["request"]): Promise<RealtimePackages[N]["response"]>;
 export async function ok(): Promise<void> {
-  const project = await call("projects.create", { name: "x", description: null });
+  const client = connect<RealtimePackages>("ws://localhost:8000/ws", { token: "jwt" });
+  const project = await client.call("projects.create", { name: "x", description: null });
   const id: number = project.id;
-  const page = await call("projects.list", { page: 1, per_page: 10, search: "x" });
+  const page = await client.call("projects.list", { page: 1, per_page: 10, search: "x" });
   const total: number = page.meta.total + page.data.length + id;
-  await call("echo", { anything: [1, 2] });
+  await client.call("echo", { anything: [1, 2] });
+  const me = await client.call("me");
+  const tenant: string = me.tenant_id;
   const done: RealtimeEvents["job.done"]["data"]["state"] = "SUCCESS";
-  void total; void done;
+  void total; void done; void tenant;
 }
 """
 WRONG_FIELD = GOOD_CALLS.replace('{ name: "x", description: null }', '{ nam: "x" }')
 WRONG_TYPE = GOOD_CALLS.replace("per_page: 10", 'per_page: "10"')
+MISSING = GOOD_CALLS.replace(
+    'client.call("projects.create", { name: "x", description: null })',
+    'client.call("projects.create")',
+)
+UNKNOWN = GOOD_CALLS.replace('client.call("echo"', 'client.call("ecko"')
 
 
 def _types(tmp_path: Path) -> None:
@@ -159,6 +167,9 @@ def _types(tmp_path: Path) -> None:
 
 
 def _tsc(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]:
+    """Compile `source` beside the served client's declarations and the generated types."""
+    for name in ("realtime.js", "realtime.d.ts"):
+        (tmp_path / name).write_bytes((STATIC / name).read_bytes())
     (tmp_path / "calls.ts").write_text(source)
     return run_tool("tsc", "--noEmit", "--strict", "--target", "es2020", "calls.ts", cwd=tmp_path)
 
@@ -172,3 +183,5 @@ def test_client_types_compile_and_bite(tmp_path: Path) -> None:
     wrong = _tsc(tmp_path, WRONG_TYPE)
     line = next(n for n, text in enumerate(WRONG_TYPE.splitlines(), 1) if 'per_page: "10"' in text)
     assert wrong.returncode != 0 and f"calls.ts({line}," in wrong.stdout, wrong.stdout
+    for source in (MISSING, UNKNOWN):
+        assert _tsc(tmp_path, source).returncode != 0, source

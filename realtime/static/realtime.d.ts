@@ -253,7 +253,23 @@ export interface ClientEvents {
   error: Error;
 }
 
-export declare class RealtimeClient {
+/**
+ * Package name -> what `call` takes and resolves, as `realtime client-types` generates it
+ * (`RealtimePackages`). Without one, `call` takes any name and object.
+ */
+export type PackageMap = { [name: string]: { request: unknown; response: unknown } };
+
+/** The arguments after the name: `data` may be left out only when it has no required field. */
+export type CallArgs<Request> = {} extends Request
+  ? [data?: Request, options?: CallOptions]
+  : [data: Request, options?: CallOptions];
+
+/** Untyped (the default map): any name, any object. Typed: names and data checked. */
+export type CallFunction<P extends PackageMap> = string extends keyof P
+  ? <T = unknown>(name: string, data?: object, options?: CallOptions) => Promise<T>
+  : <N extends keyof P & string>(name: N, ...args: CallArgs<P[N]["request"]>) => Promise<P[N]["response"]>;
+
+export declare class RealtimeClient<P extends PackageMap = PackageMap> {
   constructor(url: string, options: ConnectOptions);
   readonly state: ConnectionState;
   /** Returns a function that removes the handler. */
@@ -262,7 +278,7 @@ export declare class RealtimeClient {
   /** Resolves when the state next becomes "open" (at once if open); rejects once "closed". */
   ready(): Promise<void>;
   /** Resolves the answer's data, or `{data, meta}` for a paginated package. */
-  call<T = unknown>(name: string, data?: object, options?: CallOptions): Promise<T>;
+  readonly call: CallFunction<P>;
   subscribe<T = unknown>(
     topic: string,
     onMessage: (data: T, info: MessageInfo) => void,
@@ -275,4 +291,7 @@ export declare class RealtimeClient {
   close(): void;
 }
 
-export declare function connect(url: string, options: ConnectOptions): RealtimeClient;
+export declare function connect<P extends PackageMap = PackageMap>(
+  url: string,
+  options: ConnectOptions,
+): RealtimeClient<P>;
