@@ -221,8 +221,13 @@ async def watch(ctx: Context, data: JSONObject) -> dict[str, Any]:
 
 
 async def list_jobs(ctx: Context, data: JSONObject) -> Page:
+    principal = ctx.principal
     items, total = await sql.page(
-        ctx.services.database, ctx.principal.sub, page=data["page"], per_page=data["per_page"]
+        ctx.services.database,
+        principal.sub,
+        principal.tenant_id,
+        page=data["page"],
+        per_page=data["per_page"],
     )
     return Page(items, total)
 

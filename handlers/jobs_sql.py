@@ -61,14 +61,14 @@ async def get(
 
 
 async def page(
-    db: Database, owner: str, *, page: int, per_page: int
+    db: Database, owner: str, tenant: str, *, page: int, per_page: int
 ) -> tuple[list[dict[str, Any]], int]:
-    total = await db.fetch_val(
-        sa.select(sa.func.count()).select_from(t).where(t.c.owner_sub == owner)
-    )
+    """The jobs of `owner` in `tenant`: the same `sub` in another tenant is someone else."""
+    mine = (t.c.owner_sub == owner, t.c.tenant_id == tenant)
+    total = await db.fetch_val(sa.select(sa.func.count()).select_from(t).where(*mine))
     query = (
         sa.select(t)
-        .where(t.c.owner_sub == owner)
+        .where(*mine)
         .order_by(t.c.created_at.desc(), t.c.id)
         .limit(per_page)
         .offset((page - 1) * per_page)
