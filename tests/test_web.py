@@ -185,3 +185,18 @@ def test_client_types_compile_and_bite(tmp_path: Path) -> None:
     assert wrong.returncode != 0 and f"calls.ts({line}," in wrong.stdout, wrong.stdout
     for source in (MISSING, UNKNOWN):
         assert _tsc(tmp_path, source).returncode != 0, source
+
+
+def test_the_client_and_the_demo_page_are_served(client: TestClient) -> None:
+    module = client.get("/client/realtime.js")
+    assert module.status_code == 200
+    assert module.headers["content-type"].startswith("text/javascript")
+    assert "export function connect" in module.text
+    types = client.get("/client/realtime.d.ts")
+    assert types.status_code == 200 and "export declare function connect" in types.text
+    page = client.get("/")
+    assert page.headers["content-type"].startswith("text/html")
+    assert '<script type="module" src="/client/demo.js">' in page.text
+    assert "http" not in client.get("/client/demo.js").text.replace("https:", "")
+    for missing in ("/client/demo.html", "/client/..%2F__init__.py", "/client/nothing.js"):
+        assert client.get(missing).status_code == 404
