@@ -1,46 +1,121 @@
-"""Keep tokens out of every log line.
+"""Keep tokens out of every log record.
 
-uvicorn's access and error logs print the handshake path with its query string, so a
-`?token=` would land in the logs; a filter rewrites such records before any handler
-formats them. Installed on uvicorn's loggers by the app factory and on the handlers of
-the log config used by `realtime serve`.
+A token reaches the server in a header, a `bearer.` subprotocol or the query string, and
+uvicorn and websockets log request lines, headers (at DEBUG) and handshake failures
+(with the offending header in the traceback). So every record is cleaned as it is made,
+by a log record factory, whatever its logger, level or handlers: its arguments, its
+message, its traceback and its stack. A query string is read the way the server reads
+it: a parameter whose name decodes to `token` (`%74oken=`) is redacted however its name
+and value are spelled, and a JWT is recognised in any parameter also when
+percent-encoded. The log config of `realtime serve` puts the same cleaning on every
+handler, for records made without the factory.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import unquote_plus
 
+REDACTED = "[redacted]"
+# a compact JWS: a base64url JSON header (`{"` or `{` and white space: "ey", "ew"), a
+# payload and a signature
+_JWT = re.compile(r"e[wy][A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")
 _PATTERNS = (
-    (re.compile(r"((?:access_)?token=)[^&\s\"']+", re.IGNORECASE), r"\1[redacted]"),
-    (re.compile(r"(bearer[. ])[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE), r"\1[redacted]"),
-    (re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), "[redacted-jwt]"),
+    (re.compile(r"((?:access_)?token=)[^&\s\"']+", re.IGNORECASE), rf"\1{REDACTED}"),
+    (re.compile(r"(bearer(?:\.|\s+))[A-Za-z0-9._~+/=%-]{8,}", re.IGNORECASE), rf"\1{REDACTED}"),
+    (_JWT, "[redacted-jwt]"),
 )
-REDACTED_LOGGERS = ("uvicorn", "uvicorn.access", "uvicorn.error", "realtime")
+# a query string in a request line, a path or a URL: up to white space or a quote
+_QUERY = re.compile(r"\?([^\s\"'<>#]+)")
+_PLAIN = (int, float, bool, type(None))
 
 
 def redact(text: str) -> str:
+    text = _QUERY.sub(_redact_query, text)
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
 
 
-class RedactTokens(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
+def _redact_query(match: re.Match[str]) -> str:
+    return "?" + "&".join(_redact_parameter(part) for part in match.group(1).split("&"))
+
+
+def _redact_parameter(part: str) -> str:
+    """`name=value` as the server decodes it: a `...token` name, or a value that decodes
+    to a JWT, keeps its spelled name and loses its value."""
+    name, equals, value = part.partition("=")
+    if not equals:
+        return part
+    if unquote_plus(name).lower().endswith("token") or _JWT.search(unquote_plus(value)):
+        return f"{name}={REDACTED}"
+    return part
+
+
+def clean(record: logging.LogRecord) -> None:
+    """Redact one record in place. The arguments are cleaned one by one, so formatters
+    that read them (uvicorn's access log unpacks its five) keep working."""
+    if isinstance(record.args, tuple):
+        record.args = tuple(_clean_value(value) for value in record.args)
+    elif isinstance(record.args, Mapping):
+        record.args = {key: _clean_value(value) for key, value in record.args.items()}
+    _clean_message(record)
+    if record.exc_info and not record.exc_text:
+        record.exc_text = logging.Formatter().formatException(record.exc_info)
+    if record.exc_text:
+        record.exc_text = redact(record.exc_text)
+    if record.stack_info:
+        record.stack_info = redact(record.stack_info)
+
+
+def _clean_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, _PLAIN):
+        return value
+    text = str(value)  # an object (an exception, headers): replaced only if it held a token
+    cleaned = redact(text)
+    return value if cleaned == text else cleaned
+
+
+def _clean_message(record: logging.LogRecord) -> None:
+    try:
         message = record.getMessage()
-        cleaned = redact(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
+    except (TypeError, ValueError):
+        return  # arguments that do not fit the message: the handler reports it, as always
+    cleaned = redact(message)
+    if cleaned != message:  # a token the arguments did not hold alone (or in `msg` itself)
+        record.msg, record.args = cleaned, None
+
+
+class RedactTokens(logging.Filter):
+    """The same cleaning as a filter, for the handlers of a log config."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        clean(record)
         return True
 
 
+class _RedactingFactory:
+    """Wraps the process's log record factory: each record is cleaned as it is made."""
+
+    def __init__(self, make: Callable[..., logging.LogRecord]) -> None:
+        self._make = make
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = self._make(*args, **kwargs)
+        clean(record)
+        return record
+
+
 def install_redaction() -> None:
-    """Attach the filter to the loggers that may see a handshake URL (idempotent)."""
-    for name in REDACTED_LOGGERS:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, RedactTokens) for f in logger.filters):
-            logger.addFilter(RedactTokens())
+    """Clean every record of the process from now on, every logger and level (idempotent)."""
+    factory = logging.getLogRecordFactory()
+    if not isinstance(factory, _RedactingFactory):
+        logging.setLogRecordFactory(_RedactingFactory(factory))
 
 
 def log_config(level: str) -> dict[str, Any]:
@@ -72,3 +147,4 @@ def configure_logging(level: str) -> None:
     config = log_config(level)
     config["loggers"]["taskiq"] = {"handlers": ["default"], "level": "WARNING"}
     logging.config.dictConfig(config)
+    install_redaction()
