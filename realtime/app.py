@@ -159,6 +159,9 @@ async def health(request: Request) -> Response:
 
 async def ready(request: Request) -> Response:
     services = services_of(request)
+    if services.drain_state.started:
+        # a draining node must drop out of its load balancer at once, whatever its checks
+        return json_response({"status": "draining", "checks": {}}, 503)
     checks = {
         "database": await ping(services.database, services.settings.db_timeout),
         "bus": await services.hub.ready(),

@@ -30,6 +30,7 @@ from realtime.exceptions import (
     CloseError,
     ForbiddenOrigin,
     FrameTooLarge,
+    GoingAway,
     PermissionDenied,
     PolicyViolation,
     RateLimited,
@@ -215,12 +216,22 @@ class Connection:
         self.services.connections.add(self)
         writer = self._writer = asyncio.create_task(self._write_loop())
         self._reader = asyncio.create_task(self._read_loop())
+        self._joined_during_drain()
         try:
             await self._supervise(self._reader, writer)
         finally:
             self.services.connections.discard(self)
             await self._cleanup(writer)
             self.services.metrics.connections.dec()
+
+    def _joined_during_drain(self) -> None:
+        """A socket opened while the node drains is told to go elsewhere as the others
+        were; once the drain window is over it is closed at once (1001)."""
+        drain = self.services.drain_state
+        if drain.started:
+            self.draining()
+        if drain.closing:
+            self.close(GoingAway())
 
     async def _supervise(self, reader: asyncio.Task[None], writer: asyncio.Task[None]) -> None:
         await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)

@@ -66,6 +66,8 @@ class Hub:
         self._subs: dict[str, dict[str, _Subscription]] = {}
         self._positions: dict[str, int] = {}
         self._epochs: dict[str, str | None] = {}
+        # the last seq this node published on each topic it has subscribers for
+        self._published: dict[str, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._recheck = False
         self.healthy = True
@@ -95,9 +97,25 @@ class Hub:
         """Publish `data` (serialized once, here) on `topic`; usable outside requests too.
         Subscribers receive it as `{"event": event, "topic", "offset", "data"}`."""
         try:
-            return await self.backend.publish(topic, orjson.dumps(data), event.encode())
+            offset = await self.backend.publish(topic, orjson.dumps(data), event.encode())
         except BusUnavailable:
             raise Unavailable(RETRY_AFTER, "the message bus is unavailable") from None
+        if topic in self._positions:
+            self._published[topic] = offset.seq
+        return offset
+
+    async def settle(self, limit: float) -> None:
+        """Wait, at most `limit` seconds, until what this node published on topics it has
+        subscribers for has been delivered to them (the reader delivers later, in its own
+        task): the drain calls it before it closes the sockets."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        while self._undelivered() and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+    def _undelivered(self) -> bool:
+        positions = self._positions
+        return any(seq > positions.get(topic, seq) for topic, seq in self._published.items())
 
     # -- subscribing -----------------------------------------------------------------
 
@@ -170,6 +188,7 @@ class Hub:
             self._subs.pop(topic, None)
             self._positions.pop(topic, None)
             self._epochs.pop(topic, None)
+            self._published.pop(topic, None)
         return removed
 
     # -- reading ---------------------------------------------------------------------

@@ -30,6 +30,20 @@ from realtime.router import Router
 from realtime.settings import Settings
 from realtime.topics import TopicPermissions
 
+# how long the drain waits for this node's last publications (job.done) to reach its
+# own subscribers before it closes their sockets
+DELIVERY_BOUND = 2.0
+
+
+@dataclass
+class DrainState:
+    """How far this process's drain is. `started`: `/ready` answers 503 and a socket
+    opened from then on is told `server.draining` at once; `closing`: the window is over,
+    such a socket is closed with 1001 as soon as it is told."""
+
+    started: bool = False
+    closing: bool = False
+
 
 @dataclass(frozen=True)
 class Services:
@@ -46,15 +60,22 @@ class Services:
     jobs: Jobs
     # the open sockets of this process, for the drain at shutdown
     connections: set[Any] = field(default_factory=set)
+    drain_state: DrainState = field(default_factory=DrainState)
 
     async def drain(self, grace: float) -> None:
         """Tell every socket `server.draining`, give clients `grace` seconds to move, then
         close the rest with 1001 (PROTOCOL.md 2.4)."""
+        self.drain_state.started = True
         for connection in list(self.connections):
             connection.draining()
         deadline = asyncio.get_running_loop().time() + grace
         while self.connections and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
+        # in-process jobs end now, while their watchers are still connected: each one's
+        # job.done must be delivered (queued ahead of the 1001) before the sockets close
+        await stop_running_jobs(self.jobs)
+        await self.hub.settle(DELIVERY_BOUND)
+        self.drain_state.closing = True
         for connection in list(self.connections):
             connection.close(GoingAway())
         for _ in range(40):  # the closes go out through each socket's writer
@@ -162,11 +183,11 @@ async def running_broker(jobs: Jobs, services: Services) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await _stop_running_jobs(jobs)
+        await stop_running_jobs(jobs)
         await jobs.broker.shutdown()
 
 
-async def _stop_running_jobs(jobs: Jobs) -> None:
+async def stop_running_jobs(jobs: Jobs) -> None:
     """In-process jobs die with the server: cancel them while the database and the bus
     are still open, so each can record and announce how it ended."""
     running = list(getattr(jobs.broker, "_running_tasks", ()))  # InMemoryBroker's own set
