@@ -99,6 +99,22 @@ class RedactTokens(logging.Filter):
         return True
 
 
+class ClientFaultsQuiet(logging.Filter):
+    """uvicorn logs a text frame of invalid UTF-8 as an ERROR with a traceback, once per
+    connection, unauthenticated ones included: a cheap way for any client to flood the
+    error log with its own fault. It becomes one INFO line without the traceback (uvicorn
+    still closes the socket with 1007). On uvicorn's error logger, whose level decides."""
+
+    MESSAGES = frozenset({"Invalid UTF-8 sequence received from client."})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or record.getMessage() not in self.MESSAGES:
+            return True
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.exc_info, record.exc_text = None, None
+        return logging.getLogger(record.name).isEnabledFor(logging.INFO)
+
+
 class _RedactingFactory:
     """Wraps the process's log record factory: each record is cleaned as it is made."""
 
@@ -112,10 +128,14 @@ class _RedactingFactory:
 
 
 def install_redaction() -> None:
-    """Clean every record of the process from now on, every logger and level (idempotent)."""
+    """Clean every record of the process from now on, every logger and level; and quiet
+    the client faults uvicorn logs as errors (ClientFaultsQuiet). Idempotent."""
     factory = logging.getLogRecordFactory()
     if not isinstance(factory, _RedactingFactory):
         logging.setLogRecordFactory(_RedactingFactory(factory))
+    uvicorn_errors = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, ClientFaultsQuiet) for f in uvicorn_errors.filters):
+        uvicorn_errors.addFilter(ClientFaultsQuiet())
 
 
 def log_config(level: str) -> dict[str, Any]:
@@ -123,13 +143,20 @@ def log_config(level: str) -> dict[str, Any]:
     from uvicorn.config import LOGGING_CONFIG
 
     config: dict[str, Any] = {**LOGGING_CONFIG}
-    config["filters"] = {"redact": {"()": "realtime.logs.RedactTokens"}}
+    config["filters"] = {
+        "redact": {"()": "realtime.logs.RedactTokens"},
+        "client_faults": {"()": "realtime.logs.ClientFaultsQuiet"},
+    }
     config["handlers"] = {
         name: {**handler, "filters": ["redact"]}
         for name, handler in LOGGING_CONFIG["handlers"].items()
     }
     config["loggers"] = {
         **LOGGING_CONFIG["loggers"],
+        "uvicorn.error": {
+            **LOGGING_CONFIG["loggers"]["uvicorn.error"],
+            "filters": ["client_faults"],
+        },
         "realtime": {
             "handlers": ["default"],
             "level": level.upper(),

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from realtime import jsonparse
 from realtime.types import JSONObject
 
 REQ_ID_MAX = 64
@@ -64,9 +65,11 @@ def _is_int(value: Any) -> bool:
 def parse_request(text: str | bytes) -> Request:
     """Parse one text frame into a Request or raise EnvelopeError."""
     try:
-        frame = orjson.loads(text)
+        frame = jsonparse.loads(text)
     except orjson.JSONDecodeError:
         raise EnvelopeError("frame is not valid JSON") from None
+    except jsonparse.JSONRefused as refused:
+        raise _refused(refused) from None
     # exact type checks: orjson builds plain dicts, lists, ints and strs (and bool is no int)
     if type(frame) is not dict:
         raise EnvelopeError("frame must be a JSON object")
@@ -84,6 +87,15 @@ def parse_request(text: str | bytes) -> Request:
     elif type(data) is not dict:
         raise EnvelopeError("data must be a JSON object", req_id, pkg_id)
     return pkg_id, req_id, data
+
+
+def _refused(refused: jsonparse.JSONRefused) -> EnvelopeError:
+    """Valid JSON over a limit: answered with the frame's ids when it has usable ones."""
+    frame = refused.value
+    req_id = frame.get("req_id") if type(frame) is dict else None
+    if type(req_id) is not str or not 0 < len(req_id) <= REQ_ID_MAX:
+        return EnvelopeError(refused.reason)
+    return EnvelopeError(refused.reason, req_id, frame.get("pkg_id"))
 
 
 def encode_ok(pkg_id: int | None, req_id: str, data: Any, meta: Any = None) -> bytes:

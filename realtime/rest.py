@@ -11,6 +11,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from realtime import jsonparse
 from realtime.auth.principal import Principal
 from realtime.exceptions import (
     AuthError,
@@ -139,9 +140,11 @@ async def json_body(request: Request, limit: int) -> JSONObject:
     if not raw.strip():
         return {}
     try:
-        body = orjson.loads(raw)
+        body = jsonparse.loads(raw)
     except orjson.JSONDecodeError:
         raise InvalidData("request body is not valid JSON") from None
+    except jsonparse.JSONRefused as refused:
+        raise InvalidData(f"request body: {refused.reason}") from None
     if not isinstance(body, dict):
         raise InvalidData("request body must be a JSON object")
     return body
