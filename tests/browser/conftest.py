@@ -43,8 +43,11 @@ def ensure_chromium() -> str:
     return CHROMIUM
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Module-scoped, not session-scoped: while Playwright's sync API is open it holds a
+    running event loop in this thread, and every later test that calls asyncio.run would
+    fail."""
     from playwright.sync_api import sync_playwright
 
     executable = ensure_chromium()
