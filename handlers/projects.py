@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from handlers import projects_sql as sql
-from realtime.exceptions import NotFound, Unavailable
+from realtime.exceptions import NotFound, OutcomeUnknown, Unavailable
 from realtime.packages import Context, Package, Page, Rest
 from realtime.types import JSONObject
 from schema import projects as s
@@ -24,8 +24,8 @@ async def _announce(ctx: Context, op: str, project: dict[str, Any]) -> dict[str,
         await ctx.services.hub.publish(
             f"projects.{ctx.principal.tenant_id}", {"op": op, "project": project}
         )
-    except Unavailable:
-        logger.warning("project %s %s not announced: bus unavailable", project["id"], op)
+    except (Unavailable, OutcomeUnknown):
+        logger.warning("project %s %s maybe not announced: bus unavailable", project["id"], op)
     return project
 
 

@@ -9,10 +9,11 @@ lifespan and closed in its `finally`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import importlib
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
@@ -54,6 +55,9 @@ from realtime.state import build_services
 from realtime.topics import TopicPermissions
 from realtime.web import cors
 from realtime.web import routes as web_routes
+
+# `GET /ready` answers within about this (seconds), whatever its dependencies do
+READY_TIMEOUT = 1.0
 
 
 def load_handlers(modules: Sequence[str]) -> tuple[list[Package], list[Task]]:
@@ -162,13 +166,23 @@ async def ready(request: Request) -> Response:
     if services.drain_state.started:
         # a draining node must drop out of its load balancer at once, whatever its checks
         return json_response({"status": "draining", "checks": {}}, 503)
-    checks = {
-        "database": await ping(services.database, services.settings.db_timeout),
-        "bus": await services.hub.ready(),
-    }
+    # both at once, each within READY_TIMEOUT: a dependency that does not answer in time
+    # is not ready (a probe must not hang on it)
+    database, bus = await asyncio.gather(
+        ping(services.database, READY_TIMEOUT), _within(services.hub.ready(), READY_TIMEOUT)
+    )
+    checks = {"database": database, "bus": bus}
     ok = all(checks.values())
     body = {"status": "ready" if ok else "not ready", "checks": checks}
     return json_response(body, 200 if ok else 503, None if ok else {"Retry-After": "2"})
+
+
+async def _within(check: Awaitable[bool], limit: float) -> bool:
+    try:
+        async with asyncio.timeout(limit):
+            return await check
+    except TimeoutError:
+        return False
 
 
 async def metrics(request: Request) -> Response:

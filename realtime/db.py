@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,16 +22,26 @@ from typing import Any
 import asyncpg
 import sqlalchemy as sa
 from databases import Database
+from databases.core import Connection
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.sql import visitors
+from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.sql.expression import ClauseElement
 
-from realtime.exceptions import ConfigError, Conflict, InvalidData, RequestError, Unavailable
+from realtime.exceptions import (
+    ConfigError,
+    Conflict,
+    InvalidData,
+    OutcomeUnknown,
+    RequestError,
+    Unavailable,
+)
 from realtime.settings import Settings
 
 logger = logging.getLogger("realtime.db")
 RETRY_AFTER = 2
+Query = ClauseElement | str
 
 
 def is_sqlite(url: str) -> bool:
@@ -60,9 +70,11 @@ def _options(settings: Settings) -> dict[str, Any]:
         "min_size": 1,
         "max_size": settings.db_pool_size,
         "timeout": timeout,  # connect
-        # the server's statement_timeout cancels first; the client-side one is a backstop
+        # a slow statement is cancelled by the server first (a known outcome: not done);
+        # BoundedDatabase's client-side bound, at `timeout`, is for a server that does not
+        # answer at all; asyncpg's own command_timeout is a backstop behind both
         "command_timeout": timeout + 1,
-        "server_settings": {"statement_timeout": str(int(timeout * 1000))},
+        "server_settings": {"statement_timeout": str(max(1, int(timeout * 900)))},
     }
 
 
@@ -70,7 +82,7 @@ def _options(settings: Settings) -> dict[str, Any]:
 async def open_database(settings: Settings) -> AsyncIterator[Database]:
     url = settings.database
     ensure_directory(url)
-    database = Database(url, **_options(settings))
+    database = BoundedDatabase(url, settings.db_timeout, **_options(settings))
     try:
         async with asyncio.timeout(settings.db_timeout * 2):
             await database.connect()
@@ -91,10 +103,109 @@ async def _disconnect(database: Database, limit: float) -> None:
         logger.warning("database disconnect timed out after %.0f s; abandoning the pool", limit)
 
 
+class BoundedDatabase(Database):
+    """`databases.Database` with every call bounded by REALTIME_DB_TIMEOUT on PostgreSQL,
+    one phase at a time, so that the answer says what is known (docs/protocol.md):
+
+    - getting a connection (pool acquire, connect): a timeout means nothing was sent:
+      UNAVAILABLE, not done;
+    - the statement: a timeout (or a connection lost meanwhile) after a write was sent
+      leaves its outcome unknown: `OutcomeUnknown` (TIMEOUT), never UNAVAILABLE; a read
+      changed nothing: UNAVAILABLE;
+    - giving the connection back (asyncpg resets it, unbounded by default).
+
+    A connection that timed out is terminated: its state is unknown, and asyncpg's
+    release would wait on a server that does not answer. SQLite (a local file) is not
+    bounded here: it has its own busy timeout.
+    """
+
+    def __init__(self, url: str, limit: float, **options: Any) -> None:
+        super().__init__(url, **options)
+        self.limit = limit
+
+    async def fetch_all(self, query: Query, values: dict[str, Any] | None = None) -> Any:
+        return await self.run(query, lambda c: c.fetch_all(query, values))
+
+    async def fetch_one(self, query: Query, values: dict[str, Any] | None = None) -> Any:
+        return await self.run(query, lambda c: c.fetch_one(query, values))
+
+    async def fetch_val(
+        self, query: Query, values: dict[str, Any] | None = None, column: Any = 0
+    ) -> Any:
+        return await self.run(query, lambda c: c.fetch_val(query, values, column))
+
+    async def execute(self, query: Query, values: dict[str, Any] | None = None) -> Any:
+        return await self.run(query, lambda c: c.execute(query, values))
+
+    async def run(
+        self,
+        query: Query,
+        call: Callable[[Connection], Awaitable[Any]],
+        limit: float | None = None,
+    ) -> Any:
+        """`call(connection)`, the statement `query`, on a connection, each phase bounded
+        by `limit` (REALTIME_DB_TIMEOUT unless given)."""
+        if self.url.dialect != "postgresql":
+            async with self.connection() as connection:
+                return await call(connection)
+        limit = limit or self.limit
+        connection = await self._acquire(limit)
+        try:
+            return await self._statement(connection, call(connection), _writes(query), limit)
+        finally:
+            await self._release(connection, limit)
+
+    async def _acquire(self, limit: float) -> Connection:
+        connection = self.connection()
+        try:
+            async with asyncio.timeout(limit):
+                await connection.__aenter__()
+        except TimeoutError:
+            raise Unavailable(RETRY_AFTER, "the database did not answer in time") from None
+        return connection
+
+    async def _statement(
+        self, connection: Connection, call: Awaitable[Any], write: bool, limit: float
+    ) -> Any:
+        try:
+            async with asyncio.timeout(limit):
+                return await call
+        except (TimeoutError, OSError, asyncpg.ConnectionDoesNotExistError) as error:
+            connection.raw_connection.terminate()
+            if write:
+                raise OutcomeUnknown() from None
+            if isinstance(error, TimeoutError):
+                raise Unavailable(RETRY_AFTER, "the database timed out") from None
+            raise
+
+    async def _release(self, connection: Connection, limit: float) -> None:
+        try:
+            async with asyncio.timeout(limit):
+                await connection.__aexit__(None, None, None)
+        except TimeoutError:
+            # the reset got no answer: drop the connection, and forget it for this task
+            # as databases would have (its release never got that far)
+            connection.raw_connection.terminate()
+            backend: Any = connection._connection  # databases' handle of the raw connection
+            backend._connection = None
+            self._connection = None
+
+
+def _writes(query: Query) -> bool:
+    """INSERT, UPDATE and DELETE (SQLAlchemy's UpdateBase), or SQL text that is not a
+    SELECT: the statements whose outcome a lost answer leaves unknown."""
+    if isinstance(query, str):
+        return query.lstrip()[:6].upper() != "SELECT"
+    return isinstance(query, UpdateBase)
+
+
 async def ping(database: Database, limit: float) -> bool:
     try:
-        async with asyncio.timeout(limit):
-            await database.fetch_val("SELECT 1")
+        if isinstance(database, BoundedDatabase):
+            await database.run("SELECT 1", lambda c: c.fetch_val("SELECT 1"), limit)
+        else:
+            async with asyncio.timeout(limit):
+                await database.fetch_val("SELECT 1")
         return True
     except Exception as error:
         logger.warning("database ping failed: %s", type(error).__name__)
@@ -103,6 +214,10 @@ async def ping(database: Database, limit: float) -> bool:
 
 def translate(error: BaseException) -> RequestError | None:
     """A driver error as the status a client should see, or None if it is not one."""
+    if isinstance(error, OutcomeUnknown):
+        # for a job's run (handlers.jobs), an unknown outcome is an outage like any other:
+        # the run is retried under its lease; a client is answered OutcomeUnknown itself
+        return Unavailable(RETRY_AFTER, "the database timed out")
     if isinstance(error, asyncpg.UniqueViolationError):
         return Conflict("a record with these values already exists")
     if isinstance(error, asyncpg.IntegrityConstraintViolationError | asyncpg.DataError):
@@ -193,8 +308,15 @@ class Prepared:
         if db.url.dialect != "postgresql":
             return await getattr(db, method)(self._bound(values))
         sql, args = self._args(values)
+        name = _ASYNCPG[method]
+
+        def call(connection: Connection) -> Awaitable[Any]:
+            return getattr(connection.raw_connection, name)(sql, *args)  # type: ignore[no-any-return]
+
+        if isinstance(db, BoundedDatabase):
+            return await db.run(self.statement, call)
         async with db.connection() as connection:
-            return await getattr(connection.raw_connection, _ASYNCPG[method])(sql, *args)
+            return await call(connection)
 
     async def fetch_all(self, db: Database, **values: Any) -> list[Any]:
         return list(await self._run(db, values, "fetch_all"))

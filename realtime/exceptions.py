@@ -10,6 +10,7 @@
     │   ├── RateLimited         5 RATE_LIMITED      details: {"retry_after"}
     │   ├── UnknownPackage      6 UNKNOWN_PACKAGE
     │   ├── HandlerTimeout      7 TIMEOUT
+    │   │   └── OutcomeUnknown  7 TIMEOUT           a write sent, its answer lost: maybe done
     │   ├── Conflict            8 CONFLICT
     │   └── Unavailable         9 UNAVAILABLE       details: {"retry_after"}
     ├── CloseError                      ends the socket with a close code
@@ -107,6 +108,17 @@ class UnknownPackage(RequestError):
 class HandlerTimeout(RequestError):
     status = Status.TIMEOUT
     default_message = "the handler ran past its deadline"
+
+
+class OutcomeUnknown(HandlerTimeout):
+    """A write was sent to the database and no answer came back in time (or the
+    connection was lost): it may or may not have been applied. Never UNAVAILABLE, which
+    promises "not done"."""
+
+    default_message = "the database did not answer in time; the write may have been applied"
+
+    def __init__(self, message: str | None = None, details: Any = None) -> None:
+        super().__init__(message, details if details is not None else {"outcome": "unknown"})
 
 
 class Conflict(RequestError):

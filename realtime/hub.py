@@ -20,8 +20,8 @@ from typing import Any, Protocol
 import orjson
 
 from realtime.auth.principal import Principal
-from realtime.bus import Backend, BusUnavailable, Event, Offset
-from realtime.exceptions import Conflict, Unavailable
+from realtime.bus import Backend, BusOutcomeUnknown, BusUnavailable, Event, Offset
+from realtime.exceptions import Conflict, OutcomeUnknown, Unavailable
 
 logger = logging.getLogger("realtime.hub")
 BLOCK = 1.0
@@ -98,6 +98,10 @@ class Hub:
         Subscribers receive it as `{"event": event, "topic", "offset", "data"}`."""
         try:
             offset = await self.backend.publish(topic, orjson.dumps(data), event.encode())
+        except BusOutcomeUnknown:
+            raise OutcomeUnknown(
+                "the message bus did not answer in time; the message may have been published"
+            ) from None
         except BusUnavailable:
             raise Unavailable(RETRY_AFTER, "the message bus is unavailable") from None
         if topic in self._positions:

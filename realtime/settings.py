@@ -101,6 +101,9 @@ class Settings:
     db_timeout: float = _env("REALTIME_DB_TIMEOUT", _float, 5.0)
     db_pool_size: int = _env("REALTIME_DB_POOL_SIZE", _int, 10)
     redis_url: str | None = _env("REDIS_URL", _optional, None)
+    # bounds every Redis call of the bus (connect, pool wait, command): a frozen Redis is
+    # an outage within this, not a handler TIMEOUT
+    redis_timeout: float = _env("REALTIME_REDIS_TIMEOUT", _float, 2.0)
     stream_retention: int = _env("REALTIME_STREAM_RETENTION", _int, 1000)
     stream_ttl: int = _env("REALTIME_STREAM_TTL", _int, 86400)
     presence_ttl: float = _env("REALTIME_PRESENCE_TTL", _float, 30.0)

@@ -206,6 +206,7 @@ def bus_backend(settings: Settings) -> Backend:
         retention=settings.stream_retention,
         ttl=settings.stream_ttl,
         presence_ttl=settings.presence_ttl,
+        timeout=settings.redis_timeout,
     )
 
 

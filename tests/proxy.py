@@ -26,15 +26,21 @@ class Proxy:
         self.target_port = target_port
         self.loop = asyncio.new_event_loop()
         self.up = True
+        # cleared while black-holed: nothing is forwarded, nothing refused
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self._writers: set[asyncio.StreamWriter] = set()
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
+        # listening now: a client may connect before the proxy's thread starts serving
+        sock.listen(128)
         self._sock = sock
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, asyncio.CancelledError):
             while data := await reader.read(65536):
+                await self._flowing.wait()  # held, not lost: TCP would retransmit it
                 writer.write(data)
                 await writer.drain()
         writer.close()
@@ -43,6 +49,8 @@ class Proxy:
         if not self.up:
             writer.close()
             return
+        self._writers.add(writer)
+        await self._flowing.wait()  # black-holed: the handshake got no answer
         up_reader, up_writer = await asyncio.open_connection(self.target_host, self.target_port)
         self._writers |= {writer, up_writer}
         await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
@@ -57,8 +65,14 @@ class Proxy:
         """Drop every connection and refuse new ones (the database is 'down')."""
         self.loop.call_soon_threadsafe(self._cut)
 
+    def hole(self) -> None:
+        """Black-hole the service: connections are accepted and kept, and nothing goes
+        through in either direction (packets dropped, not refused) until `restore()`."""
+        self.loop.call_soon_threadsafe(self._flowing.clear)
+
     def restore(self) -> None:
         self.up = True
+        self.loop.call_soon_threadsafe(self._flowing.set)
 
     def url(self, service_url: str) -> str:
         """`service_url` with its host and port replaced by this proxy's (user, password,

@@ -60,6 +60,11 @@ class BusUnavailable(Exception):
     """The backend cannot be reached; callers answer UNAVAILABLE."""
 
 
+class BusOutcomeUnknown(BusUnavailable):
+    """A publication was sent and its answer did not come in time: it may have been
+    published. An outage for everything but the answer to the publisher."""
+
+
 class Backend(abc.ABC):
     @abc.abstractmethod
     async def publish(self, topic: str, data: bytes, name: bytes = b"message") -> Offset:

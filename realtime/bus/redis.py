@@ -8,6 +8,7 @@ reads the same stream (XREAD BLOCK), so history and live delivery cannot disagre
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from typing import Any
@@ -20,7 +21,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from realtime.bus import ANY_EPOCH, Backend, BusUnavailable, Event, History, Offset
+from realtime.bus import (
+    ANY_EPOCH,
+    Backend,
+    BusOutcomeUnknown,
+    BusUnavailable,
+    Event,
+    History,
+    Offset,
+)
 
 # KEYS: stream, meta. ARGV: epoch candidate, maxlen, ttl seconds, data, event name.
 PUBLISH = """
@@ -89,23 +98,27 @@ def _seq(stream_id: bytes) -> int:
 
 
 class RedisBackend(Backend):
-    def __init__(self, url: str, *, retention: int, ttl: int, presence_ttl: float) -> None:
+    def __init__(
+        self, url: str, *, retention: int, ttl: int, presence_ttl: float, timeout: float
+    ) -> None:
         # a burst of publications waits for a free connection instead of failing
-        # and a connection left dead by a Redis restart is retried on a fresh one
+        # and a connection left dead by a Redis restart is retried on a fresh one; a
+        # timeout is not retried (the command may have run: a publication would repeat)
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
             max_connections=64,
-            timeout=5,
-            socket_timeout=5,
-            socket_connect_timeout=5,
+            timeout=timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            retry_on_error=[RedisConnectionError],
         )
+        self._timeout = timeout
         self._redis = aioredis.Redis(connection_pool=pool)
         # XREAD BLOCK holds its connection: the reader gets a client of its own
         self._reader = aioredis.Redis.from_url(
             url,
-            socket_connect_timeout=5,
+            socket_connect_timeout=timeout,
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
@@ -118,9 +131,16 @@ class RedisBackend(Backend):
         self._wake_key = f"rt:wake:{secrets.token_hex(8)}"
         self._wake_id = b"$"
 
-    async def _call(self, coro: Any) -> Any:
+    async def _call(self, coro: Any, *, write: bool = False) -> Any:
+        """One call, retries included, within REALTIME_REDIS_TIMEOUT. A `write` whose
+        answer did not come in time may have been applied: BusOutcomeUnknown."""
         try:
-            return await coro
+            async with asyncio.timeout(self._timeout):
+                return await coro
+        except (TimeoutError, RedisTimeoutError) as error:
+            if write:
+                raise BusOutcomeUnknown(type(error).__name__) from None
+            raise BusUnavailable(type(error).__name__) from None
         except (RedisError, OSError) as error:
             raise BusUnavailable(type(error).__name__) from None
 
@@ -133,7 +153,7 @@ class RedisBackend(Backend):
             data,
             name,
         ]
-        epoch, seq = await self._call(self._publish(keys=keys, args=args))
+        epoch, seq = await self._call(self._publish(keys=keys, args=args), write=True)
         return Offset(epoch.decode(), int(seq))
 
     async def history(self, topic: str, since: Offset | None) -> History:
@@ -157,10 +177,12 @@ class RedisBackend(Backend):
         streams: dict[Any, Any] = {_stream(t): f"{seq}-0" for t, seq in positions.items()}
         streams[self._wake_key] = self._wake_id
         try:
-            answer: Any = await self._reader.xread(
-                streams, block=int(block * 1000) or 1, count=1000
-            )
-        except (RedisError, OSError) as error:
+            # a frozen Redis never ends the BLOCK: bound the wait past it
+            async with asyncio.timeout(block + self._timeout):
+                answer: Any = await self._reader.xread(
+                    streams, block=int(block * 1000) or 1, count=1000
+                )
+        except (RedisError, OSError, TimeoutError) as error:
             raise BusUnavailable(type(error).__name__) from None
         events: list[Event] = []
         for key, entries in answer or []:
@@ -206,8 +228,9 @@ class RedisBackend(Backend):
 
     async def ping(self) -> bool:
         try:
-            return bool(await self._redis.ping())
-        except (RedisError, OSError):
+            async with asyncio.timeout(self._timeout):
+                return bool(await self._redis.ping())
+        except (RedisError, OSError, TimeoutError):
             return False
 
     async def close(self) -> None:
