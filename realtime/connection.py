@@ -14,6 +14,8 @@ import contextlib
 import enum
 import logging
 import secrets
+import socket
+import struct
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -110,6 +112,17 @@ async def _finish(send: Coroutine[Any, Any, None], blocked: Any) -> None:
             blocked = send.send(None)
         except StopIteration:
             return
+
+
+def _reset(transport: Any) -> None:
+    """Drop a connection the peer has not let us close: RST (linger 0) discards what the
+    kernel still holds for it, where a plain close would keep sending it for minutes."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.fileno() < 0:
+        return  # closed cleanly in time
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 def presented_token(websocket: WebSocket) -> str | None:
@@ -275,6 +288,19 @@ class Connection:
         self._put(_Close(int(error.code), error.reason))
         if self._reader is not None and self._reader is not asyncio.current_task():
             self._reader.cancel()
+        self._reset_later()
+
+    def _reset_later(self) -> None:
+        """The close is decided: whatever the peer does, the connection is gone within
+        close_timeout. uvicorn's transport.close() waits for its write buffer to drain,
+        which a peer that does not read never lets happen (its descriptor and the kernel's
+        buffers stayed held, and it got stale frames later). uvicorn exposes the transport
+        only on its protocol, the object whose method the server's `send` is."""
+        transport = getattr(getattr(self._send, "__self__", None), "transport", None)
+        # duck-typed: uvloop's transports are not asyncio.Transport subclasses
+        if callable(getattr(transport, "abort", None)):
+            loop = asyncio.get_running_loop()
+            loop.call_later(self.settings.close_timeout, _reset, transport)
 
     # -- writing -----------------------------------------------------------------------
 
