@@ -169,7 +169,7 @@ def test_a_page_resumes_every_publication_once_after_a_server_restart(
     port = free_port()
     address = f"127.0.0.1:{port}"
     page = context.new_page()
-    publisher = Publisher(address, mint(tmp_path, "root", "user,admin"))
+    publisher = Publisher(address, mint(tmp_path, "root", "user,admin,operator"))
     with node_on(tmp_path, port) as node:
         page.goto(f"http://{address}/health")
         page.evaluate(SUBSCRIBE, {"token": mint(tmp_path, "alice")})
