@@ -13,6 +13,7 @@ from schema.tables import projects as t
 
 COLUMNS = (
     t.c.id,
+    t.c.tenant_id,
     t.c.name,
     t.c.description,
     t.c.created_at,
@@ -25,6 +26,7 @@ COLUMNS = (
 def _project(record: Any) -> dict[str, Any]:
     return {
         "id": record["id"],
+        "tenant_id": record["tenant_id"],
         "name": record["name"],
         "description": record["description"],
         "created_at": utc(record["created_at"]),

@@ -13,6 +13,8 @@ PROJECT = {
     "type": "object",
     "properties": {
         "id": ID,
+        # the owning tenant (the caller's: a project of another tenant is never answered)
+        "tenant_id": {"type": "string"},
         "name": NAME,
         "description": DESCRIPTION,
         "created_at": TIMESTAMP,
@@ -22,6 +24,7 @@ PROJECT = {
     },
     "required": [
         "id",
+        "tenant_id",
         "name",
         "description",
         "created_at",

@@ -137,11 +137,11 @@ async def test_keycloak_claims_map_to_the_principal(server: str, provider: Provi
     assert me["roles"] == ["editor", "offline_access", "user"]  # realm + our client only
 
 
-async def test_tenant_falls_back_to_sub(server: str, provider: Provider) -> None:
+async def test_no_tenant_claim_is_the_personal_tenant(server: str, provider: Provider) -> None:
     ws = await ws_connect(
         server, additional_headers={"Authorization": f"Bearer {provider.mint(tenant_id=None)}"}
     )
-    assert (await ws_call(ws, ME))["data"]["tenant_id"] == "u-123"
+    assert (await ws_call(ws, ME))["data"]["tenant_id"] == "user:u-123"
     await ws.close()
 
 

@@ -67,7 +67,7 @@ async def test_a_thousand_messages_cross_nodes_in_order_and_resume_elsewhere(
     cluster: tuple[Node, Node], tmp_path: Path
 ) -> None:
     a, b = cluster
-    alice, root = mint(tmp_path, "alice"), mint(tmp_path, "root", "user,admin")
+    alice, root = mint(tmp_path, "alice"), mint(tmp_path, "root", "user,operator")
     subscriber = await ws_connect(a.address, **bearer(alice))
     assert (await ws_call(subscriber, SUBSCRIBE, {"topic": "broadcast"}))["status_code"] == 0
     publisher = await ws_connect(b.address, **bearer(root))
@@ -174,7 +174,7 @@ async def test_redis_restarted_empty_resumes_with_recovered_false(
     port, restart = own_redis
     env = {"REDIS_URL": f"redis://127.0.0.1:{port}/0", **UNLIMITED}
     with node(tmp_path, "solo", **env) as solo:
-        alice, root = mint(tmp_path, "alice"), mint(tmp_path, "root", "user,admin")
+        alice, root = mint(tmp_path, "alice"), mint(tmp_path, "root", "user,operator")
         sub = await ws_connect(solo.address, **bearer(alice))
         pub = await ws_connect(solo.address, **bearer(root))
         await ws_call(sub, SUBSCRIBE, {"topic": "broadcast"})
@@ -205,7 +205,7 @@ async def test_redis_unreachable_then_back_loses_nothing(tmp_path: Path) -> None
             node(tmp_path, "direct", **direct) as other,
         ):
             sub = await ws_connect(behind.address, **bearer(mint(tmp_path, "alice")))
-            pub = await ws_connect(other.address, **bearer(mint(tmp_path, "root", "user,admin")))
+            pub = await ws_connect(other.address, **bearer(mint(tmp_path, "root", "user,operator")))
             await ws_call(sub, SUBSCRIBE, {"topic": "broadcast"})
             proxy.cut()
             async with httpx.AsyncClient(base_url=f"http://{behind.address}") as http:
@@ -252,7 +252,7 @@ async def test_serve_with_workers_shares_the_redis_bus(tmp_path: Path) -> None:
         subscribers = [await ws_connect(address, **bearer(alice)) for _ in range(8)]
         for ws in subscribers:
             await ws_call(ws, SUBSCRIBE, {"topic": "broadcast"})
-        publisher = await ws_connect(address, **bearer(mint(tmp_path, "root", "user,admin")))
+        publisher = await ws_connect(address, **bearer(mint(tmp_path, "root", "user,operator")))
         await ws_call(publisher, PUBLISH, {"topic": "broadcast", "data": "to every worker"})
         for ws in subscribers:
             assert (await receive(ws, 1))[0]["data"] == "to every worker"

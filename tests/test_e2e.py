@@ -159,7 +159,7 @@ async def test_slow_reader_is_closed_1013_while_others_keep_being_served(tmp_pat
     }
     with node(tmp_path, "fanout", **env) as server:
         user = {"Authorization": f"Bearer {mint(tmp_path, 'alice')}"}
-        admin = {"Authorization": f"Bearer {mint(tmp_path, 'root', 'user,admin')}"}
+        admin = {"Authorization": f"Bearer {mint(tmp_path, 'root', 'user,operator')}"}
         slow = await ws_connect_slow(server.address, additional_headers=user)
         fast = await ws_connect(server.address, additional_headers=user)
         publisher = await ws_connect(server.address, additional_headers=admin)

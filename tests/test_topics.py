@@ -27,7 +27,7 @@ def tokens(issuer: DevIssuer) -> dict[str, str]:
         "alice": issuer.mint("alice", ["user"], tenant="acme", name="Alice A"),
         "carl": issuer.mint("carl", ["user"], tenant="acme", name="Carl C"),
         "bob": issuer.mint("bob", ["user"], tenant="globex"),
-        "root": issuer.mint("root", ["user", "admin"], tenant="acme"),
+        "root": issuer.mint("root", ["user", "operator"], tenant="acme"),
     }
 
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from realtime.exceptions import AuthError
 from realtime.types import Roles
+
+# The tenant of a token without the tenant claim: a personal tenant named after its
+# subject. Tenant claims with this prefix are refused, so no real tenant can equal one.
+PERSONAL_TENANT = "user:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +34,6 @@ class Principal:
             client: frozenset(_strings((access or {}).get("roles")))
             for client, access in _dict(claims.get("resource_access")).items()
         }
-        tenant = claims.get(tenant_claim)
         return cls(
             sub=str(claims["sub"]),
             username=_opt_str(claims.get("preferred_username")),
@@ -37,9 +41,7 @@ class Principal:
             name=_opt_str(claims.get("name")),
             realm_roles=realm_roles,
             client_roles=client_roles,
-            tenant_id=str(tenant)
-            if isinstance(tenant, str | int) and tenant != ""
-            else claims["sub"],
+            tenant_id=_tenant(claims, tenant_claim),
             expires_at=int(claims["exp"]),
             raw_claims=claims,
             roles=realm_roles | client_roles.get(client_id, frozenset()),
@@ -58,6 +60,17 @@ class Principal:
             "tenant_id": self.tenant_id,
             "expires_at": self.expires_at,
         }
+
+
+def _tenant(claims: dict[str, Any], tenant_claim: str) -> str:
+    """The claim's tenant; without one, the subject's personal tenant (`user:<sub>`),
+    never a real tenant whose id happens to equal the `sub`."""
+    tenant = claims.get(tenant_claim)
+    if isinstance(tenant, bool) or not isinstance(tenant, str | int) or tenant == "":
+        return f"{PERSONAL_TENANT}{claims['sub']}"
+    if str(tenant).startswith(PERSONAL_TENANT):
+        raise AuthError(f"invalid claim {tenant_claim}")
+    return str(tenant)
 
 
 def _strings(value: Any) -> list[str]:

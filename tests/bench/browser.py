@@ -101,7 +101,7 @@ def _restart(browser: Any, tmp: Path, rounds: int) -> None:
     env = {"REDIS_URL": redis_url()}
     port = free_port()
     args = ["serve", "--port", str(port)]
-    admin = mint(tmp, "root", "user,admin")
+    admin = mint(tmp, "root", "user,operator")
     figures = []
     with node(tmp, "node-b", **env) as other:
         page = browser.new_page()
