@@ -35,6 +35,7 @@ from realtime.connection import (
 )
 from realtime.db import ping
 from realtime.exceptions import AuthError, ConfigError, InvalidData, RequestError
+from realtime.guard import GUARD_STATE, Guard, connection_limit
 from realtime.jobs import Task
 from realtime.logs import install_redaction
 from realtime.metrics import Metrics
@@ -107,15 +108,21 @@ def create_app(
     install_redaction()
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         async with build_services(settings, router, topics, tasks) as services:
             app.state.services = services
             with _frozen_startup():
-                yield
+                # the lifespan state reaches the server's protocols too (realtime.guard)
+                yield {GUARD_STATE: _guard(settings, services.metrics)}
 
     routes = [*_routes(catalog), *web_routes(), *extra_routes]
     middleware = [*cors(settings.allowed_origins), Middleware(ASGIChannels)]
     return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
+
+
+def _guard(settings: Settings, metrics: Metrics) -> Guard:
+    limit = connection_limit(settings.max_connections)
+    return Guard(settings.header_timeout, limit, metrics)
 
 
 @contextlib.contextmanager

@@ -102,6 +102,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         ws_per_message_deflate=settings.ws_compression,
         log_config=log_config(settings.log_level),
         log_level=settings.log_level,
+        # request heads and connections bounded (the app's lifespan gives the limits)
+        http="realtime.guard:GuardedHttpProtocol",
     )
     if many:
         # uvicorn's supervisors run their own servers: sockets get 1012 at shutdown
@@ -125,6 +127,7 @@ def _run_kwargs(
         "ws_per_message_deflate": settings.ws_compression,
         "log_config": config.log_config,
         "log_level": settings.log_level,
+        "http": config.http,
     }
 
 

@@ -100,6 +100,12 @@ class Metrics:
             ["code"],
             registry=self.registry,
         )
+        self.http_refused = Counter(
+            "realtime_http_refused",
+            "Connections refused before their request head was complete, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -158,6 +158,10 @@ class Settings:
     rate_burst: int = _env("REALTIME_RATE_BURST", _int, 200)
     max_invalid_frames: int = _env("REALTIME_MAX_INVALID_FRAMES", _int, 10)
     max_rate_limited: int = _env("REALTIME_MAX_RATE_LIMITED", _int, 50)
+    # a request head (HTTP, or a WebSocket upgrade) must be complete within this
+    header_timeout: float = _env("REALTIME_HEADER_TIMEOUT", _float, 10.0)
+    # connections held at once by `realtime serve` (0: the descriptor limit less a reserve)
+    max_connections: int = _env("REALTIME_MAX_CONNECTIONS", _int, 0)
 
     @property
     def database(self) -> str:
