@@ -24,8 +24,10 @@ def run_offline() -> None:
 
 
 def _run(connection: sa.Connection) -> None:
+    # realtime.migrate.upgrade passes a callback to report each migration it applied
     context.configure(connection=connection, target_metadata=metadata,
-                      render_as_batch=is_sqlite(url))
+                      render_as_batch=is_sqlite(url),
+                      on_version_apply=config.attributes.get("on_version_apply") or ())
     with context.begin_transaction():
         context.run_migrations()
 

@@ -165,9 +165,18 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
-    from realtime.migrate import upgrade
+    from realtime.migrate import head_revision, upgrade
 
-    upgrade(settings, args.revision, sql=args.sql)
+    applied = upgrade(settings, args.revision, sql=args.sql)
+    if args.sql:  # stdout is the SQL script: nothing else may be written to it
+        return 0
+    for migration in applied:
+        print(f"realtime: applied {migration}", flush=True)
+    target = head_revision(settings) if args.revision == "head" else args.revision
+    if applied:
+        print(f"realtime: database migrated to revision {target}", flush=True)
+    else:
+        print(f"realtime: database already at revision {target}: nothing to apply", flush=True)
     return 0
 
 

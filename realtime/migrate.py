@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from alembic import command
@@ -25,10 +26,21 @@ def alembic_config(settings: Settings) -> Config:
     return config
 
 
-def upgrade(settings: Settings, revision: str = "head", sql: bool = False) -> None:
+def upgrade(settings: Settings, revision: str = "head", sql: bool = False) -> list[str]:
+    """Migrate up to `revision`; the migrations applied, as `<revision>: <description>`
+    in order (none when the schema was already there; none either with `sql`, which only
+    writes the statements)."""
     if not sql:
         ensure_directory(settings.database)
-    command.upgrade(alembic_config(settings), revision, sql=sql)
+    config = alembic_config(settings)
+    applied: list[str] = []
+
+    def record(*, step: Any, **_: Any) -> None:
+        applied.append(f"{step.up_revision.revision}: {step.up_revision.doc}")
+
+    config.attributes["on_version_apply"] = record
+    command.upgrade(config, revision, sql=sql)
+    return applied
 
 
 def head_revision(settings: Settings) -> str | None:
