@@ -257,8 +257,9 @@ PACKAGES = [
         cancel,
         schema=s.JOB_REF,
         response_schema=s.CANCELLED,
-        rest=Rest("DELETE", "/jobs/{job_id}"),
-        description="Cancel a job (owner only).",
+        # a cancel keeps the record (GET answers it CANCELLED): an action, not a DELETE
+        rest=Rest("POST", "/jobs/{job_id}/cancel"),
+        description="Cancel a job (owner only); its record stays, in state CANCELLED.",
     ),
     Package(
         23,

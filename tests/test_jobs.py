@@ -73,7 +73,7 @@ def test_only_the_owner_sees_a_job(db_client: TestClient, tokens: dict[str, str]
             assert answer["status_code"] == 4 and answer["error"]["message"] == "job not found"
     bob = auth_header(tokens["bob"])
     assert db_client.get(f"/jobs/{job_id}", headers=bob).status_code == 404
-    assert db_client.delete(f"/jobs/{job_id}", headers=bob).status_code == 404
+    assert db_client.post(f"/jobs/{job_id}/cancel", headers=bob).status_code == 404
     assert db_client.get("/jobs", headers=bob).json()["meta"]["total"] == 0
     with db_client.websocket_connect(f"/ws/jobs/{job_id}", headers=bob) as ws:
         assert close_of(ws) == (1008, "job not found")
@@ -129,7 +129,7 @@ def test_rest_doors(db_client: TestClient, tokens: dict[str, str]) -> None:
     assert status["job_id"] == job_id and status["state"] == "SUCCESS"
     listed = db_client.get("/jobs", headers=alice).json()
     assert listed["meta"]["total"] == 1 and listed["data"][0]["job_id"] == job_id
-    cancelled = db_client.delete(f"/jobs/{job_id}", headers=alice)
+    cancelled = db_client.post(f"/jobs/{job_id}/cancel", headers=alice)
     assert cancelled.status_code == 200 and cancelled.json()["state"] == "SUCCESS"  # too late
     assert db_client.post("/jobs", json={"total_steps": 0}, headers=alice).status_code == 422
     assert db_client.get("/jobs/not-a-job-id", headers=alice).status_code == 422
@@ -173,7 +173,7 @@ def test_a_granted_role_sees_the_jobs_of_its_tenant_only(
         "/jobs", json={"total_steps": 50, "step_seconds": 0.05}, headers=alice
     ).json()["job_id"]
     assert db_client.get(f"/jobs/{job_id}", headers=elsewhere).status_code == 404
-    assert db_client.delete(f"/jobs/{job_id}", headers=elsewhere).status_code == 404
+    assert db_client.post(f"/jobs/{job_id}/cancel", headers=elsewhere).status_code == 404
     with db_client.websocket_connect("/ws", headers=support) as ws:
         assert call(ws, STATUS, {"job_id": job_id})["data"]["job_id"] == job_id
         assert call(ws, WATCH, {"job_id": job_id})["status_code"] == 0
