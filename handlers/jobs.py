@@ -13,6 +13,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -24,7 +25,7 @@ from handlers import jobs_sql as sql
 from realtime.auth.principal import Principal
 from realtime.bus import Offset
 from realtime.connection import Connection, ignore_frame
-from realtime.db import translate
+from realtime.db import now, translate
 from realtime.exceptions import (
     InvalidData,
     NormalClosure,
@@ -34,7 +35,7 @@ from realtime.exceptions import (
 )
 from realtime.hub import Hub
 from realtime.jobqueue import run_again
-from realtime.jobs import Task, TaskServices
+from realtime.jobs import Jobs, Task, TaskServices
 from realtime.packages import Context, Package, Page, Rest
 from realtime.state import Services
 from realtime.types import JSONObject
@@ -160,6 +161,36 @@ async def _end(
         await announce_done(services.hub, job_id, state, **outcome)
 
 
+LOST_TOO_OFTEN = "the job was lost from the queue too often"
+
+
+async def requeue_lost(services: TaskServices, jobs: Jobs) -> None:
+    """The database is the truth: a job PENDING for a whole sweep interval whose queue
+    entry is gone (Redis restarted empty) is queued again. Each time counts as an attempt,
+    as a run does, so a job that keeps vanishing ends in FAILURE, announced once."""
+    settings = services.settings
+    before = now() - timedelta(seconds=settings.job_sweep_interval)
+    waiting = await sql.waiting_since(services.database, TASK, before)
+    if not waiting:
+        return
+    queued = {str(kwargs.get("job_id")) for kwargs in await jobs.queued(TASK)}
+    for job in waiting:
+        if job["id"] not in queued:
+            await _put_back(services, jobs, job, before)
+
+
+async def _put_back(
+    services: TaskServices, jobs: Jobs, job: dict[str, Any], before: datetime
+) -> None:
+    db, job_id = services.database, job["id"]
+    if await sql.requeue(db, job_id, before, services.settings.job_max_attempts):
+        logger.warning("job %s was PENDING with no queue entry: queued again", job_id)
+        await jobs.kick(TASK, job_id=job_id, **job["params"])
+    elif await sql.give_up(db, job_id, before, LOST_TOO_OFTEN):
+        logger.warning("job %s lost from the queue too often: FAILURE", job_id)
+        await announce_done(services.hub, job_id, "FAILURE", error=LOST_TOO_OFTEN)
+
+
 ANY_JOB = "jobs.any"  # the grant of permissions.toml that sees every job of the tenant
 
 
@@ -281,7 +312,7 @@ PACKAGES = [
     ),
 ]
 
-TASKS = [Task(TASK, long_running_task)]
+TASKS = [Task(TASK, long_running_task, recover=requeue_lost)]
 
 
 class _PlainProgress:

@@ -3,6 +3,7 @@ writer moves a job to a final state (and announces it)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -74,6 +75,53 @@ async def page(
         .offset((page - 1) * per_page)
     )
     return [_job(r) for r in await db.fetch_all(query)], int(total)
+
+
+async def waiting_since(
+    db: Database, task: str, before: datetime, limit: int = 100
+) -> list[dict[str, Any]]:
+    """Jobs of `task` still PENDING (never taken) and untouched since `before`, oldest first:
+    those whose queue entry may have vanished. `{id, params, attempts}` each."""
+    query = (
+        sa.select(t.c.id, t.c.params, t.c.attempts)
+        .where(t.c.task == task, t.c.state == "PENDING", t.c.updated_at < before)
+        .order_by(t.c.updated_at)
+        .limit(limit)
+    )
+    found = await db.fetch_all(query)
+    return [
+        {"id": r["id"], "params": orjson.loads(r["params"]), "attempts": r["attempts"]}
+        for r in found
+    ]
+
+
+async def requeue(db: Database, job_id: str, before: datetime, max_attempts: int) -> bool:
+    """Count one more attempt for a lost PENDING job, if queueing it again leaves room for
+    its run within `max_attempts`; False if that is used up, or if another worker touched
+    it since `before` (that one queues it: the update is the lease of this sweep)."""
+    query = (
+        t.update()
+        .where(*_lost(job_id, before), t.c.attempts + 2 <= max_attempts)
+        .values(attempts=t.c.attempts + 1, updated_at=now())
+        .returning(t.c.id)
+    )
+    return await db.fetch_one(query) is not None
+
+
+async def give_up(db: Database, job_id: str, before: datetime, error: str) -> bool:
+    """A lost PENDING job with no attempt left ends in FAILURE; True for the one writer
+    that moved it (and so announces it)."""
+    query = (
+        t.update()
+        .where(*_lost(job_id, before))
+        .values(state="FAILURE", error=error, updated_at=now())
+        .returning(t.c.id)
+    )
+    return await db.fetch_one(query) is not None
+
+
+def _lost(job_id: str, before: datetime) -> tuple[sa.ColumnElement[bool], ...]:
+    return (t.c.id == job_id, t.c.state == "PENDING", t.c.updated_at < before)
 
 
 async def claim(db: Database, job_id: str, runner: str) -> tuple[int, int] | None:

@@ -34,12 +34,13 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
-from taskiq import AckableMessage
+from taskiq import AckableMessage, TaskiqMessage
 from taskiq_redis import RedisStreamBroker
 
 logger = logging.getLogger("realtime.jobs")
 
 PRUNE_EVERY = 60.0  # seconds between clean-ups of the consumers of stopped workers
+QUEUE_PAGE = 500  # stream entries read per call when listing the queue
 
 # Set by the worker around each delivery; a task that met an outage asks (run_again) for
 # its message not to be acknowledged, since taskiq acknowledges whatever the outcome.
@@ -253,6 +254,29 @@ class JobStreamBroker(RedisStreamBroker):
             except (RedisError, OSError) as error:
                 logger.warning("could not refresh job claims (%s)", type(error).__name__)
 
+    async def queued(self) -> list[TaskiqMessage]:
+        """Every message in the stream: an entry stays until its job is acknowledged, so
+        this is what waits and what runs. Entries that are not taskiq messages are skipped
+        (the listener drops them)."""
+        messages: list[TaskiqMessage] = []
+        start = "-"
+        async with Redis(connection_pool=self.connection_pool) as redis:
+            while True:
+                entries: Any = await redis.xrange(self.queue_name, min=start, count=QUEUE_PAGE)
+                messages.extend(m for _, fields in entries if (m := self._parsed(fields)))
+                if len(entries) < QUEUE_PAGE:
+                    return messages
+                start = "(" + _text(entries[-1][0])  # exclusive: after the last one read
+
+    def _parsed(self, fields: dict[bytes, bytes]) -> TaskiqMessage | None:
+        data = fields.get(b"data")
+        if data is None:
+            return None
+        try:
+            return self.formatter.loads(data)
+        except ValueError:  # not a taskiq message (pydantic's ValidationError included)
+            return None
+
     def hold_acks(self) -> None:
         """From now on acknowledge nothing: the worker is cancelling its unfinished jobs,
         and taskiq's receiver would acknowledge them as if they had ended. (A job that did
@@ -273,3 +297,7 @@ class JobStreamBroker(RedisStreamBroker):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._keeper
             self._keeper = None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

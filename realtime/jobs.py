@@ -32,12 +32,16 @@ HEARTBEAT_TOPIC = "system.heartbeat"
 @dataclass(frozen=True)
 class Task:
     """A background task a handler module declares (in its TASKS list). `every` (seconds)
-    makes it periodic: `realtime scheduler` queues it that often."""
+    makes it periodic: `realtime scheduler` queues it that often. `recover`, with REDIS_URL,
+    is run by every worker every `REALTIME_JOB_SWEEP_INTERVAL` seconds: the queue forgets
+    (Redis restarted empty) what the application's own records remember, so the task's
+    owner puts back what it finds missing (`Jobs.queued`, `Jobs.kick`)."""
 
     name: str
     func: Callable[..., Awaitable[Any]]
     labels: dict[str, Any] = field(default_factory=dict)
     every: int | None = None
+    recover: Callable[[TaskServices, Jobs], Awaitable[None]] | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,15 @@ class Jobs:
 
     async def kick(self, name: str, **kwargs: Any) -> None:
         await self._tasks[name].kiq(**kwargs)
+
+    async def queued(self, name: str) -> list[dict[str, Any]]:
+        """The keyword arguments of every message of task `name` the queue holds, waiting
+        or being run; [] on the in-process broker, which holds nothing."""
+        from realtime.jobqueue import JobStreamBroker
+
+        if not isinstance(self.broker, JobStreamBroker):
+            return []
+        return [m.kwargs for m in await self.broker.queued() if m.task_name == name]
 
 
 def build_broker(settings: Settings) -> AsyncBroker:

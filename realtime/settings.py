@@ -114,6 +114,9 @@ class Settings:
     job_claim_timeout: float = _env("REALTIME_JOB_CLAIM_TIMEOUT", _float, 20.0)
     job_reclaim_interval: float = _env("REALTIME_JOB_RECLAIM_INTERVAL", _float, 2.0)
     job_max_attempts: int = _env("REALTIME_JOB_MAX_ATTEMPTS", _int, 3)
+    # with REDIS_URL: every worker looks this often for jobs PENDING (at least this long) in
+    # the database whose queue entry vanished (Redis restarted empty), and queues them again
+    job_sweep_interval: float = _env("REALTIME_JOB_SWEEP_INTERVAL", _float, 30.0)
     job_result_ttl: int = _env("REALTIME_JOB_RESULT_TTL", _int, 86400)
     job_queue: str = _env("REALTIME_JOB_QUEUE", _str, "realtime:jobs")
     worker_grace: float = _env("REALTIME_WORKER_GRACE", _float, 10.0)

@@ -22,7 +22,7 @@ from taskiq.receiver import Receiver
 from taskiq.schedule_sources import LabelScheduleSource
 
 from realtime.db import open_database
-from realtime.exceptions import ConfigError
+from realtime.exceptions import ConfigError, Unavailable
 from realtime.jobqueue import JobStreamBroker, delivery
 from realtime.jobs import Jobs, Task, TaskServices, build_broker, builtin_tasks
 from realtime.migrate import check_schema
@@ -81,10 +81,11 @@ async def run_worker(settings: Settings, tasks: Sequence[Task], concurrency: int
     broker = build_broker(settings)
     assert isinstance(broker, JobStreamBroker)
     broker.is_worker_process = True
-    Jobs(broker, [*builtin_tasks(settings), *tasks])
+    jobs = Jobs(broker, [*builtin_tasks(settings), *tasks])
     async with _task_services(settings) as services:
         broker.state.services = services
         await broker.startup()
+        sweeping = asyncio.create_task(_recover(services, jobs, tasks))
         receiver = _Receiver(
             broker, max_async_tasks=concurrency, run_startup=False, propagate_exceptions=False
         )
@@ -99,8 +100,26 @@ async def run_worker(settings: Settings, tasks: Sequence[Task], concurrency: int
             logger.error("the worker stopped taking jobs", exc_info=failed)
         stop.set()
         stopping.cancel()
+        sweeping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeping
         await _stop_worker(broker, receiver, listening, settings.worker_grace)
     return 1 if failed else 0
+
+
+async def _recover(services: TaskServices, jobs: Jobs, tasks: Sequence[Task]) -> None:
+    """Run each task's `recover` hook at once, then every sweep interval: what the queue
+    lost (Redis restarted empty) the database still knows."""
+    hooks = [task.recover for task in tasks if task.recover is not None]
+    while hooks:
+        for hook in hooks:
+            try:
+                await hook(services, jobs)
+            except (RedisError, OSError, Unavailable) as error:
+                logger.warning("could not look for lost jobs (%s)", type(error).__name__)
+            except Exception:  # a bug in one hook must not stop the worker taking jobs
+                logger.exception("looking for lost jobs failed")
+        await asyncio.sleep(services.settings.job_sweep_interval)
 
 
 async def _stop_worker(
