@@ -35,7 +35,7 @@ from realtime.exceptions import (
 )
 from realtime.hub import Hub
 from realtime.jobqueue import run_again
-from realtime.jobs import Jobs, Task, TaskServices
+from realtime.jobs import Jobs, Task, TaskServices, stoppable
 from realtime.packages import Context, Package, Page, Rest
 from realtime.state import Services
 from realtime.types import JSONObject
@@ -84,6 +84,16 @@ async def run_steps(
     nothing more. A redelivered run continues after the last recorded step (a step must
     be safe to redo: a run that died during it did not record it). On a worker, an outage
     of the database or the bus does not fail the job: it runs again later."""
+    return await stoppable(services, _run_steps(services, job_id, total_steps, work))
+
+
+async def _run_steps(
+    services: TaskServices,
+    job_id: str,
+    total_steps: int,
+    work: Callable[[int], Awaitable[None]],
+) -> dict[str, Any] | None:
+    """The body of `run_steps`, which a stop cancels: it records how the job ended."""
     runner = secrets.token_hex(8)
     try:
         return await _run(services, job_id, runner, total_steps, work)

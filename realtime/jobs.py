@@ -9,13 +9,14 @@ taskiq's state (`TaskiqDepends()` on a `TaskiqState` parameter).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from databases import Database
 from taskiq import AsyncBroker, InMemoryBroker, SimpleRetryMiddleware, TaskiqDepends, TaskiqState
@@ -27,6 +28,7 @@ from realtime.settings import Settings
 
 logger = logging.getLogger("realtime.jobs")
 HEARTBEAT_TOPIC = "system.heartbeat"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,32 @@ class TaskServices:
     hub: Hub
     redelivered: bool
     worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    # the bodies of the jobs running in this process (`stoppable`): what a stop cancels
+    bodies: set[asyncio.Task[Any]] = field(default_factory=set, compare=False)
+
+
+async def stoppable(services: TaskServices, body: Coroutine[Any, Any, T]) -> T | None:
+    """Run a task's body as its own asyncio task, the one `stop_bodies` cancels: the body
+    sees the CancelledError and records how it ended, then the task returns None. taskiq's
+    runner, which logs any cancellation of the task it runs as an exception found, with a
+    traceback, so sees a job that ended. A cancellation of the task itself still reaches
+    the body (through the await) and propagates."""
+    inner = asyncio.ensure_future(body)
+    services.bodies.add(inner)
+    inner.add_done_callback(services.bodies.discard)
+    try:
+        return await inner
+    except asyncio.CancelledError:
+        outer = asyncio.current_task()
+        if inner.cancelled() and outer is not None and not outer.cancelling():
+            return None  # stopped on purpose: the body recorded its end
+        raise
+
+
+def stop_bodies(services: TaskServices) -> None:
+    """Stop every job body of this process at the depth that handles it (`stoppable`)."""
+    for body in list(services.bodies):
+        body.cancel()
 
 
 class Jobs:

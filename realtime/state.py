@@ -22,7 +22,7 @@ from realtime.bus.memory import MemoryBackend
 from realtime.db import open_database
 from realtime.exceptions import GoingAway
 from realtime.hub import Hub
-from realtime.jobs import Jobs, Task, TaskServices, build_broker, builtin_tasks
+from realtime.jobs import Jobs, Task, TaskServices, build_broker, builtin_tasks, stop_bodies
 from realtime.metrics import Metrics
 from realtime.migrate import check_schema, upgrade
 from realtime.packages import Catalog
@@ -33,6 +33,8 @@ from realtime.topics import TopicPermissions
 # how long the drain waits for this node's last publications (job.done) to reach its
 # own subscribers before it closes their sockets
 DELIVERY_BOUND = 2.0
+# seconds a stopped in-process job's taskiq runner may take to end before it is cancelled
+STOP_BOUND = 5.0
 
 
 @dataclass
@@ -188,12 +190,20 @@ async def running_broker(jobs: Jobs, services: Services) -> AsyncIterator[None]:
 
 
 async def stop_running_jobs(jobs: Jobs) -> None:
-    """In-process jobs die with the server: cancel them while the database and the bus
-    are still open, so each can record and announce how it ended."""
+    """In-process jobs die with the server: stop them while the database and the bus are
+    still open, so each can record and announce how it ended. Their bodies are stopped
+    (`stoppable`), and taskiq's runners end by themselves; a runner still going after
+    STOP_BOUND (a task without a stoppable body) is cancelled."""
+    services = getattr(jobs.broker.state, "services", None)
+    if isinstance(services, TaskServices):
+        stop_bodies(services)
     running = list(getattr(jobs.broker, "_running_tasks", ()))  # InMemoryBroker's own set
-    for task in running:
+    if not running:
+        return
+    _, late = await asyncio.wait(running, timeout=STOP_BOUND)
+    for task in late:
         task.cancel()
-    await asyncio.gather(*running, return_exceptions=True)
+    await asyncio.gather(*late, return_exceptions=True)
 
 
 def bus_backend(settings: Settings) -> Backend:
