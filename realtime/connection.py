@@ -13,6 +13,7 @@ import collections
 import contextlib
 import enum
 import logging
+import math
 import secrets
 import socket
 import struct
@@ -217,7 +218,10 @@ class Connection:
         self._reader: asyncio.Task[None] | None = None
         self._expiry: asyncio.Task[None] | None = None
         self._invalid_frames = 0
-        self._rate_limited = 0
+        # the current streak of RATE_LIMITED answers (see _rate_limited)
+        self._limited_since = self._limited_last = -math.inf
+        self._limited_wait = 0.0
+        self._violations = 0
         self._frames = 0
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -603,11 +607,22 @@ class Connection:
 
     def answer_error(self, pkg_id: int | None, req_id: str | None, error: RequestError) -> None:
         self.enqueue(encode_error(pkg_id, req_id, error.status, error.to_error()), direct=False)
-        if error.status is not Status.RATE_LIMITED:
-            return
-        self._rate_limited += 1
-        if self._rate_limited >= self.settings.max_rate_limited:
-            self.close(SustainedRateLimit())
+        if error.status is Status.RATE_LIMITED:
+            self._rate_limited(getattr(error, "retry_after", 1))
+
+    def _rate_limited(self, retry_after: float) -> None:
+        """4429 is for a client that keeps going after it was told to wait, not for a burst
+        it sent before it could read any answer. A streak of RATE_LIMITED answers starts
+        with a `retry_after`; only those to requests that came once it had passed count,
+        and the streak ends when nothing was RATE_LIMITED for that long (it waited)."""
+        now = time.monotonic()
+        if now - self._limited_last >= self._limited_wait:
+            self._limited_since, self._limited_wait, self._violations = now, retry_after, 0
+        elif now >= self._limited_since + self._limited_wait:
+            self._violations += 1
+            if self._violations >= self.settings.max_rate_limited:
+                self.close(SustainedRateLimit())
+        self._limited_last = now
 
     def invalid_frame(self, error: EnvelopeError) -> None:
         self.enqueue(
@@ -670,7 +685,6 @@ class Connection:
         self.answer_error(package.id, req_id, ServerError())
 
     def _answer(self, ctx: Context, message: bytes) -> None:
-        self._rate_limited = 0
         self.enqueue(message, direct=False)
         if ctx.after_answer is not None:
             for callback in ctx.after_answer:

@@ -155,7 +155,9 @@ def test_timeout_when_handler_runs_past_deadline(tmp_path: Path, issuer_token: s
 def test_rate_limited_then_sustained_violation_closes_4429(
     tmp_path: Path, issuer_token: str
 ) -> None:
-    settings = make_settings(tmp_path, rate_limit=0.01, rate_burst=3, max_rate_limited=5)
+    """RATE_LIMITED with retry_after; a burst right after it is answered, not punished; a
+    client that keeps sending once that retry_after has passed is closed with 4429."""
+    settings = make_settings(tmp_path, rate_limit=1.0, rate_burst=3, max_rate_limited=5)
     with (
         TestClient(build_app(settings)) as client,
         client.websocket_connect("/ws", headers=auth_header(issuer_token)) as ws,
@@ -164,9 +166,17 @@ def test_rate_limited_then_sustained_violation_closes_4429(
         limited = call(ws, ECHO, req_id="over")
         assert codes == [0, 0, 0]
         assert limited["status_code"] == 5 and limited["error"]["details"]["retry_after"] >= 1
-        for i in range(4):
+        burst = [call(ws, ECHO, req_id=f"burst{i}")["status_code"] for i in range(10)]
+        assert burst == [5] * 10
+        closed = None
+        for i in range(500):  # every 10 ms, for at most 5 s, whatever it is told
             request(ws, ECHO, req_id=f"more{i}")
-        assert close_of(ws)[0] == 4429
+            message = ws.receive()
+            if message["type"] == "websocket.close":
+                closed = message["code"]
+                break
+            time.sleep(0.01)
+        assert closed == 4429
 
 
 def test_in_flight_cap_answers_rate_limited_at_once(tmp_path: Path, issuer_token: str) -> None:
