@@ -172,6 +172,7 @@ async def _end(
 
 
 LOST_TOO_OFTEN = "the job was lost from the queue too often"
+NOT_QUEUED = "the job could not be queued"
 
 
 async def requeue_lost(services: TaskServices, jobs: Jobs) -> None:
@@ -232,10 +233,15 @@ async def queue_job(ctx: Context, task: str, params: dict[str, Any]) -> dict[str
     """Record a PENDING job owned by the caller, then queue `task(job_id, **params)`."""
     job_id = secrets.token_hex(16)
     principal = ctx.principal
-    await sql.create(
-        ctx.services.database, job_id, principal.sub, principal.tenant_id, task, params
-    )
-    await ctx.services.jobs.kick(task, job_id=job_id, **params)
+    db = ctx.services.database
+    await sql.create(db, job_id, principal.sub, principal.tenant_id, task, params)
+    try:
+        await ctx.services.jobs.kick(task, job_id=job_id, **params)
+    except Unavailable:
+        # UNAVAILABLE means not done: end the record, so that no sweep queues it later
+        # (requeue_lost) and a message that did reach the queue finds it final
+        await sql.finish(db, job_id, "FAILURE", error=NOT_QUEUED)
+        raise
     return {"job_id": job_id}
 
 

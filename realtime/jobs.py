@@ -19,16 +19,19 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from databases import Database
+from redis.exceptions import RedisError
 from taskiq import AsyncBroker, InMemoryBroker, SimpleRetryMiddleware, TaskiqDepends, TaskiqState
 from taskiq.decor import AsyncTaskiqDecoratedTask
+from taskiq.exceptions import SendTaskError
 
-from realtime.exceptions import ConfigError
+from realtime.exceptions import ConfigError, Unavailable
 from realtime.hub import Hub
 from realtime.settings import Settings
 
 logger = logging.getLogger("realtime.jobs")
 HEARTBEAT_TOPIC = "system.heartbeat"
 T = TypeVar("T")
+QUEUE_RETRY_AFTER = 2  # seconds, when the job queue (Redis) cannot be reached
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,14 @@ class Jobs:
             self._tasks[task.name] = broker.register_task(task.func, task_name=task.name, **labels)
 
     async def kick(self, name: str, **kwargs: Any) -> None:
-        await self._tasks[name].kiq(**kwargs)
+        """Queue task `name`; Unavailable if the queue cannot be reached (it may have got
+        the message when the connection was lost after sending: see handlers.jobs)."""
+        try:
+            await self._tasks[name].kiq(**kwargs)
+        except SendTaskError as error:  # taskiq wraps whatever the broker raised
+            if not isinstance(error.__cause__, RedisError | OSError):
+                raise
+            raise Unavailable(QUEUE_RETRY_AFTER, "the job queue is unavailable") from error
 
     async def queued(self, name: str) -> list[dict[str, Any]]:
         """The keyword arguments of every message of task `name` the queue holds, waiting

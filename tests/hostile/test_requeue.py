@@ -7,16 +7,20 @@ database while the job is pending and no worker runs; then a worker starts."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import flush_redis
+from tests.conftest import flush_redis, redis_url
+from tests.helpers import ws_call
+from tests.proxy import running_proxy
 from tests.test_workers import Jobs, done_of, redis_env, socket, start, steps_of, watch_until_done
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 SWEEP = {"REALTIME_JOB_SWEEP_INTERVAL": "0.5"}
+START, LIST, UNAVAILABLE = 20, 24, 9
 
 
 @pytest.fixture
@@ -72,3 +76,36 @@ async def test_a_job_lost_more_often_than_its_attempts_allow_fails_once(idle_nod
     assert steps_of(events) == [] and done_of(events) == [expected]
     row = await idle_node.job_row(lost)
     assert (row["state"], row["error"], row["attempts"]) == ("FAILURE", expected["error"], 0)
+
+
+async def test_a_start_answered_unavailable_is_never_queued_later(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """UNAVAILABLE means not done: a jobs.start whose queue could not be reached ends its
+    record at once, so that no sweep queues it behind the client's back."""
+    flush_redis()
+    with running_proxy(redis_url()) as proxy:
+        env = {**redis_env(tmp_path, pg_url), **SWEEP, "REDIS_URL": proxy.url(redis_url())}
+        jobs = Jobs(tmp_path, env, [])
+        with jobs.stack:
+            jobs.add_node("node-a")
+            async with socket(jobs, f"u{secrets.token_hex(4)}") as ws:  # lists only this
+                proxy.cut()
+                refused = await ws_call(ws, START, {"total_steps": 2, "step_seconds": 0.01})
+                proxy.restore()
+                listed = await ws_call(ws, LIST, {}, "list")
+    assert refused["status_code"] == UNAVAILABLE, refused
+    assert refused["error"]["message"] == "the job queue is unavailable"
+    [record] = listed["data"]
+    assert (record["state"], record["error"]) == ("FAILURE", "the job could not be queued")
+    # control: with the queue back, a job starts and a worker (sweeping) runs it alone
+    idle = Jobs(tmp_path, {**redis_env(tmp_path, pg_url), **SWEEP}, [])
+    with idle.stack:
+        idle.add_node("node-b")
+        worker = idle.add_worker("worker-1")
+        async with socket(idle) as ws:
+            job_id = await start(ws, 2, 0.01)
+            events = await watch_until_done(ws, job_id)
+    assert done_of(events) == [{"job_id": job_id, "state": "SUCCESS", "result": {"steps": 2}}]
+    assert "queued again" not in worker.output()
+    assert (await idle.job_row(record["job_id"]))["state"] == "FAILURE"
