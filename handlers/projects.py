@@ -6,7 +6,8 @@ import logging
 from typing import Any
 
 from handlers import projects_sql as sql
-from realtime.exceptions import NotFound, OutcomeUnknown, Unavailable
+from realtime.db import translate
+from realtime.exceptions import Conflict, NotFound, OutcomeUnknown, Unavailable
 from realtime.packages import Context, Package, Page, Rest
 from realtime.types import JSONObject
 from schema import projects as s
@@ -36,8 +37,19 @@ def _found(project: dict[str, Any] | None) -> dict[str, Any]:
 
 
 async def create(ctx: Context, data: JSONObject) -> dict[str, Any]:
-    db = ctx.services.database
-    project = await sql.create(db, ctx.principal.tenant_id, data["name"], data.get("description"))
+    db, tenant, key = ctx.services.database, ctx.principal.tenant_id, data.get("idempotency_key")
+    if key is not None and (first := await sql.by_idempotency_key(db, tenant, key)):
+        return first  # a retry: the first create's project, nothing written or announced
+    try:
+        project = await sql.create(db, tenant, data["name"], data.get("description"), key)
+    except Exception as error:
+        # the same key created concurrently (the unique index decided): that one wins
+        if key is None or not isinstance(translate(error), Conflict):
+            raise
+        first = await sql.by_idempotency_key(db, tenant, key)
+        if first is None:
+            raise
+        return first
     return await _announce(ctx, "created", project)
 
 

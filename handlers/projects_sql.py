@@ -40,7 +40,9 @@ def _mine(tenant: str, project_id: int) -> sa.ColumnElement[bool]:
     return sa.and_(t.c.id == project_id, t.c.tenant_id == tenant)
 
 
-async def create(db: Database, tenant: str, name: str, description: str | None) -> dict[str, Any]:
+async def create(
+    db: Database, tenant: str, name: str, description: str | None, key: str | None = None
+) -> dict[str, Any]:
     stamp = now()
     query = (
         t.insert()
@@ -51,10 +53,18 @@ async def create(db: Database, tenant: str, name: str, description: str | None) 
             created_at=stamp,
             updated_at=stamp,
             is_deleted=False,
+            idempotency_key=key,
         )
         .returning(*COLUMNS)
     )
     return _project(await db.fetch_one(query))
+
+
+async def by_idempotency_key(db: Database, tenant: str, key: str) -> dict[str, Any] | None:
+    """The project a create with this key made in this tenant (deleted or not)."""
+    mine = sa.and_(t.c.tenant_id == tenant, t.c.idempotency_key == key)
+    record = await db.fetch_one(sa.select(*COLUMNS).where(mine))
+    return _project(record) if record else None
 
 
 async def get(db: Database, tenant: str, project_id: int) -> dict[str, Any] | None:

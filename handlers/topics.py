@@ -31,7 +31,8 @@ async def unsubscribe(ctx: Context, data: JSONObject) -> dict[str, Any]:
 
 async def publish(ctx: Context, data: JSONObject) -> dict[str, Any]:
     ctx.services.topics.check(ctx.principal, data["topic"], "publish")
-    offset = await ctx.services.hub.publish(data["topic"], data["data"])
+    key = data.get("idempotency_key")
+    offset = await ctx.services.hub.publish(data["topic"], data["data"], key=key)
     return {"topic": data["topic"], "offset": str(offset)}
 
 

@@ -93,11 +93,14 @@ class Hub:
 
     # -- publishing ------------------------------------------------------------------
 
-    async def publish(self, topic: str, data: Any, event: str = "message") -> Offset:
+    async def publish(
+        self, topic: str, data: Any, event: str = "message", key: str | None = None
+    ) -> Offset:
         """Publish `data` (serialized once, here) on `topic`; usable outside requests too.
-        Subscribers receive it as `{"event": event, "topic", "offset", "data"}`."""
+        Subscribers receive it as `{"event": event, "topic", "offset", "data"}`. With an
+        idempotency `key`, a retry publishes nothing and answers the first offset."""
         try:
-            offset = await self.backend.publish(topic, orjson.dumps(data), event.encode())
+            offset = await self.backend.publish(topic, orjson.dumps(data), event.encode(), key)
         except BusOutcomeUnknown:
             raise OutcomeUnknown(
                 "the message bus did not answer in time; the message may have been published"

@@ -1,5 +1,6 @@
 """JSON Schemas of the project and author packages."""
 
+from schema.common import IDEMPOTENCY_KEY
 from schema.tables import AUTHOR_NAME_MAX, PROJECT_DESCRIPTION_MAX, PROJECT_NAME_MAX
 
 ID = {"type": "integer", "minimum": 1, "maximum": 2_147_483_647}
@@ -36,7 +37,7 @@ PROJECT = {
 
 PROJECT_CREATE = {
     "type": "object",
-    "properties": {"name": NAME, "description": DESCRIPTION},
+    "properties": {"name": NAME, "description": DESCRIPTION, "idempotency_key": IDEMPOTENCY_KEY},
     "required": ["name"],
     "additionalProperties": False,
 }

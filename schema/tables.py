@@ -16,6 +16,7 @@ metadata = sa.MetaData(naming_convention=NAMING)
 PROJECT_NAME_MAX = 200
 PROJECT_DESCRIPTION_MAX = 2000
 AUTHOR_NAME_MAX = 200
+IDEMPOTENCY_KEY_MAX = 64
 
 projects = sa.Table(
     "projects",
@@ -28,11 +29,14 @@ projects = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("is_deleted", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True),
+    # the client's key for a create it may retry (migration 0005); NULL: none given
+    sa.Column("idempotency_key", sa.String(IDEMPOTENCY_KEY_MAX), nullable=True),
     sa.CheckConstraint(
         f"length(name) >= 1 AND length(name) <= {PROJECT_NAME_MAX}", name="name_length"
     ),
     # the list query: one tenant's live rows, newest first (and by id for stable pages)
     sa.Index("ix_projects_tenant_live_id", "tenant_id", "is_deleted", "id"),
+    sa.Index("uq_projects_tenant_id_idempotency_key", "tenant_id", "idempotency_key", unique=True),
 )
 
 # live and total projects per tenant, kept by triggers on `projects` (migration 0004), so

@@ -1,5 +1,7 @@
 """JSON Schemas of the topic packages."""
 
+from schema.common import IDEMPOTENCY_KEY
+
 TOPIC = {"type": "string", "pattern": "^[A-Za-z0-9_.:@-]{1,200}$"}
 OFFSET = {"type": "string", "maxLength": 100}
 
@@ -22,7 +24,7 @@ TOPIC_ONLY = {
 }
 PUBLISH = {
     "type": "object",
-    "properties": {"topic": TOPIC, "data": {}},
+    "properties": {"topic": TOPIC, "data": {}, "idempotency_key": IDEMPOTENCY_KEY},
     "required": ["topic", "data"],
     "additionalProperties": False,
 }

@@ -67,8 +67,12 @@ class BusOutcomeUnknown(BusUnavailable):
 
 class Backend(abc.ABC):
     @abc.abstractmethod
-    async def publish(self, topic: str, data: bytes, name: bytes = b"message") -> Offset:
-        """Append to the topic; returns the publication's offset."""
+    async def publish(
+        self, topic: str, data: bytes, name: bytes = b"message", key: str | None = None
+    ) -> Offset:
+        """Append to the topic; returns the publication's offset. With an idempotency
+        `key` already used on this topic (and still remembered), append nothing and
+        return the offset of the publication that key made."""
 
     @abc.abstractmethod
     async def history(self, topic: str, since: Offset | None) -> History:

@@ -16,6 +16,8 @@ class _Topic:
         self.epoch = secrets.token_hex(4)
         self.seq = 0
         self.events: collections.deque[Event] = collections.deque(maxlen=retention)
+        # idempotency keys of publications -> their seq; as many as the history keeps
+        self.keys: collections.OrderedDict[str, int] = collections.OrderedDict()
 
 
 class MemoryBackend(Backend):
@@ -30,10 +32,18 @@ class MemoryBackend(Backend):
             self._topics[name] = _Topic(self._retention)
         return self._topics[name]
 
-    async def publish(self, topic: str, data: bytes, name: bytes = b"message") -> Offset:
+    async def publish(
+        self, topic: str, data: bytes, name: bytes = b"message", key: str | None = None
+    ) -> Offset:
         state = self._topic(topic)
+        if key is not None and key in state.keys:
+            return Offset(state.epoch, state.keys[key])  # a retry: nothing appended
         state.seq += 1
         state.events.append(Event(topic, state.seq, data, name))
+        if key is not None:
+            state.keys[key] = state.seq
+            if len(state.keys) > self._retention:
+                state.keys.popitem(last=False)
         self._changed.set()
         return Offset(state.epoch, state.seq)
 

@@ -45,6 +45,19 @@ redis.call('EXPIRE', KEYS[2], ARGV[3])
 return {epoch, seq}
 """
 
+# PUBLISH with an idempotency key (KEYS[3]): a key seen before answers the offset of the
+# publication it made, and nothing is appended; the key lives as long as the stream does.
+PUBLISH_ONCE = """
+local first = redis.call('GET', KEYS[3])
+if first then
+  local sep = string.find(first, ':', 1, true)
+  return {string.sub(first, 1, sep - 1), string.sub(first, sep + 1)}
+end
+""" + PUBLISH.replace(
+    "return {epoch, seq}",
+    "redis.call('SET', KEYS[3], epoch .. ':' .. seq, 'EX', ARGV[3])\nreturn {epoch, seq}",
+)
+
 # KEYS: stream, meta. ARGV: epoch candidate, ttl seconds, first seq wanted (-1: none).
 # An empty topic gets its epoch here, so an offset handed out before the first
 # publication still resumes.
@@ -93,6 +106,13 @@ def _event(topic: str, stream_id: bytes, fields: dict[bytes, bytes]) -> Event:
     return Event(topic, _seq(stream_id), fields[b"d"], fields.get(b"e", b"message"))
 
 
+def _never_sent(error: BaseException) -> bool:
+    """The error came before any command was written: no connection could be made (or
+    borrowed from the pool). Anything else on a write leaves its outcome unknown."""
+    text = str(error)
+    return "connecting to" in text or "Timeout connecting" in text or "No connection" in text
+
+
 def _seq(stream_id: bytes) -> int:
     return int(stream_id.split(b"-", 1)[0])
 
@@ -123,6 +143,7 @@ class RedisBackend(Backend):
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
         self._publish = self._redis.register_script(PUBLISH)
+        self._publish_once = self._redis.register_script(PUBLISH_ONCE)
         self._presence_list = self._redis.register_script(PRESENCE_LIST)
         self._history = self._redis.register_script(HISTORY)
         self._retention = retention
@@ -142,10 +163,19 @@ class RedisBackend(Backend):
                 raise BusOutcomeUnknown(type(error).__name__) from None
             raise BusUnavailable(type(error).__name__) from None
         except (RedisError, OSError) as error:
+            if write and not _never_sent(error):
+                # the connection failed after the command went out: it may have run
+                raise BusOutcomeUnknown(type(error).__name__) from None
             raise BusUnavailable(type(error).__name__) from None
 
-    async def publish(self, topic: str, data: bytes, name: bytes = b"message") -> Offset:
+    async def publish(
+        self, topic: str, data: bytes, name: bytes = b"message", key: str | None = None
+    ) -> Offset:
         keys = [_stream(topic), _meta(topic)]
+        script = self._publish
+        if key is not None:
+            keys.append(f"rt:{{{topic}}}:k:{key}")
+            script = self._publish_once
         args: list[str | int | bytes] = [
             secrets.token_hex(4),
             self._retention,
@@ -153,7 +183,7 @@ class RedisBackend(Backend):
             data,
             name,
         ]
-        epoch, seq = await self._call(self._publish(keys=keys, args=args), write=True)
+        epoch, seq = await self._call(script(keys=keys, args=args), write=True)
         return Offset(epoch.decode(), int(seq))
 
     async def history(self, topic: str, since: Offset | None) -> History:

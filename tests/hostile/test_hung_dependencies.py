@@ -111,7 +111,7 @@ def test_a_frozen_redis_answers_publish_within_its_bound_and_ready_says_not_read
     tmp_path: Path, issuer: DevIssuer
 ) -> None:
     flush_redis()
-    admin = auth_header(issuer.mint("root", ["user", "admin"]))
+    admin = auth_header(issuer.mint("root", ["user", "admin", "operator"]))
     with running_proxy(redis_url()) as proxy:
         settings = make_settings(tmp_path, redis_url=proxy.url(redis_url()), redis_timeout=1.0)
         with (
