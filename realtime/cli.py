@@ -87,7 +87,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     if settings.dev_issuer_enabled:
         print(
             "realtime: embedded default, development issuer on. Get a token with:\n"
-            "  realtime token --sub alice --roles user\n"
+            "  realtime token --sub alice --roles user --tenant acme\n"
             f"  or POST http://{host}:{port}/auth/login with a user of {settings.dev_users_file}"
         )
     many = args.workers > 1 or args.reload

@@ -259,6 +259,7 @@ export class RealtimeClient {
     this._token = o.token;
     this._catalogUrl = o.catalogUrl ?? catalogUrlFor(this._url);
     this._catalog = o.packages ? catalogFromMap(o.packages) : null;
+    this._provisional = false; // the catalog holds only the built-in ids (see below)
     this._callTimeout = o.callTimeout ?? 10000;
     this._backoff = { ...DEFAULT_BACKOFF, ...o.backoff };
     // Wrapped, not stored bare: window.fetch called without its `this` throws.
@@ -308,7 +309,9 @@ export class RealtimeClient {
       if (this._closed) return reject(clientError(STATUS.CLOSED, "the client is closed"));
       if (signal?.aborted) return reject(clientError(STATUS.ABORTED, "the call was aborted"));
       const rec = this._record(name, data, resolve, reject, { timeout, signal });
-      if (this._catalog && !this._catalog.has(name)) return this._unknown(rec);
+      if (this._catalog && !this._provisional && !this._catalog.has(name)) {
+        return this._unknown(rec);
+      }
       if (this._canSend() && this._queue.size === 0) return this._send(rec, this._conn);
       if (!this._queue.push(rec)) {
         const limit = this._queue.limit;
@@ -465,7 +468,7 @@ export class RealtimeClient {
     if (this._closed) return;
     let token;
     try {
-      if (!this._catalog) this._catalog = await this._loadCatalog();
+      if (!this._catalog) await this._catalogOrProvisional();
       if (this._closed) return;
       token = await this._tokenFor(tokenReason);
     } catch (err) {
@@ -497,6 +500,23 @@ export class RealtimeClient {
     ws.onmessage = (event) => this._onFrame(conn, event.data);
     ws.onclose = (event) => this._onClose(conn, event.code, event.reason ?? "");
     ws.onerror = () => {}; // a close event follows every error, and decides
+  }
+
+  /**
+   * The catalog, or else the built-in ids only (provisional): the socket opens anyway, so
+   * that a refused origin (4403) or token (4401) is told apart from an outage. A page on
+   * an origin the server does not allow cannot read /packages (CORS) and would otherwise
+   * retry for ever without learning why. The catalog is fetched again once authenticated.
+   */
+  async _catalogOrProvisional() {
+    try {
+      this._catalog = await this._loadCatalog();
+      this._provisional = false;
+    } catch (err) {
+      this._emit("error", err);
+      this._catalog = catalogFromMap({});
+      this._provisional = true;
+    }
   }
 
   async _loadCatalog() {
@@ -547,12 +567,29 @@ export class RealtimeClient {
 
   _onAuthenticated(conn) {
     if (conn.done) return;
+    if (this._provisional) return this._catalogThenAuthenticated(conn);
     conn.authed = true;
     // Resume first, so that queued calls see the subscriptions in place.
     for (const sub of this._subs.values()) this._syncSub(sub, conn);
     for (const watch of this._watches.values()) this._syncWatch(watch, conn);
     this._flush(conn);
     this._setState("open", { code: null, reason: "", attempt: this._attempt, delay: 0 });
+  }
+
+  /** Authenticated on built-in ids only: nothing else goes out before the real catalog. */
+  _catalogThenAuthenticated(conn) {
+    this._loadCatalog().then(
+      (catalog) => {
+        this._catalog = catalog;
+        this._provisional = false;
+        this._onAuthenticated(conn);
+      },
+      (err) => {
+        if (conn.done) return;
+        this._emit("error", err);
+        this._abandon(conn, 1006, err.message);
+      },
+    );
   }
 
   /**

@@ -236,24 +236,53 @@ test("the catalog URL derives from the socket URL and is fetched once", async ()
   assert.deepEqual(await p, { a: 1 });
 });
 
-test("a failing catalog is retried with backoff before any socket opens", async () => {
+test("a failing catalog: the socket opens on built-in ids, calls wait for the real one", async () => {
   let calls = 0;
   const fetch = async () => {
     calls += 1;
-    if (calls === 1) throw new Error("connection refused");
+    if (calls <= 2) throw new Error("Failed to fetch");
     return { ok: true, status: 200, json: async () => CATALOG };
   };
   const h = harness({ fetch });
+  const early = h.client.call("echo", { n: 1 });
   await flush();
-  assert.equal(h.sockets.length, 0);
-  assert.equal(h.states[0].state, "reconnecting");
-  assert.deepEqual([h.states[0].attempt, h.states[0].delay], [0, 250]);
   assert.equal(h.errors[0].code, STATUS.UNAVAILABLE);
-  await h.clock.advance(249);
-  assert.equal(calls, 1);
-  await h.clock.advance(1);
+  // the socket opens anyway and authenticates with auth.refresh's built-in id
+  const first = h.last();
+  first.open();
+  first.answer(first.sent[0], { sub: "u1", expires_at: 2e9 });
+  await flush();
+  // the catalog is fetched again; still failing: that socket is given up, with backoff
   assert.equal(calls, 2);
-  assert.equal(h.sockets.length, 1);
+  assert.equal(first.sent.length, 1, "nothing but auth.refresh went out");
+  assert.equal(h.states.at(-1).state, "reconnecting");
+  await h.clock.advance(h.states.at(-1).delay);
+  const second = h.last();
+  assert.notEqual(second, first);
+  second.open();
+  second.answer(second.sent[0], { sub: "u1", expires_at: 2e9 });
+  await flush();
+  assert.equal(calls, 3);
+  assert.equal(h.client.state, "open");
+  const [echo] = second.framesOf("echo");
+  second.answer(echo, { n: 1 });
+  assert.deepEqual(await early, { n: 1 });
+});
+
+test("a page whose origin is refused learns it: catalog blocked, then 4403 and closed", async () => {
+  const fetch = async () => {
+    throw new TypeError("Failed to fetch"); // what a CORS refusal looks like to a page
+  };
+  const h = harness({ fetch });
+  const waiting = settle(h.client.call("me", {}));
+  await flush();
+  h.last().open();
+  h.last().drop(4403, "origin not allowed");
+  await flush();
+  assert.equal(h.client.state, "closed");
+  assert.deepEqual([h.states.at(-1).code, h.states.at(-1).reason], [4403, "origin not allowed"]);
+  assert.equal((await waiting).code, STATUS.CLOSED);
+  assert.equal(h.sockets.length, 1, "no reconnect");
 });
 
 test("first-frame auth: the token rides only in the first frame, calls wait for its answer", async () => {
