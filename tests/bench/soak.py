@@ -120,9 +120,12 @@ async def garbage(address: str, token: str, count: int, stop: asyncio.Event) -> 
         while not stop.is_set():
             try:
                 ws = await ws_connect(address, additional_headers=headers)
-                while not stop.is_set():
-                    await ws.send("{not json")
-                    await ws.recv()
+                try:
+                    while not stop.is_set():
+                        await ws.send("{not json")
+                        await ws.recv()
+                finally:
+                    await ws.close()  # else it stays open and counts in "after"
             except Exception:  # closed 1008 (or refused over the limit): come back
                 await asyncio.sleep(0.05)
 
