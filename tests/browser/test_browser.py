@@ -285,3 +285,45 @@ def test_docs_render_offline(context: Any, demo: str) -> None:
     page.goto(f"http://{demo}/docs")
     page.wait_for_selector(".opblock-summary-path >> text=/projects", timeout=TIMEOUT)
     assert external == []
+
+
+# -- a job watched across a server restart (Redis queue, a real worker) ---------------------
+
+WATCH = """async ({token}) => {
+  const { connect } = await import("/client/realtime.js");
+  window.steps = []; window.done = null; window.states = [];
+  const client = connect(`ws://${location.host}/ws`, { token, backoff: { base: 100, max: 1000 } });
+  client.on("state", (s) => window.states.push(s.state));
+  const { job_id } = await client.call("jobs.start", { total_steps: 8, step_seconds: 0.4 });
+  client.watchJob(job_id, (p) => window.steps.push(p.step)).then((d) => { window.done = d; });
+}"""
+
+
+def test_a_job_watch_survives_a_server_restart(context: Any, tmp_path: Path, pg_url: str) -> None:
+    import secrets
+
+    from tests.nodes import worker
+
+    flush_redis()
+    env = {
+        "REDIS_URL": redis_url(),
+        "DATABASE_URL": pg_url,
+        "REALTIME_JOB_QUEUE": f"jobs:{secrets.token_hex(4)}",
+    }
+    port = free_port()
+    args = ["serve", "--port", str(port)]
+    page = context.new_page()
+    with worker(tmp_path, "worker", **env):
+        with process(tmp_path, "node", args, "Application startup complete", **env) as node:
+            page.goto(f"http://127.0.0.1:{port}/health")
+            page.evaluate(WATCH, {"token": mint(tmp_path, "alice")})
+            wait_until(lambda: len(page.evaluate("window.steps")) >= 2, what="the first steps")
+            node.kill()  # mid-job: the worker goes on, its steps go to Redis
+        time.sleep(0.5)
+        with process(tmp_path, "node", args, "Application startup complete", **env):
+            done = wait_until(lambda: page.evaluate("window.done"), timeout=30, what="job.done")
+            steps = page.evaluate("window.steps")
+            states = page.evaluate("window.states")
+    assert done["state"] == "SUCCESS"
+    assert steps == list(range(1, 9)), "a step lost or shown twice across the restart"
+    assert "reconnecting" in states
