@@ -93,13 +93,13 @@ async def test_presence_spans_nodes_and_a_killed_node_drops_out(
     on_a = await ws_connect(a.address, **bearer(mint(tmp_path, "alice")))
     on_b = await ws_connect(b.address, **bearer(mint(tmp_path, "carl")))
     for ws in (on_a, on_b):
-        assert (await ws_call(ws, SUBSCRIBE, {"topic": "broadcast"}))["status_code"] == 0
-    both = (await ws_call(on_b, PRESENCE, {"topic": "broadcast"}))["data"]["presence"]
+        assert (await ws_call(ws, SUBSCRIBE, {"topic": "broadcast.acme"}))["status_code"] == 0
+    both = (await ws_call(on_b, PRESENCE, {"topic": "broadcast.acme"}))["data"]["presence"]
     assert [p["sub"] for p in both] == ["alice", "carl"]
     a.kill()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        left = (await ws_call(on_b, PRESENCE, {"topic": "broadcast"}))["data"]["presence"]
+        left = (await ws_call(on_b, PRESENCE, {"topic": "broadcast.acme"}))["data"]["presence"]
         if [p["sub"] for p in left] == ["carl"]:
             break
         await asyncio.sleep(0.2)
