@@ -4,6 +4,7 @@ a real uvicorn on a free port."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import secrets
@@ -137,6 +138,14 @@ def issuer_token(tmp_path: Path) -> str:
 PG_SERVER = os.environ.get("REALTIME_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 
 
+def in_thread(function: Any, *args: Any) -> Any:
+    """Run `function(*args)` in a thread of its own: asyncio.run (here and in Alembic's
+    env) cannot run in a thread whose loop is running, as Playwright's sync API keeps one
+    in the browser tests' thread while a browser is open."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(function, *args).result()
+
+
 async def _pg_admin(statement: str) -> None:
     connection = await asyncpg.connect(f"{PG_SERVER}/test", timeout=5)
     try:
@@ -150,13 +159,13 @@ def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A fresh PostgreSQL database for this test session, migrated to head."""
     name = f"realtime_test_{os.getpid()}_{secrets.token_hex(3)}"
     try:
-        asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+        in_thread(asyncio.run, _pg_admin(f'CREATE DATABASE "{name}"'))
     except OSError as error:
         pytest.fail(f"PostgreSQL at {PG_SERVER} cannot be reached: {error}")
     url = f"{PG_SERVER}/{name}"
-    upgrade(make_settings(tmp_path_factory.mktemp("pg"), database_url=url))
+    in_thread(upgrade, make_settings(tmp_path_factory.mktemp("pg"), database_url=url))
     yield url
-    asyncio.run(_pg_admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    in_thread(asyncio.run, _pg_admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
 async def _truncate(url: str) -> None:
@@ -173,7 +182,7 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     if request.param == "sqlite":
         return make_settings(tmp_path)
     url = request.getfixturevalue("pg_url")
-    asyncio.run(_truncate(url))
+    in_thread(asyncio.run, _truncate(url))
     return make_settings(tmp_path, database_url=url)
 
 

@@ -185,10 +185,19 @@ def test_a_page_resumes_every_publication_once_after_a_server_restart(
         publisher.stop.set()
         publisher.thread.join(10)
         acked = set(publisher.acked)
-        received = wait_until(
-            lambda: (r := page.evaluate("window.received")) and acked <= set(r) and r,
-            what="every acknowledged publication at the page",
-        )
+        try:
+            received = wait_until(
+                lambda: (r := page.evaluate("window.received")) and acked <= set(r) and r,
+                what="every acknowledged publication at the page",
+            )
+        except AssertionError:
+            got = page.evaluate("window.received")
+            missing = sorted(acked - set(got))
+            states = page.evaluate("window.states")
+            raise AssertionError(
+                f"missing {missing[:20]} ({len(missing)}) of {len(acked)}; got {len(got)}, "
+                f"last {got[-5:]}; states {states}; resets {page.evaluate('window.resets')}"
+            ) from None
         states = page.evaluate("window.states")
     assert len(received) == len(set(received)), "a publication was delivered twice"
     assert received == sorted(received), "publications out of order"
@@ -321,7 +330,11 @@ def test_a_job_watch_survives_a_server_restart(context: Any, tmp_path: Path, pg_
             node.kill()  # mid-job: the worker goes on, its steps go to Redis
         time.sleep(0.5)
         with process(tmp_path, "node", args, "Application startup complete", **env):
-            done = wait_until(lambda: page.evaluate("window.done"), timeout=30, what="job.done")
+            try:
+                done = wait_until(lambda: page.evaluate("window.done"), timeout=30, what="job.done")
+            except AssertionError:
+                seen = page.evaluate("[window.steps, window.states]")
+                raise AssertionError(f"no job.done; steps and states {seen}") from None
             steps = page.evaluate("window.steps")
             states = page.evaluate("window.states")
     assert done["state"] == "SUCCESS"
