@@ -78,10 +78,20 @@ class Hub:
         self._spawn(self._read_loop())
         self._spawn(self._heartbeat_loop())
 
-    async def stop(self) -> None:
-        for task in self._tasks:
+    async def stop(self, bound: float) -> None:
+        """Cancel the reader and heartbeat; wait for them at most `bound` seconds. A read
+        cancelled while the bus is frozen can hang in the client library's disconnect
+        (it waits for a connection that takes nothing), and must not hang the shutdown."""
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if not tasks:
+            return
+        _, late = await asyncio.wait(tasks, timeout=bound)
+        if late:
+            logger.warning(
+                "%d bus task(s) did not stop within %.1f s: left behind", len(late), bound
+            )
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,8 @@ from realtime.topics import TopicPermissions
 DELIVERY_BOUND = 2.0
 # seconds a stopped in-process job's taskiq runner may take to end before it is cancelled
 STOP_BOUND = 5.0
+
+logger = logging.getLogger("realtime.state")
 
 
 @dataclass
@@ -186,7 +189,7 @@ async def running_broker(jobs: Jobs, services: Services) -> AsyncIterator[None]:
         yield
     finally:
         await stop_running_jobs(jobs)
-        await jobs.broker.shutdown()
+        await bounded(jobs.broker.shutdown(), services.settings.redis_timeout, "the job broker")
 
 
 async def stop_running_jobs(jobs: Jobs) -> None:
@@ -228,8 +231,19 @@ async def open_hub(settings: Settings) -> AsyncIterator[Hub]:
     try:
         yield hub
     finally:
-        await hub.stop()
-        await backend.close()
+        await hub.stop(settings.redis_timeout)
+        await bounded(backend.close(), settings.redis_timeout, "the bus")
+
+
+async def bounded(closing: Coroutine[Any, Any, None], seconds: float, what: str) -> None:
+    """A close that waits on a hung dependency (a frozen Redis does not read what we
+    write, so closing its connections waits for ever) must not hang the shutdown: it is
+    given `seconds`, then left behind with a warning."""
+    try:
+        async with asyncio.timeout(seconds):
+            await closing
+    except TimeoutError:
+        logger.warning("%s did not close within %.1f s at shutdown: left behind", what, seconds)
 
 
 def dev_issuer(settings: Settings) -> DevIssuer:
