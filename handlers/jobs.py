@@ -24,7 +24,7 @@ from taskiq import TaskiqDepends, TaskiqState
 from handlers import jobs_sql as sql
 from realtime.auth.principal import Principal
 from realtime.bus import Offset
-from realtime.connection import Connection, ignore_frame
+from realtime.bus.hub import Hub
 from realtime.db import now, translate
 from realtime.exceptions import (
     InvalidData,
@@ -33,11 +33,11 @@ from realtime.exceptions import (
     PolicyViolation,
     Unavailable,
 )
-from realtime.hub import Hub
-from realtime.jobqueue import run_again
 from realtime.jobs import Jobs, Task, TaskServices, stoppable
+from realtime.jobs.broker import run_again
+from realtime.lifespan import Services
 from realtime.packages import Context, Package, Page, Rest
-from realtime.state import Services
+from realtime.socket.connection import Connection, ignore_frame
 from realtime.types import JSONObject
 from schema import jobs as s
 
@@ -208,7 +208,7 @@ ANY_JOB = "jobs.any"  # the grant of permissions.toml that sees every job of the
 async def visible(services: Services, principal: Principal, job_id: str) -> dict[str, Any] | None:
     """The job if the caller may see it: their own, or any of their tenant's with the
     `jobs.any` grant; None otherwise, exactly as if it did not exist."""
-    owner = None if services.router.granted(ANY_JOB, principal.roles) else principal.sub
+    owner = None if services.dispatcher.granted(ANY_JOB, principal.roles) else principal.sub
     return await sql.get(services.database, job_id, tenant=principal.tenant_id, owner=owner)
 
 

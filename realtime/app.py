@@ -26,17 +26,12 @@ from starlette.websockets import WebSocket
 from realtime import __version__
 from realtime.asyncapi import document as asyncapi_document
 from realtime.builtin import BUILTIN_PACKAGES
-from realtime.connection import (
-    ASGIChannels,
-    Connection,
-    FrameHandler,
-    echo_frame,
-    package_frame,
-)
 from realtime.db import ping
+from realtime.dispatch import Dispatcher
 from realtime.exceptions import AuthError, ConfigError, InvalidData, RequestError
 from realtime.guard import GUARD_STATE, Guard, connection_limit
 from realtime.jobs import Task
+from realtime.lifespan import build_services
 from realtime.logs import install_redaction
 from realtime.metrics import Metrics
 from realtime.openapi import SWAGGER_UI, document
@@ -50,9 +45,14 @@ from realtime.rest import (
     services_of,
     unauthorized,
 )
-from realtime.router import Router
 from realtime.settings import Settings
-from realtime.state import build_services
+from realtime.socket.connection import (
+    ASGIChannels,
+    Connection,
+    FrameHandler,
+    echo_frame,
+    package_frame,
+)
 from realtime.topics import TopicPermissions
 from realtime.web import cors
 from realtime.web import routes as web_routes
@@ -103,13 +103,13 @@ def create_app(
     route_keys = [getattr(r, "permission_key", None) for r in extra_routes]
     permissions.check(catalog.by_name, [key for key in route_keys if key])
     limiter = MemoryRateLimiter(settings.rate_limit, settings.rate_burst)
-    router = Router(catalog, permissions, limiter, Metrics(), settings.handler_timeout)
+    dispatcher = Dispatcher(catalog, permissions, limiter, Metrics(), settings.handler_timeout)
     topics = TopicPermissions(permissions.topics)
     install_redaction()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        async with build_services(settings, router, topics, tasks) as services:
+        async with build_services(settings, dispatcher, topics, tasks) as services:
             app.state.services = services
             with _frozen_startup():
                 # the lifespan state reaches the server's protocols too (realtime.guard)
@@ -199,13 +199,13 @@ async def metrics(request: Request) -> Response:
 
 async def packages_catalog(request: Request) -> Response:
     services = services_of(request)
-    router = services.router
+    dispatcher = services.dispatcher
     return json_response(
         [
             {
                 "pkg_id": p.id,
                 "name": p.name,
-                "roles": sorted(router.roles(p)),
+                "roles": sorted(dispatcher.roles(p)),
                 "paginated": p.paginated,
                 "rest": {"method": p.rest.method, "path": p.rest.path} if p.rest else None,
                 "request_schema": p.request_schema(),
@@ -219,12 +219,14 @@ async def packages_catalog(request: Request) -> Response:
 
 async def openapi_json(request: Request) -> Response:
     services = services_of(request)
-    return json_response(document(services.catalog, services.router, __version__))
+    return json_response(document(services.catalog, services.dispatcher, __version__))
 
 
 async def asyncapi_json(request: Request) -> Response:
     services = services_of(request)
-    document = asyncapi_document(services.catalog, services.router, services.topics, __version__)
+    document = asyncapi_document(
+        services.catalog, services.dispatcher, services.topics, __version__
+    )
     return json_response(document)
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from realtime.dispatch import Dispatcher
 from realtime.packages import Catalog, Package
 from realtime.protocol import EVENTS, REQ_ID_MAX, Status, event_frame_schema
-from realtime.router import Router
 from realtime.topics import TopicPermissions
 from realtime.types import JSONObject, Roles
 
@@ -75,7 +75,7 @@ def _error() -> JSONObject:
     return {"name": "error answer", "summary": f"status codes: {names}", "payload": payload}
 
 
-def _operations(catalog: Catalog, router: Router) -> dict[str, Any]:
+def _operations(catalog: Catalog, dispatcher: Dispatcher) -> dict[str, Any]:
     operations: dict[str, Any] = {}
     error_ref = {"$ref": f"{SOCKET}/messages/error"}
     for package in catalog:
@@ -84,7 +84,7 @@ def _operations(catalog: Catalog, router: Router) -> dict[str, Any]:
             "action": "send",
             "channel": {"$ref": SOCKET},
             "summary": package.description or package.name,
-            "description": f"pkg_id {package.id}; roles: {sorted(router.roles(package))}",
+            "description": f"pkg_id {package.id}; roles: {sorted(dispatcher.roles(package))}",
             "messages": [{"$ref": f"{SOCKET}/messages/{name}"}],
             "reply": {
                 "channel": {"$ref": SOCKET},
@@ -127,7 +127,7 @@ def _topic_channel(pattern: str, actions: dict[str, Roles]) -> JSONObject:
 
 
 def document(
-    catalog: Catalog, router: Router, topics: TopicPermissions, version: str
+    catalog: Catalog, dispatcher: Dispatcher, topics: TopicPermissions, version: str
 ) -> JSONObject:
     channels: dict[str, Any] = {
         "socket": {
@@ -136,7 +136,7 @@ def document(
             "messages": _socket_messages(catalog),
         }
     }
-    operations = _operations(catalog, router)
+    operations = _operations(catalog, dispatcher)
     for pattern, actions in topics.patterns().items():
         name = f"topic_{key(pattern)}"
         channels[name] = _topic_channel(pattern, actions)

@@ -157,7 +157,7 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
         raise ConfigError(
             "KEYCLOAK_ISSUER is set: the development issuer is off; get a token from Keycloak"
         )
-    from realtime.state import dev_issuer
+    from realtime.lifespan import dev_issuer
 
     roles = [role.strip() for role in args.roles.split(",") if role.strip()]
     print(dev_issuer(settings).mint(args.sub, roles, tenant=args.tenant, ttl=args.ttl))
@@ -182,8 +182,8 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
     from realtime.app import load_handlers
+    from realtime.jobs.worker import run_worker
     from realtime.logs import configure_logging
-    from realtime.worker import run_worker
 
     configure_logging(settings.log_level)
     tasks = load_handlers(settings.handlers)[1]
@@ -192,8 +192,8 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 
 def _scheduler(settings: Settings, args: argparse.Namespace) -> int:
     from realtime.app import load_handlers
+    from realtime.jobs.worker import run_scheduler
     from realtime.logs import configure_logging
-    from realtime.worker import run_scheduler
 
     configure_logging(settings.log_level)
     asyncio.run(run_scheduler(settings, load_handlers(settings.handlers)[1]))

@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from realtime.dispatch import Dispatcher
 from realtime.packages import META_SCHEMA, Catalog, Package
-from realtime.router import Router
 from realtime.types import JSONObject
 
 PATH_PARAM = re.compile(r"{(\w+)(?::\w+)?}")
@@ -40,6 +40,8 @@ ERROR_SCHEMA: JSONObject = {
     },
     "required": ["status_code", "error"],
 }
+
+
 def _json(schema: JSONObject) -> JSONObject:
     return {"application/json": {"schema": schema}}
 
@@ -170,12 +172,12 @@ def _public() -> JSONObject:
     }
 
 
-def document(catalog: Catalog, router: Router, version: str) -> JSONObject:
+def document(catalog: Catalog, dispatcher: Dispatcher, version: str) -> JSONObject:
     paths: dict[str, Any] = _public()
     for package in catalog:
         if package.rest is not None:
             path = PATH_PARAM.sub(r"{\1}", package.rest.path)
-            operation = _operation(package, sorted(router.roles(package)))
+            operation = _operation(package, sorted(dispatcher.roles(package)))
             paths.setdefault(path, {})[package.rest.method.lower()] = operation
     return {
         "openapi": "3.1.0",

@@ -21,7 +21,7 @@ from realtime.types import JSONObject, Schema
 
 if TYPE_CHECKING:
     from realtime.auth.principal import Principal
-    from realtime.state import Services
+    from realtime.lifespan import Services
 
 PER_PAGE_DEFAULT = 20
 PER_PAGE_MAX = 100
@@ -70,7 +70,7 @@ class Context:
 
     def granted(self, grant: str) -> bool:
         """Whether the caller holds a named grant of permissions.toml ([grants])."""
-        return bool(self.services.router.granted(grant, self.principal.roles))
+        return bool(self.services.dispatcher.granted(grant, self.principal.roles))
 
     def on_answered(self, callback: Callable[[], None]) -> None:
         """Run `callback` right after this request's answer is queued on the socket."""

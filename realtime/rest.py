@@ -21,10 +21,10 @@ from realtime.exceptions import (
     RequestError,
     ServerError,
 )
+from realtime.lifespan import Services
 from realtime.packages import Catalog, Context, Package
 from realtime.permissions import allows
 from realtime.protocol import Status
-from realtime.state import Services
 from realtime.types import JSONObject
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -96,7 +96,7 @@ def _endpoint(package: Package) -> Endpoint:
             principal = await authenticate(request)
             data = await request_data(request, package)
             ctx = Context(principal, package, services)
-            result, meta = await services.router.call(ctx, data, "rest")
+            result, meta = await services.dispatcher.call(ctx, data, "rest")
         except AuthError as error:
             return unauthorized(error)
         except RequestError as error:
@@ -186,7 +186,7 @@ class RestOnlyRoute(Route):
                 principal = await authenticate(request)
             except AuthError as error:
                 return unauthorized(error)
-            roles = services_of(request).router.route_roles.get(key, frozenset())
+            roles = services_of(request).dispatcher.route_roles.get(key, frozenset())
             if not allows(roles, principal.roles):
                 return error_response(PermissionDenied(f"your roles do not allow {key}"))
             return await endpoint(request, principal)

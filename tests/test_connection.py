@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from realtime.connection import _finish
+from realtime.socket.connection import _finish
 
 pytestmark = pytest.mark.anyio
 
@@ -63,10 +63,10 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import (  # noqa: E402
 from uvicorn.server import ServerState  # noqa: E402
 from websockets.frames import Frame, Opcode  # noqa: E402
 
-from realtime.connection import ASGI_CHANNELS, Connection, State, echo_frame  # noqa: E402
 from realtime.exceptions import GoingAway  # noqa: E402
 from realtime.metrics import Metrics  # noqa: E402
 from realtime.settings import Settings  # noqa: E402
+from realtime.socket.connection import ASGI_CHANNELS, Connection, State, echo_frame  # noqa: E402
 from tests.helpers import server_frames  # noqa: E402
 
 HANDSHAKE = (
@@ -116,7 +116,7 @@ async def over_uvicorn(scenario: Scenario, **settings: str) -> MemoryTransport:
             metrics=Metrics(),
             connections=set(),
             hub=types.SimpleNamespace(drop=lambda connection: None),
-            router=types.SimpleNamespace(inline=frozenset()),
+            dispatcher=types.SimpleNamespace(inline=frozenset()),
             catalog=types.SimpleNamespace(by_id={}),
         )
         connection = Connection(websocket, services, echo_frame)  # type: ignore[arg-type]

@@ -17,8 +17,8 @@ from starlette.routing import WebSocketRoute
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocket
 
-from realtime.connection import Connection
 from realtime.rest import services_of
+from realtime.socket.connection import Connection
 from tests.conftest import build_app, make_settings
 from tests.helpers import (
     auth_header,

@@ -453,7 +453,7 @@ async def test_consumers_of_stopped_workers_are_forgotten_unless_they_hold_jobs(
     silent ones with nothing pending, never one that still holds a job."""
     import redis.asyncio as aioredis
 
-    from realtime.jobqueue import JobStreamBroker
+    from realtime.jobs.broker import JobStreamBroker
 
     flush_redis()
     queue, group = "jobs:prune", "jobs:prune:workers"

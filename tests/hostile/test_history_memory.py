@@ -10,8 +10,8 @@ import tracemalloc
 
 import pytest
 
+from realtime.bus.hub import Hub
 from realtime.bus.memory import MemoryBackend
-from realtime.hub import Hub
 
 pytestmark = pytest.mark.anyio
 

@@ -19,15 +19,15 @@ from realtime.auth.keys import JWKSKeys, KeySource, OIDCProvider
 from realtime.auth.login import DevLogin, KeycloakLogin, Login
 from realtime.auth.verifier import TokenVerifier
 from realtime.bus import Backend
+from realtime.bus.hub import Hub
 from realtime.bus.memory import MemoryBackend
 from realtime.db import open_database
+from realtime.dispatch import Dispatcher
 from realtime.exceptions import GoingAway
-from realtime.hub import Hub
 from realtime.jobs import Jobs, Task, TaskServices, build_broker, builtin_tasks, stop_bodies
 from realtime.metrics import Metrics
 from realtime.migrate import check_schema, upgrade
 from realtime.packages import Catalog
-from realtime.router import Router
 from realtime.settings import Settings
 from realtime.topics import TopicPermissions
 
@@ -37,7 +37,7 @@ DELIVERY_BOUND = 2.0
 # seconds a stopped in-process job's taskiq runner may take to end before it is cancelled
 STOP_BOUND = 5.0
 
-logger = logging.getLogger("realtime.state")
+logger = logging.getLogger("realtime.lifespan")
 
 
 @dataclass
@@ -54,7 +54,7 @@ class DrainState:
 class Services:
     settings: Settings
     catalog: Catalog
-    router: Router
+    dispatcher: Dispatcher
     verifier: TokenVerifier
     login: Login
     metrics: Metrics
@@ -91,7 +91,7 @@ class Services:
 
 @contextlib.asynccontextmanager
 async def build_services(
-    settings: Settings, router: Router, topics: TopicPermissions, tasks: Sequence[Task]
+    settings: Settings, dispatcher: Dispatcher, topics: TopicPermissions, tasks: Sequence[Task]
 ) -> AsyncIterator[Services]:
     if settings.database_url is None:
         # the embedded default keeps its own SQLite file at the code's schema
@@ -116,11 +116,11 @@ async def build_services(
         jobs = Jobs(build_broker(settings), [*builtin_tasks(settings), *tasks])
         services = Services(
             settings,
-            router.catalog,
-            router,
+            dispatcher.catalog,
+            dispatcher,
             verifier,
             login,
-            router.metrics,
+            dispatcher.metrics,
             dev,
             database,
             hub,

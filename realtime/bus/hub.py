@@ -23,7 +23,7 @@ from realtime.auth.principal import Principal
 from realtime.bus import Backend, BusOutcomeUnknown, BusUnavailable, Event, Offset
 from realtime.exceptions import Conflict, OutcomeUnknown, Unavailable
 
-logger = logging.getLogger("realtime.hub")
+logger = logging.getLogger("realtime.bus.hub")
 BLOCK = 1.0
 YIELD_EVERY = 64  # events delivered between yields; well under the default send queue
 RETRY_AFTER = 2

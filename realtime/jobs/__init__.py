@@ -2,7 +2,7 @@
 
 On the embedded default the broker is taskiq's InMemoryBroker: tasks run inside the
 server, on its event loop, with the same protocol. With REDIS_URL the server only queues
-jobs on a Redis stream (`realtime.jobqueue`) and `realtime worker` processes run them;
+jobs on a Redis stream (`realtime.jobs.broker`) and `realtime worker` processes run them;
 `realtime scheduler` queues the periodic ones. Tasks receive `TaskServices` through
 taskiq's state (`TaskiqDepends()` on a `TaskiqState` parameter).
 """
@@ -24,8 +24,8 @@ from taskiq import AsyncBroker, InMemoryBroker, SimpleRetryMiddleware, TaskiqDep
 from taskiq.decor import AsyncTaskiqDecoratedTask
 from taskiq.exceptions import SendTaskError
 
+from realtime.bus.hub import Hub
 from realtime.exceptions import ConfigError, Unavailable
-from realtime.hub import Hub
 from realtime.settings import Settings
 
 logger = logging.getLogger("realtime.jobs")
@@ -115,7 +115,7 @@ class Jobs:
     async def queued(self, name: str) -> list[dict[str, Any]]:
         """The keyword arguments of every message of task `name` the queue holds, waiting
         or being run; [] on the in-process broker, which holds nothing."""
-        from realtime.jobqueue import JobStreamBroker
+        from realtime.jobs.broker import JobStreamBroker
 
         if not isinstance(self.broker, JobStreamBroker):
             return []
@@ -127,7 +127,7 @@ def build_broker(settings: Settings) -> AsyncBroker:
         return InMemoryBroker(max_async_tasks=settings.max_jobs)
     from taskiq_redis import RedisAsyncResultBackend
 
-    from realtime.jobqueue import JobStreamBroker
+    from realtime.jobs.broker import JobStreamBroker
 
     broker = JobStreamBroker(
         settings.redis_url,

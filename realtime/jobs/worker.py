@@ -23,13 +23,13 @@ from taskiq.schedule_sources import LabelScheduleSource
 
 from realtime.db import open_database
 from realtime.exceptions import ConfigError, Unavailable
-from realtime.jobqueue import JobStreamBroker, delivery
 from realtime.jobs import Jobs, Task, TaskServices, build_broker, builtin_tasks
+from realtime.jobs.broker import JobStreamBroker, delivery
+from realtime.lifespan import open_hub
 from realtime.migrate import check_schema
 from realtime.settings import Settings
-from realtime.state import open_hub
 
-logger = logging.getLogger("realtime.worker")
+logger = logging.getLogger("realtime.jobs.worker")
 
 
 class _Receiver(Receiver):

@@ -1,6 +1,6 @@
 """The package router: permission, rate limit, validation, handler with a deadline.
 
-The socket and the REST mount both call `Router.call`, so the two doors cannot drift
+The socket and the REST mount both call `Dispatcher.call`, so the two doors cannot drift
 apart in validation, permissions, limits or metrics.
 """
 
@@ -28,13 +28,13 @@ from realtime.ratelimit import MemoryRateLimiter
 from realtime.types import JSONObject, Roles
 from realtime.validation import Validator
 
-logger = logging.getLogger("realtime.router")
+logger = logging.getLogger("realtime.dispatch")
 
 PERMITTED_CACHE = 1024
 TRANSPORTS = ("ws", "rest")
 
 
-class Router:
+class Dispatcher:
     def __init__(
         self,
         catalog: Catalog,

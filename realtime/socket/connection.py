@@ -43,6 +43,7 @@ from realtime.exceptions import (
     SustainedRateLimit,
     UnknownPackage,
 )
+from realtime.lifespan import Services
 from realtime.packages import Context, Package
 from realtime.protocol import (
     EnvelopeError,
@@ -53,10 +54,9 @@ from realtime.protocol import (
     encode_ok,
     parse_request,
 )
-from realtime.state import Services
 from realtime.types import JSONObject
 
-logger = logging.getLogger("realtime.connection")
+logger = logging.getLogger("realtime.socket.connection")
 
 SUBPROTOCOL = "realtime.v1"
 BEARER_SUBPROTOCOL = "bearer."
@@ -186,9 +186,9 @@ class Connection:
         self._on_open = on_open
         self.services = services
         self.settings = services.settings
-        self._router = services.router
+        self._dispatcher = services.dispatcher
         self.packages = services.catalog.by_id
-        self._inline = services.router.inline
+        self._inline = services.dispatcher.inline
         self.principal: Principal | None = None
         self.id = secrets.token_hex(8)
         self.state = State.CONNECTING
@@ -646,7 +646,7 @@ class Connection:
         assert self.principal is not None  # only an authenticated socket gets here
         ctx = Context(self.principal, package, self.services, req_id, self)
         try:
-            result, meta = self._router.call_inline(ctx, data)
+            result, meta = self._dispatcher.call_inline(ctx, data)
             message = encode_ok(package.id, req_id, result, meta)
         except RequestError as error:
             self.answer_error(package.id, req_id, error)
@@ -668,7 +668,7 @@ class Connection:
         assert self.principal is not None
         ctx = Context(self.principal, package, self.services, req_id, self)
         try:
-            result, meta = await self._router.call(ctx, data, "ws")
+            result, meta = await self._dispatcher.call(ctx, data, "ws")
             message = encode_ok(package.id, req_id, result, meta)
         except RequestError as error:
             self.answer_error(package.id, req_id, error)
