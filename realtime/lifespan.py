@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 import httpx
 from databases import Database
+from taskiq import AsyncBroker
 
 from realtime.auth.dev import DEV_ISSUER, DevIssuer, load_dev_users
 from realtime.auth.keys import JWKSKeys, KeySource, OIDCProvider
@@ -91,15 +92,23 @@ class Services:
 
 @contextlib.asynccontextmanager
 async def build_services(
-    settings: Settings, dispatcher: Dispatcher, topics: TopicPermissions, tasks: Sequence[Task]
+    settings: Settings,
+    dispatcher: Dispatcher,
+    topics: TopicPermissions,
+    tasks: Sequence[Task],
+    *,
+    bus: Backend | None = None,
+    broker: AsyncBroker | None = None,
 ) -> AsyncIterator[Services]:
+    """Everything the app holds while it serves; `bus` and `broker` (injected) replace
+    the backends the settings name."""
     if settings.database_url is None:
         # the embedded default keeps its own SQLite file at the code's schema
         await anyio.to_thread.run_sync(upgrade, settings)
     async with (
         open_database(settings) as database,
         httpx.AsyncClient(timeout=settings.http_timeout) as http,
-        open_hub(settings) as hub,
+        open_hub(settings, bus) as hub,
     ):
         await check_schema(settings, database)
         keys, login, dev = _auth_backends(settings, http)
@@ -113,7 +122,7 @@ async def build_services(
             client_id=settings.keycloak_client_id,
             tenant_claim=settings.tenant_claim,
         )
-        jobs = Jobs(build_broker(settings), [*builtin_tasks(settings), *tasks])
+        jobs = Jobs(broker or build_broker(settings), [*builtin_tasks(settings), *tasks])
         services = Services(
             settings,
             dispatcher.catalog,
@@ -224,8 +233,8 @@ def bus_backend(settings: Settings) -> Backend:
 
 
 @contextlib.asynccontextmanager
-async def open_hub(settings: Settings) -> AsyncIterator[Hub]:
-    backend = bus_backend(settings)
+async def open_hub(settings: Settings, backend: Backend | None = None) -> AsyncIterator[Hub]:
+    backend = backend or bus_backend(settings)
     hub = Hub(backend, settings.presence_ttl)
     await hub.start()
     try:
