@@ -4,28 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from realtime.exceptions import InvalidData
-from realtime.packages import Context, Package, Session
+from realtime.packages import Context, Package
 from realtime.types import JSONObject
 from schema import topics as s
 
 
-def _session(ctx: Context) -> Session:
-    if ctx.session is None:
-        raise InvalidData("topics are only served on a socket")
-    return ctx.session
-
-
 async def subscribe(ctx: Context, data: JSONObject) -> dict[str, Any]:
-    session = _session(ctx)
+    ctx.socket()  # topics are served on a socket only: INVALID_DATA over REST, first
     ctx.services.topics.check(ctx.principal, data["topic"], "subscribe")
-    answer, go_live = await ctx.services.hub.subscribe(session, data["topic"], data.get("since"))
-    ctx.on_answered(go_live)
-    return answer
+    return await ctx.subscribe(data["topic"], data.get("since"))
 
 
 async def unsubscribe(ctx: Context, data: JSONObject) -> dict[str, Any]:
-    ctx.services.hub.unsubscribe(_session(ctx), data["topic"])
+    ctx.unsubscribe(data["topic"])
     return {"topic": data["topic"]}
 
 

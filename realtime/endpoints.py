@@ -25,7 +25,8 @@ from realtime.rest import (
     services_of,
     unauthorized,
 )
-from realtime.socket.connection import Connection, FrameHandler, echo_frame, package_frame
+from realtime.socket.connection import Connection, FrameHandler
+from realtime.socket.frames import echo_frame, package_frame
 
 # `GET /ready` answers within about this (seconds), whatever its dependencies do
 READY_TIMEOUT = 1.0

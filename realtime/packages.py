@@ -14,14 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from realtime.exceptions import ConfigError, UnknownPackage
+from realtime.exceptions import ConfigError, InvalidData, UnknownPackage
 from realtime.types import JSONObject, Schema
 
 if TYPE_CHECKING:
     from realtime.auth.principal import Principal
-    from realtime.lifespan import Services
+    from realtime.bus import Offset
+    from realtime.services import Framework, Services
 
 PER_PAGE_DEFAULT = 20
 PER_PAGE_MAX = 100
@@ -65,18 +66,61 @@ class Context:
     services: Services
     req_id: str | None = None
     session: Session | None = None
-    # run right after the answer is queued, before anything else can be (history, then live)
-    after_answer: list[Callable[[], None]] | None = None
+    # what this request subscribed to, made live right after its answer is queued
+    _live: list[tuple[str | None, Callable[[], None]]] | None = None
 
     def granted(self, grant: str) -> bool:
         """Whether the caller holds a named grant of permissions.toml ([grants])."""
-        return bool(self.services.dispatcher.granted(grant, self.principal.roles))
+        return self._framework().dispatcher.granted(grant, self.principal.roles)
+
+    def socket(self) -> Session:
+        """The socket this request came on; INVALID_DATA over REST."""
+        if self.session is None:
+            raise InvalidData(f"{self.package.name} is only served on a socket")
+        return self.session
+
+    async def subscribe(self, topic: str, since: str | Offset | None = None) -> JSONObject:
+        """Subscribe this request's socket to `topic`, resuming after `since` (an offset,
+        or `Offset.start()` for the whole retained history). Returns `{topic, offset,
+        recovered}`. The events come after this request's answer (history first, then
+        live, nothing twice); if the handler fails after this call, the subscription is
+        dropped (a failed request subscribes to nothing)."""
+        session = self.socket()
+        answer, go_live = await self._framework().hub.subscribe(session, topic, since)
+        self._later(topic, go_live)
+        return answer
+
+    def unsubscribe(self, topic: str) -> bool:
+        """Stop this request's socket receiving `topic`; False if it was not subscribed."""
+        return self._framework().hub.unsubscribe(self.socket(), topic)
 
     def on_answered(self, callback: Callable[[], None]) -> None:
         """Run `callback` right after this request's answer is queued on the socket."""
-        if self.after_answer is None:
-            self.after_answer = []
-        self.after_answer.append(callback)
+        self._later(None, callback)
+
+    def _later(self, topic: str | None, callback: Callable[[], None]) -> None:
+        if self._live is None:
+            self._live = []
+        self._live.append((topic, callback))
+
+    def answered(self) -> None:
+        """The answer is queued: deliver what the request subscribed to (the dispatcher
+        calls it)."""
+        live, self._live = self._live, None
+        for _, go_live in live or ():
+            go_live()
+
+    def abandon(self) -> None:
+        """The request failed or was cancelled: drop what it subscribed to (the
+        dispatcher calls it)."""
+        live, self._live = self._live, None
+        for topic, _ in live or ():
+            if topic is not None and self.session is not None:
+                self._framework().hub.unsubscribe(self.session, topic)
+
+    def _framework(self) -> Framework:
+        # the framework's own view of the object handlers see as `Services`
+        return cast("Framework", self.services)
 
 
 # `async def` for handlers that wait on anything; a plain `def` (pure computation, no I/O)

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from realtime.socket.connection import _finish
+from realtime.socket.outbox import _finish
 
 pytestmark = pytest.mark.anyio
 
@@ -121,7 +121,8 @@ async def over_uvicorn(scenario: Scenario, **settings: str) -> MemoryTransport:
         )
         connection = Connection(websocket, services, echo_frame)  # type: ignore[arg-type]
         connection.state = State.OPEN
-        connection._writer = asyncio.create_task(connection._write_loop())
+        connection.outbox.direct = True
+        connection.outbox.start()
         await asyncio.sleep(0)
         try:
             await scenario(connection, protocol)
@@ -151,8 +152,8 @@ async def test_frames_queued_behind_a_held_send_keep_their_order_then_the_close(
         connection.close(GoingAway())
         await asyncio.sleep(0.05)
         protocol.resume_writing()
-        assert connection._writer is not None
-        await asyncio.wait_for(connection._writer, 2)
+        assert connection.outbox.writer is not None
+        await asyncio.wait_for(connection.outbox.writer, 2)
 
     transport = await over_uvicorn(scenario)
     assert transport.frames() == [
@@ -169,11 +170,11 @@ async def test_a_close_during_a_held_flush_loses_no_frame() -> None:
     not written, so it goes out before Y and the close, not never."""
 
     async def scenario(connection: Connection, protocol: Any) -> None:
-        connection._outbox.extend([b"X", b"Y"])
+        connection.outbox.queue.extend([b"X", b"Y"])
         protocol.pause_writing()
 
         async def reader() -> None:
-            await connection._flush(connection._reader)
+            await connection.outbox.flush(connection._reader)
             await asyncio.sleep(10)
 
         connection._reader = asyncio.create_task(reader())
@@ -181,8 +182,8 @@ async def test_a_close_during_a_held_flush_loses_no_frame() -> None:
         connection.close(GoingAway())
         await asyncio.sleep(0.01)
         protocol.resume_writing()
-        assert connection._writer is not None
-        await asyncio.wait_for(connection._writer, 2)
+        assert connection.outbox.writer is not None
+        await asyncio.wait_for(connection.outbox.writer, 2)
 
     transport = await over_uvicorn(scenario)
     assert transport.frames() == [
@@ -201,19 +202,19 @@ async def test_a_sweep_just_after_a_held_send_finished_is_no_stall() -> None:
         protocol.pause_writing()
         connection.enqueue(b"A")
         await asyncio.sleep(0)
-        connection._flush_started -= connection.settings.send_timeout + 1
+        connection.outbox.flush_started -= connection.settings.send_timeout + 1
         protocol.resume_writing()
         loop.call_soon(lambda: connection.check_stall(time.monotonic()))
         await asyncio.sleep(0.01)
-        assert not connection._stalled and connection.state is State.OPEN
+        assert not connection.outbox.stalled and connection.state is State.OPEN
         protocol.pause_writing()
         connection.enqueue(b"B")
-        connection._flush_started -= connection.settings.send_timeout + 1
+        connection.outbox.flush_started -= connection.settings.send_timeout + 1
         connection.check_stall(time.monotonic())
         await asyncio.sleep(0.01)
         assert connection.state is State.CLOSING  # closed 1013 by the deadline
-        assert connection._writer is not None
-        connection._writer.cancel()
+        assert connection.outbox.writer is not None
+        connection.outbox.writer.cancel()
 
     transport = await over_uvicorn(scenario)
     assert transport.frames()[0] == ("TEXT", b"A")
@@ -232,14 +233,14 @@ async def test_answers_to_frames_that_came_in_together_keep_their_order() -> Non
         reader = asyncio.create_task(connection._serve_frames())
         protocol.data_received(b"".join(client_frame(f"q{i}") for i in range(40)))
         await asyncio.sleep(0)  # the reader handles a first run of them, then yields
-        assert connection._outbox  # their answers wait for the writer
+        assert connection.outbox.queue  # their answers wait for the writer
         connection.enqueue(b"pushed")  # so a push waits behind them
         await asyncio.sleep(0.05)
-        assert protocol.queue.qsize() == 0 and not connection._outbox
+        assert protocol.queue.qsize() == 0 and not connection.outbox.queue
         reader.cancel()
         connection.close(GoingAway())
-        assert connection._writer is not None
-        await asyncio.wait_for(connection._writer, 2)
+        assert connection.outbox.writer is not None
+        await asyncio.wait_for(connection.outbox.writer, 2)
 
     transport = await over_uvicorn(scenario)
     texts = [payload for opcode, payload in transport.frames() if opcode == "TEXT"]
@@ -257,19 +258,19 @@ async def test_a_held_write_stops_the_reader_until_it_is_done() -> None:
         reader = asyncio.create_task(connection._serve_frames())
         protocol.data_received(client_frame("A"))
         await asyncio.sleep(0.01)
-        assert connection._flusher is connection._writer  # A's answer is held
+        assert connection.outbox.flusher is connection.outbox.writer  # A's answer is held
         protocol.data_received(client_frame("B"))
         protocol.data_received(client_frame("C"))
         await asyncio.sleep(0.01)
         assert protocol.queue.qsize() == 1  # B was taken, C waits: the reader waits
-        assert list(connection._outbox) == [b"Echo: B"]
+        assert list(connection.outbox.queue) == [b"Echo: B"]
         protocol.resume_writing()
         await asyncio.sleep(0.01)
         assert protocol.queue.qsize() == 0  # the write done, the reader read on
         reader.cancel()
         connection.close(GoingAway())
-        assert connection._writer is not None
-        await asyncio.wait_for(connection._writer, 2)
+        assert connection.outbox.writer is not None
+        await asyncio.wait_for(connection.outbox.writer, 2)
 
     transport = await over_uvicorn(scenario)
     assert transport.frames() == [
@@ -293,8 +294,8 @@ async def test_our_own_backlog_at_a_full_queue_is_written_not_closed_1013() -> N
         assert connection.state is State.OPEN
         await asyncio.sleep(0.01)
         connection.close(GoingAway())
-        assert connection._writer is not None
-        await asyncio.wait_for(connection._writer, 2)
+        assert connection.outbox.writer is not None
+        await asyncio.wait_for(connection.outbox.writer, 2)
 
     transport = await over_uvicorn(scenario, REALTIME_SEND_QUEUE="4")
     texts = [payload for opcode, payload in transport.frames() if opcode == "TEXT"]
@@ -312,8 +313,8 @@ async def test_a_peer_that_holds_writes_is_still_closed_1013_at_a_full_queue() -
             connection.enqueue(f"push{i}".encode())
         assert connection.state is State.CLOSING  # push0 held, push1-4 queued, push5: full
         protocol.resume_writing()
-        assert connection._writer is not None
-        await asyncio.wait_for(connection._writer, 2)
+        assert connection.outbox.writer is not None
+        await asyncio.wait_for(connection.outbox.writer, 2)
 
     transport = await over_uvicorn(scenario, REALTIME_SEND_QUEUE="4")
     assert transport.frames()[-1] == ("CLOSE", b"\x03\xf5slow consumer")

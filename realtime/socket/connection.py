@@ -1,29 +1,26 @@
-"""One WebSocket: handshake checks, authentication, a reader, a bounded writer, in-flight tasks.
+"""One WebSocket: handshake checks, authentication and expiry, the reader.
 
-Every send goes through the socket's bounded queue, drained by one writer task with a
-timeout: a peer that stops reading fills the queue and is closed with 1013, and never
-blocks the reader, other sockets or the handlers. On disconnect every task of the socket
-(reader, writer, handlers, expiry timer) is cancelled and awaited.
+What the socket sends goes through its `Outbox` (realtime.socket.outbox: the bounded
+queue, the writer, the one 1013 decision); what a frame means is decided by a frame
+handler (realtime.socket.frames: package requests, echo). On disconnect every task of
+the socket (reader, writer, handlers, expiry timer) is cancelled and awaited.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import enum
 import logging
-import math
 import secrets
 import socket
 import struct
 import time
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from realtime.auth.principal import Principal
 from realtime.builtin import refresh_answer
@@ -35,28 +32,23 @@ from realtime.exceptions import (
     FrameTooLarge,
     GoingAway,
     PermissionDenied,
-    PolicyViolation,
-    RateLimited,
-    RequestError,
-    ServerError,
-    SlowConsumer,
-    SustainedRateLimit,
-    UnknownPackage,
 )
 from realtime.lifespan import Services
-from realtime.packages import Context, Package
-from realtime.protocol import (
-    EnvelopeError,
-    Request,
-    Status,
-    encode_error,
-    encode_event,
-    encode_ok,
-    parse_request,
-)
-from realtime.types import JSONObject
+from realtime.protocol import EnvelopeError, Request, encode_event, encode_ok, parse_request
+from realtime.socket.frames import Requests, echo_frame, ignore_frame, package_frame
+from realtime.socket.outbox import Outbox
 
-logger = logging.getLogger("realtime.socket.connection")
+# the frame handlers live in realtime.socket.frames; named here too for the routes' sake
+__all__ = [
+    "ASGIChannels",
+    "Connection",
+    "FrameHandler",
+    "echo_frame",
+    "ignore_frame",
+    "package_frame",
+]
+
+logger = logging.getLogger("realtime.socket")
 
 SUBPROTOCOL = "realtime.v1"
 BEARER_SUBPROTOCOL = "bearer."
@@ -73,46 +65,8 @@ class State(enum.Enum):
     CLOSING = "closing"
 
 
-@dataclass(frozen=True, slots=True)
-class _Close:
-    code: int
-    reason: str
-
-
-class _Replay(bytes):
-    """A history frame queued on subscribe: bounded by the topic's retention, so it does
-    not count against the send queue (a long replay is no sign of a slow peer)."""
-
-    __slots__ = ()
-
-
 class _Disconnected(Exception):
     """The peer went away; nothing left to answer."""
-
-
-async def _finish(send: Coroutine[Any, Any, None], blocked: Any) -> None:
-    """Drive `send`, which already ran up to awaiting `blocked`, to its end, as a task
-    would have: resume it when what it waits on is done, or throw in what that raised
-    (a cancellation by the send deadline included)."""
-    while True:
-        try:
-            if blocked is None:  # a bare yield (sleep(0)): just give the loop a turn
-                await asyncio.sleep(0)
-            else:
-                # what a task does with a future its coroutine yielded: clear the flag the
-                # future's __await__ set, then wait for it
-                blocked._asyncio_future_blocking = False
-                await blocked
-        except BaseException as error:
-            try:
-                blocked = send.throw(error)
-            except StopIteration:
-                return
-            continue
-        try:
-            blocked = send.send(None)
-        except StopIteration:
-            return
 
 
 def _reset(transport: Any) -> None:
@@ -185,43 +139,30 @@ class Connection:
         self.websocket = websocket
         self._on_open = on_open
         self.services = services
-        self.settings = services.settings
-        self._dispatcher = services.dispatcher
-        self.packages = services.catalog.by_id
-        self._inline = services.dispatcher.inline
+        self.settings = settings = services.settings
         self.principal: Principal | None = None
         self.id = secrets.token_hex(8)
         self.state = State.CONNECTING
         self._on_frame = on_frame
         channels = websocket.scope.get(ASGI_CHANNELS)
         self._receive: Callable[[], Awaitable[Any]]
-        self._send: Callable[[Any], Coroutine[Any, Any, None]]
         if channels is not None:
-            self._receive, self._send = channels
+            self._receive, send = channels
         else:  # an app built without ASGIChannels (tests): Starlette's wrapper, same frames
-            self._receive, self._send = websocket.receive, websocket.send
-        # the outbox: a deque with one waiter, lighter than asyncio.Queue on the hot path
-        self._outbox: collections.deque[bytes | _Close] = collections.deque()
-        self._replays = 0  # _Replay frames in the outbox
-        self._wakeup: asyncio.Future[None] | None = None
-        # the task writing now (a batch, or a send the transport held) and since when:
-        # `check_stall` (run by one sweeper per process) cancels one older than
-        # send_timeout, instead of a timer per batch
-        self._flusher: asyncio.Task[None] | None = None
-        self._flush_started = 0.0
-        self._stalled = False
-        self._writer: asyncio.Task[None] | None = None
-        self._sending: asyncio.Task[None] | None = None  # a direct send the transport held
-        self._written: asyncio.Future[None] | None = None  # the reader waits for a held write
-        self._peer_gone = False
-        self._handlers: set[asyncio.Task[None]] = set()
+            self._receive, send = websocket.receive, websocket.send
+        self._send = send
+        self.outbox = Outbox(
+            send,
+            websocket.close,
+            limit=settings.send_queue,
+            send_timeout=settings.send_timeout,
+            close_timeout=settings.close_timeout,
+            on_slow=self.close,
+        )
+        self._put = self.outbox.put
+        self.requests = Requests(self)
         self._reader: asyncio.Task[None] | None = None
         self._expiry: asyncio.Task[None] | None = None
-        self._invalid_frames = 0
-        # the current streak of RATE_LIMITED answers (see _rate_limited)
-        self._limited_since = self._limited_last = -math.inf
-        self._limited_wait = 0.0
-        self._violations = 0
         self._frames = 0
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -231,14 +172,14 @@ class Connection:
         await self.websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
         self.services.metrics.connections.inc()
         self.services.connections.add(self)
-        writer = self._writer = asyncio.create_task(self._write_loop())
+        writer = self.outbox.start()
         self._reader = asyncio.create_task(self._read_loop())
         self._joined_during_drain()
         try:
             await self._supervise(self._reader, writer)
         finally:
             self.services.connections.discard(self)
-            await self._cleanup(writer)
+            await self._cleanup()
             self.services.metrics.connections.dec()
 
     def _joined_during_drain(self) -> None:
@@ -267,11 +208,12 @@ class Connection:
                 ):
                     await asyncio.shield(writer)
 
-    async def _cleanup(self, writer: asyncio.Task[None]) -> None:
-        self.state = State.CLOSING  # nothing may start a send any more
+    async def _cleanup(self) -> None:
+        self.state = State.CLOSING
+        self.outbox.closed = True  # nothing may start a send any more
         self.services.hub.drop(self)
         tasks = [
-            t for t in (self._reader, writer, self._expiry, self._sending, *self._handlers) if t
+            t for t in (self._reader, self._expiry, *self.outbox.tasks(), *self.requests.tasks) if t
         ]
         for task in tasks:
             task.cancel()
@@ -286,10 +228,7 @@ class Connection:
             return
         self.state = State.CLOSING
         self.services.metrics.closes.labels(str(int(error.code))).inc()
-        if isinstance(error, SlowConsumer) or self._queued() >= self.settings.send_queue:
-            self._outbox.clear()
-            self._replays = 0
-        self._put(_Close(int(error.code), error.reason))
+        self.outbox.close(error)
         if self._reader is not None and self._reader is not asyncio.current_task():
             self._reader.cancel()
         self._reset_later()
@@ -306,179 +245,18 @@ class Connection:
             loop = asyncio.get_running_loop()
             loop.call_later(self.settings.close_timeout, _reset, transport)
 
-    # -- writing -----------------------------------------------------------------------
+    # -- sending -----------------------------------------------------------------------
 
     def enqueue(self, message: bytes, direct: bool = True, replay: bool = False) -> None:
-        """Queue one text frame; a full queue means the peer is not reading: 1013.
-        A push with nothing queued ahead is written at once (`_send_now`), from the
-        caller's turn (the hub's fan-out). `direct=False` for the answers to frames: they
-        wait for the writer, which runs once the reader has handled the frames that came
-        in together and writes their answers back to back (the peer is woken once for
-        them, not once each: a third of the cost of a pipelined call on loopback).
-        `replay=True` for history sent at once on subscribe, bounded by the retention and
-        not a sign of a slow peer: not counted against the queue."""
-        if self.state is State.CLOSING:
-            return
-        if direct and not self._outbox and self._flusher is None and self.state is State.OPEN:
-            self._send_now(message)  # nothing ahead of it: no queue, no writer wake-up
-            return
-        if replay:
-            self._replays += 1
-            self._outbox.append(_Replay(message))
-        elif self._queued() >= self.settings.send_queue and not self._write_backlog():
-            self.close(SlowConsumer())
-            return
-        else:
-            self._outbox.append(message)
-        self._wake()
-
-    def _queued(self) -> int:
-        """Frames waiting that count against the send queue (history replays do not)."""
-        return len(self._outbox) - self._replays
-
-    def _write_backlog(self) -> bool:
-        """The queue is full but the transport holds no write: the backlog is ours (the
-        writer has not had its turn yet, e.g. answers to a batch of frames, then a burst
-        of events), not a peer that does not read. Write it now, from this turn, as far
-        as the transport takes it. True if the queue has room again (or the peer left)."""
-        while self._outbox and self._flusher is None and self.state is State.OPEN:
-            frame = self._outbox[0]
-            if isinstance(frame, _Close) or self._peer_gone:
-                break
-            self._outbox.popleft()
-            if type(frame) is _Replay:
-                self._replays -= 1
-            self._send_now(frame)
-        return self._peer_gone or self._queued() < self.settings.send_queue
-
-    def _send_now(self, message: bytes) -> None:
-        """Write one frame from the caller's own turn of the loop. uvicorn's send returns
-        without suspending unless the transport is paused (the peer reads slowly); then
-        the rest of that send runs in a task, under the send deadline, and later frames
-        queue behind it."""
-        try:
-            send = self._send({"type": "websocket.send", "text": message.decode()})
-            blocked = send.send(None)
-        except StopIteration:
-            return
-        except Exception as error:  # never into the caller (the hub's fan-out loop)
-            if not isinstance(error, OSError | RuntimeError | WebSocketDisconnect):
-                logger.error("a send failed", exc_info=error)
-            self._peer_gone = True
-            self._wake()  # the writer ends the connection
-            return
-        self._sending = self._flusher = asyncio.ensure_future(_finish(send, blocked))
-        self._flush_started = time.monotonic()
-        self._sending.add_done_callback(self._sent)
-
-    def _sent(self, task: asyncio.Task[None]) -> None:
-        self._flusher = self._sending = None
-        self._release_reader()
-        if task.cancelled():
-            if self._stalled:
-                self.close(SlowConsumer())
-        elif (error := task.exception()) is not None:
-            if not isinstance(error, OSError | RuntimeError | WebSocketDisconnect):
-                logger.error("a send failed", exc_info=error)
-            self._peer_gone = True
-        self._wake()
-
-    def _put(self, item: bytes | _Close) -> None:
-        self._outbox.append(item)
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._wakeup is not None and not self._wakeup.done():
-            self._wakeup.set_result(None)
-
-    def _release_reader(self) -> None:
-        """A held write is done: the reader, if it waits for that, reads on."""
-        if self._written is not None and not self._written.done():
-            self._written.set_result(None)
-
-    async def _until_written(self) -> None:
-        self._written = asyncio.get_running_loop().create_future()
-        await self._written
-
-    @property
-    def _writing(self) -> bool:
-        return self._flusher is not None
-
-    async def _flush(self, task: asyncio.Task[None]) -> bool:
-        """Write the queued frames up to a close marker; False if the peer is gone.
-
-        `task` is the writer. One deadline covers the batch: a peer that cannot take it
-        within `send_timeout` is not reading (1013).
-        """
-        self._flusher = task
-        self._flush_started = time.monotonic()
-        frame: bytes | _Close | None = None
-        try:
-            # the frames queued now, not those added while we write: one deadline each batch
-            for _ in range(len(self._outbox)):
-                if isinstance(self._outbox[0], _Close):
-                    break
-                frame = self._outbox.popleft()
-                if type(frame) is _Replay:
-                    self._replays -= 1
-                text = frame.decode()  # type: ignore[union-attr]
-                await self._send({"type": "websocket.send", "text": text})
-                frame = None
-        except asyncio.CancelledError:
-            if not self._stalled:
-                # cancelled by a close (expiry, drain, job finished), not by the deadline:
-                # the frame was not written (uvicorn writes only after its wait), so it goes
-                # back in front, ahead of the frames and the close that follow it
-                if frame is not None:
-                    self._outbox.appendleft(frame)
-                    if type(frame) is _Replay:
-                        self._replays += 1
-                raise
-            task.uncancel()
-            self.close(SlowConsumer())
-        except (OSError, RuntimeError, WebSocketDisconnect):
-            return False
-        finally:
-            self._flusher = None
-            self._release_reader()
-            if self._outbox:
-                self._wake()  # e.g. a close marker queued while we were writing
-        return True
+        """Send one text frame through the outbox (see `Outbox.put`); a full queue closes
+        the socket with the code the outbox answers (1013)."""
+        error = self._put(message, direct, replay)
+        if error is not None:
+            self.close(error)
 
     def check_stall(self, now: float) -> None:
-        """Called now and then (`time.monotonic()`) by the process's send sweeper: a batch
-        still being written after `send_timeout` means the peer is not reading."""
-        flusher = self._flusher
-        if flusher is None or self._stalled:
-            return
-        # a send that just finished (its done-callback not run yet) cannot be cancelled:
-        # only a cancel that takes counts as a stall
-        if now - self._flush_started > self.settings.send_timeout and flusher.cancel():
-            self._stalled = True
-
-    async def _write_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        me = self._writer
-        assert me is not None  # run() sets it before the loop starts
-        while True:
-            if self._peer_gone:
-                return
-            if self._outbox and isinstance(self._outbox[0], _Close):
-                await self._send_close(self._outbox[0])
-                return
-            if not self._outbox or self._writing:
-                self._wakeup = loop.create_future()
-                await self._wakeup
-                continue
-            if not await self._flush(me):
-                return  # the peer is gone
-
-    async def _send_close(self, item: _Close) -> None:
-        # close() waits for the transport like any send (behind what a slow peer has not
-        # read yet): bound it, then give up on the peer
-        with contextlib.suppress(TimeoutError, OSError, RuntimeError, WebSocketDisconnect):
-            async with asyncio.timeout(self.settings.close_timeout):
-                await self.websocket.close(item.code, item.reason)
+        """The process's send sweeper: see `Outbox.check_stall`."""
+        self.outbox.check_stall(now)
 
     # -- reading -----------------------------------------------------------------------
 
@@ -490,6 +268,7 @@ class Connection:
         principal = await (self._verify(token) if token else self._first_frame_auth())
         self._authenticated(principal)
         self.state = State.OPEN
+        self.outbox.direct = True
         if self._on_open is not None:
             await self._on_open(self)
         await self._serve_frames()
@@ -499,6 +278,7 @@ class Connection:
         once the frames that came in together are handled."""
         yield_every = max(1, min(YIELD_EVERY, self.settings.send_queue // 2))
         receive, on_frame, limit = self._receive, self._on_frame, self.settings.max_frame_bytes
+        outbox = self.outbox
         while True:
             # _receive_text inlined: one coroutine less per frame on the hot path
             message = await receive()
@@ -506,10 +286,10 @@ class Connection:
             if text is None or (len(text) * 4 > limit and len(text.encode()) > limit):
                 raise self._not_usable(message, limit)
             on_frame(self, text)
-            if self._flusher is not None:
+            if outbox.flusher is not None:
                 # the transport holds a write (the peer reads slowly): read no further
                 # frames until it is done, as a plain `await send` would
-                await self._until_written()
+                await outbox.until_written()
             if self.state is State.CLOSING:
                 return
             self._frames += 1
@@ -602,117 +382,3 @@ class Connection:
 
     async def emit(self, event: str, data: Any) -> None:
         self.enqueue(encode_event(event, data))
-
-    # -- answering ---------------------------------------------------------------------
-
-    def answer_error(self, pkg_id: int | None, req_id: str | None, error: RequestError) -> None:
-        self.enqueue(encode_error(pkg_id, req_id, error.status, error.to_error()), direct=False)
-        if error.status is Status.RATE_LIMITED:
-            self._rate_limited(getattr(error, "retry_after", 1))
-
-    def _rate_limited(self, retry_after: float) -> None:
-        """4429 is for a client that keeps going after it was told to wait, not for a burst
-        it sent before it could read any answer. A streak of RATE_LIMITED answers starts
-        with a `retry_after`; only those to requests that came once it had passed count,
-        and the streak ends when nothing was RATE_LIMITED for that long (it waited)."""
-        now = time.monotonic()
-        if now - self._limited_last >= self._limited_wait:
-            self._limited_since, self._limited_wait, self._violations = now, retry_after, 0
-        elif now >= self._limited_since + self._limited_wait:
-            self._violations += 1
-            if self._violations >= self.settings.max_rate_limited:
-                self.close(SustainedRateLimit())
-        self._limited_last = now
-
-    def invalid_frame(self, error: EnvelopeError) -> None:
-        self.enqueue(
-            encode_error(
-                error.pkg_id, error.req_id, Status.INVALID_DATA, {"message": error.reason}
-            ),
-            direct=False,
-        )
-        self._invalid_frames += 1
-        if self._invalid_frames >= self.settings.max_invalid_frames:
-            self.close(PolicyViolation())
-
-    def spawn(self, package: Package, req_id: str, data: JSONObject) -> None:
-        """Run one request. A plain `def` handler runs inline, here: the hot path (echo, me,
-        topic calls), no task, no await, as few calls as can be (each one shows in the
-        echo benchmark). Others run concurrently, within the socket's in-flight cap."""
-        self._invalid_frames = 0
-        if package.id not in self._inline:
-            self._start(package, req_id, data)
-            return
-        assert self.principal is not None  # only an authenticated socket gets here
-        ctx = Context(self.principal, package, self.services, req_id, self)
-        try:
-            result, meta = self._dispatcher.call_inline(ctx, data)
-            message = encode_ok(package.id, req_id, result, meta)
-        except RequestError as error:
-            self.answer_error(package.id, req_id, error)
-            return
-        except TypeError:  # orjson.JSONEncodeError: the handler returned something not JSON
-            self._not_json(package, req_id)
-            return
-        self._answer(ctx, message)
-
-    def _start(self, package: Package, req_id: str, data: JSONObject) -> None:
-        if len(self._handlers) >= self.settings.max_inflight:
-            self.answer_error(package.id, req_id, RateLimited(1, "too many requests in flight"))
-            return
-        task = asyncio.create_task(self._handle(package, req_id, data))
-        self._handlers.add(task)
-        task.add_done_callback(self._handlers.discard)
-
-    async def _handle(self, package: Package, req_id: str, data: JSONObject) -> None:
-        assert self.principal is not None
-        ctx = Context(self.principal, package, self.services, req_id, self)
-        try:
-            result, meta = await self._dispatcher.call(ctx, data, "ws")
-            message = encode_ok(package.id, req_id, result, meta)
-        except RequestError as error:
-            self.answer_error(package.id, req_id, error)
-            return
-        except TypeError:
-            self._not_json(package, req_id)
-            return
-        self._answer(ctx, message)
-
-    def _not_json(self, package: Package, req_id: str) -> None:
-        logger.exception(
-            "package %s answered data that is not JSON (req_id %s)", package.name, req_id
-        )
-        self.answer_error(package.id, req_id, ServerError())
-
-    def _answer(self, ctx: Context, message: bytes) -> None:
-        self.enqueue(message, direct=False)
-        if ctx.after_answer is not None:
-            for callback in ctx.after_answer:
-                callback()
-
-
-# -- frame handlers --------------------------------------------------------------------
-
-
-def package_frame(connection: Connection, text: str) -> None:
-    """`/ws`: a frame is a package request (PROTOCOL.md 2)."""
-    try:
-        pkg_id, req_id, data = parse_request(text)
-    except EnvelopeError as error:
-        connection.invalid_frame(error)
-        return
-    package = connection.packages.get(pkg_id)
-    if package is None:
-        unknown = UnknownPackage(f"no package has pkg_id {pkg_id}")
-        connection.answer_error(pkg_id, req_id, unknown)
-        return
-    connection.spawn(package, req_id, data)
-
-
-def ignore_frame(connection: Connection, text: str) -> None:
-    """Sockets that only push (compatibility streams) ignore what the client sends."""
-
-
-def echo_frame(connection: Connection, text: str) -> None:
-    """`/ws/echo` (compatibility): answer each text frame with `Echo: <text>`."""
-    connection.enqueue(f"Echo: {text}".encode(), direct=False)

@@ -1,0 +1,62 @@
+"""What a handler may use (`ctx.services`), apart from what the framework holds.
+
+The composition root (`realtime.lifespan.Services`) holds much more: the dispatcher, the
+token verifier, the development issuer, the open sockets. A handler sees only this
+protocol, so it cannot come to depend on them; `Framework` is the framework's own view
+of the same object (the package router's grants, the whole hub).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from databases import Database
+
+    from realtime.bus import Offset
+    from realtime.bus.hub import Hub
+    from realtime.jobs import Jobs
+    from realtime.settings import Settings
+    from realtime.topics import TopicPermissions
+    from realtime.types import Roles
+
+
+class Publisher(Protocol):
+    """The hub, as a handler uses it (subscribing goes through `ctx.subscribe`)."""
+
+    async def publish(
+        self, topic: str, data: Any, event: str = "message", key: str | None = None
+    ) -> Offset: ...
+
+    async def presence(self, topic: str) -> list[dict[str, Any]]: ...
+
+
+class Services(Protocol):
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def database(self) -> Database: ...
+
+    @property
+    def hub(self) -> Publisher: ...
+
+    @property
+    def topics(self) -> TopicPermissions: ...
+
+    @property
+    def jobs(self) -> Jobs: ...
+
+
+class Grants(Protocol):
+    def granted(self, grant: str, roles: Roles) -> bool: ...
+
+
+class Framework(Services, Protocol):
+    """The same object as the framework sees it."""
+
+    @property
+    def hub(self) -> Hub: ...
+
+    @property
+    def dispatcher(self) -> Grants: ...
