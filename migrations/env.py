@@ -1,19 +1,38 @@
-"""Alembic environment: the target metadata is schema.tables; the URL comes from settings."""
+"""Alembic environment: the target metadata is schema.tables; the URL is the one
+`realtime migrate` (realtime.migrate) passes, already in SQLAlchemy's spelling. Run by
+hand (`alembic upgrade head` from this folder), it reads `sqlalchemy.url` or
+DATABASE_URL. It imports `schema` only, never the framework."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 
 import sqlalchemy as sa
 from alembic import context
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from realtime.db import is_sqlite, sqlalchemy_url
-from realtime.settings import Settings
 from schema.tables import metadata
 
 config = context.config
-url = sqlalchemy_url(config.attributes.get("database_url") or Settings.from_env().database)
+
+
+def _url() -> str:
+    url = config.attributes.get("sqlalchemy_url") or config.get_main_option("sqlalchemy.url")
+    url = url or os.environ.get("DATABASE_URL")
+    if not url:
+        raise SystemExit("migrations: no database URL (set DATABASE_URL, or run realtime migrate)")
+    for prefix in ("postgresql://", "postgres://"):  # asyncpg, as the server uses
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    return url
+
+
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+url = _url()
 
 
 def run_offline() -> None:

@@ -12,7 +12,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from databases import Database
 
-from realtime.db import ensure_directory, open_database
+from realtime.db import ensure_directory, open_database, sqlalchemy_url
 from realtime.exceptions import ConfigError
 from realtime.settings import Settings
 
@@ -22,7 +22,8 @@ def alembic_config(settings: Settings) -> Config:
         raise ConfigError(f"REALTIME_MIGRATIONS: no Alembic env.py in {settings.migrations_dir}")
     config = Config()
     config.set_main_option("script_location", settings.migrations_dir)
-    config.attributes["database_url"] = settings.database
+    # migrations/env.py imports only `schema`: it gets the URL ready for SQLAlchemy
+    config.attributes["sqlalchemy_url"] = sqlalchemy_url(settings.database)
     return config
 
 

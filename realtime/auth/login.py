@@ -17,8 +17,6 @@ from realtime.exceptions import AuthError, Unavailable
 
 logger = logging.getLogger("realtime.auth")
 INVALID = "invalid credentials"
-# compared against when the user does not exist, so both failures cost the same time
-_DUMMY_HASH = hash_password("not a password", salt="0" * 16)
 
 
 class Login(Protocol):
@@ -26,17 +24,19 @@ class Login(Protocol):
 
 
 class DevLogin:
+    """Logins against dev-users.toml, answered with tokens of the development issuer."""
+
     def __init__(self, issuer: DevIssuer, users: dict[str, DevUser], ttl: int) -> None:
         self._issuer = issuer
         self._users = users
         self._ttl = ttl
+        self._dummy_hash: str | None = None
 
     async def login(self, username: str, password: str) -> dict[str, Any]:
         user = self._users.get(username)
-        encoded = user.password_hash if user else _DUMMY_HASH
-        valid = await anyio.to_thread.run_sync(check_password, password, encoded)
-        if user is None or not valid:
+        if not await anyio.to_thread.run_sync(self._check, user, password):
             raise AuthError(INVALID)
+        assert user is not None
         token = self._issuer.mint(
             user.username,
             user.roles,
@@ -46,6 +46,17 @@ class DevLogin:
             email=user.email,
         )
         return {"access_token": token, "token_type": "Bearer", "expires_in": self._ttl}
+
+    def _check(self, user: DevUser | None, password: str) -> bool:
+        """In a thread (PBKDF2 takes ~0.1 s). An unknown user is checked against a dummy
+        hash, so both failures cost the same time; the dummy is made on first use, not
+        at import (every process that imports the framework paid for it)."""
+        if user is not None:
+            return check_password(password, user.password_hash)
+        if self._dummy_hash is None:
+            self._dummy_hash = hash_password("not a password", salt="0" * 16)
+        check_password(password, self._dummy_hash)
+        return False
 
 
 class KeycloakLogin:
