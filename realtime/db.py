@@ -213,7 +213,10 @@ async def ping(database: Database, limit: float) -> bool:
 
 
 def translate(error: BaseException) -> RequestError | None:
-    """A driver error as the status a client should see, or None if it is not one."""
+    """A driver error as the error of ours a client should see, or None if it is not
+    one. Only the class is chosen here (a duplicate is Conflict, a violated constraint
+    InvalidData, an outage Unavailable); its status and HTTP status are the table's
+    (realtime.exceptions.WIRE)."""
     if isinstance(error, OutcomeUnknown):
         # for a job's run (handlers.jobs), an unknown outcome is an outage like any other:
         # the run is retried under its lease; a client is answered OutcomeUnknown itself

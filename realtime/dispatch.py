@@ -153,6 +153,8 @@ class Dispatcher:
             timer.cancel()
 
     def _failure(self, ctx: Context, error: Exception) -> RequestError:
+        """The answer to a handler's exception: ours as it is; a driver error as
+        `translate` maps it (its class's codes are the table's); anything else ERROR."""
         if isinstance(error, RequestError):
             return error
         failure = translate(error)
@@ -175,6 +177,14 @@ class Dispatcher:
     def _record(self, ctx: Context, outcome: str, transport: str, started: float) -> None:
         elapsed = perf_counter() - started
         self.metrics.requests.record(ctx.package.name, outcome, transport, elapsed)
+
+
+def not_json(package: Package, req_id: str | None) -> ServerError:
+    """The answer when a handler's result cannot be encoded (orjson's TypeError): a bug
+    of the handler, logged here once with its traceback. Call it from the `except`
+    clause, on the socket (`req_id`) and over REST (None) alike."""
+    logger.exception("package %s answered data that is not JSON (req_id %s)", package.name, req_id)
+    return ServerError()
 
 
 def _check(package: Package) -> Validator | None:

@@ -23,7 +23,6 @@ from realtime.rest import (
     json_response,
     package_routes,
     services_of,
-    unauthorized,
 )
 from realtime.socket.connection import Connection, FrameHandler
 from realtime.socket.frames import echo_frame, package_frame
@@ -140,7 +139,5 @@ async def login(request: Request) -> Response:
         return error_response(InvalidData("username and password are required strings"))
     try:
         return json_response(await services.login.login(username, password))
-    except AuthError as error:
-        return unauthorized(error)
-    except RequestError as error:
+    except (AuthError, RequestError) as error:
         return error_response(error)

@@ -2,7 +2,8 @@
 
 OpenAPI 3.1 speaks JSON Schema 2020-12, so package schemas are used as they are: path
 parameters become path parameters, the other properties become query parameters (GET,
-DELETE) or the JSON body (POST, PUT, PATCH).
+DELETE) or the JSON body (POST, PUT, PATCH). The error responses are derived from the
+table of realtime.exceptions: no code is written here.
 """
 
 from __future__ import annotations
@@ -11,35 +12,27 @@ import re
 from typing import Any
 
 from realtime.dispatch import Dispatcher
+from realtime.exceptions import (
+    AuthError,
+    BodyTooLarge,
+    InvalidData,
+    RealtimeError,
+    RetryLater,
+    Unavailable,
+    rest_errors,
+    wire_of,
+)
 from realtime.packages import META_SCHEMA, Catalog, Package
+from realtime.protocol import REST_ERROR_SCHEMA
 from realtime.types import JSONObject
 
 PATH_PARAM = re.compile(r"{(\w+)(?::\w+)?}")
 BODY_METHODS = {"POST", "PUT", "PATCH"}
 SCALARS = {"string", "integer", "number", "boolean"}
-ERROR_STATUSES = {
-    "401": "Missing or invalid bearer token",
-    "403": "PERMISSION_DENIED",
-    "404": "NOT_FOUND (for this caller)",
-    "409": "CONFLICT",
-    "422": "INVALID_DATA",
-    "429": "RATE_LIMITED (see Retry-After)",
-    "500": "ERROR",
-    "503": "UNAVAILABLE (see Retry-After)",
-    "504": "TIMEOUT",
-}
-ERROR_SCHEMA: JSONObject = {
-    "type": "object",
-    "properties": {
-        "status_code": {"type": "integer"},
-        "error": {
-            "type": "object",
-            "properties": {"message": {"type": "string"}, "details": {}},
-            "required": ["message"],
-        },
-    },
-    "required": ["status_code", "error"],
-}
+ERROR: JSONObject = {"$ref": "#/components/schemas/Error"}
+# what POST /auth/login answers besides its token (docs/protocol.md, REST); the codes
+# are the table's
+LOGIN_ERRORS: list[type[RealtimeError]] = [AuthError, InvalidData, BodyTooLarge, Unavailable]
 
 
 def _json(schema: JSONObject) -> JSONObject:
@@ -78,6 +71,26 @@ def _parameters(package: Package, path_names: list[str], method: str) -> list[JS
     return params
 
 
+def _errors(classes: list[type[RealtimeError]]) -> dict[str, JSONObject]:
+    """The error responses of an operation that can answer `classes`: one per HTTP
+    status of their rows in realtime.exceptions' table, described by those rows."""
+    by_http: dict[int, list[type[RealtimeError]]] = {}
+    for cls in classes:
+        http = wire_of(cls).http
+        if http is not None:
+            by_http.setdefault(http, []).append(cls)
+    return {str(http): _error(group) for http, group in sorted(by_http.items())}
+
+
+def _error(group: list[type[RealtimeError]]) -> JSONObject:
+    rows = [wire_of(cls) for cls in group]
+    texts = [row.text if row.status is None else f"{row.status.name}: {row.text}" for row in rows]
+    description = " | ".join(dict.fromkeys(texts))
+    if any(issubclass(cls, RetryLater) for cls in group):
+        description += " (see Retry-After)"
+    return {"description": description, "content": _json(ERROR)}
+
+
 def _success(package: Package) -> JSONObject:
     schema = package.answer_schema({"$ref": "#/components/schemas/Meta"})
     return {"description": "OK", "content": _json(schema)}
@@ -87,12 +100,8 @@ def _operation(package: Package, roles: list[str]) -> JSONObject:
     assert package.rest is not None
     method = package.rest.method
     path_names = PATH_PARAM.findall(package.rest.path)
-    error = {"$ref": "#/components/schemas/Error"}
     responses = {str(package.rest.status): _success(package)}
-    responses |= {
-        code: {"description": text, "content": _json(error)}
-        for code, text in ERROR_STATUSES.items()
-    }
+    responses |= _errors(rest_errors(body=method in BODY_METHODS))
     operation: JSONObject = {
         "operationId": package.name,
         "summary": package.description or package.name,
@@ -123,7 +132,6 @@ def _public() -> JSONObject:
         },
         "required": ["access_token", "token_type"],
     }
-    error = {"$ref": "#/components/schemas/Error"}
     return {
         "/health": {
             "get": {
@@ -163,9 +171,7 @@ def _public() -> JSONObject:
                 "requestBody": {"required": True, "content": _json(login_body)},
                 "responses": {
                     "200": {"description": "an access token", "content": _json(token)},
-                    "401": {"description": "invalid credentials", "content": _json(error)},
-                    "422": {"description": "malformed body", "content": _json(error)},
-                    "503": {"description": "identity provider down", "content": _json(error)},
+                    **_errors(LOGIN_ERRORS),
                 },
             }
         },
@@ -191,7 +197,7 @@ def document(catalog: Catalog, dispatcher: Dispatcher, version: str) -> JSONObje
             "securitySchemes": {
                 "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
             },
-            "schemas": {"Error": ERROR_SCHEMA, "Meta": META_SCHEMA},
+            "schemas": {"Error": REST_ERROR_SCHEMA, "Meta": META_SCHEMA},
         },
         "security": [{"bearerAuth": []}],
     }

@@ -113,6 +113,27 @@ def encode_error(
     )
 
 
+def encode_rest_error(status: Status, error: dict[str, Any]) -> bytes:
+    """The body of a REST error answer (PROTOCOL.md 4): `{"status_code", "error"}`; its
+    HTTP status comes from realtime.exceptions' table."""
+    return orjson.dumps({"status_code": int(status), "error": error})
+
+
+# the JSON Schema of that body (OpenAPI's `Error` component)
+REST_ERROR_SCHEMA: JSONObject = {
+    "type": "object",
+    "properties": {
+        "status_code": {"type": "integer"},
+        "error": {
+            "type": "object",
+            "properties": {"message": {"type": "string"}, "details": {}},
+            "required": ["message"],
+        },
+    },
+    "required": ["status_code", "error"],
+}
+
+
 def encode_event(event: str, data: Any, **fields: Any) -> bytes:
     return orjson.dumps({"event": event, **fields, "data": data})
 

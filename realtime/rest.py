@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -13,22 +12,22 @@ from starlette.routing import Route
 
 from realtime import jsonparse
 from realtime.auth.principal import Principal
+from realtime.dispatch import not_json
 from realtime.exceptions import (
     AuthError,
     BodyTooLarge,
     InvalidData,
     PermissionDenied,
     RequestError,
-    ServerError,
+    RetryLater,
 )
 from realtime.lifespan import Services
 from realtime.packages import Catalog, Context, Package
 from realtime.permissions import allows
-from realtime.protocol import Status
+from realtime.protocol import encode_rest_error
 from realtime.types import JSONObject
 
 Endpoint = Callable[[Request], Awaitable[Response]]
-logger = logging.getLogger("realtime.rest")
 BODY_METHODS = {"POST", "PUT", "PATCH"}
 
 
@@ -40,21 +39,19 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     return Response(orjson.dumps(body), status, headers, media_type="application/json")
 
 
-def error_response(error: RequestError) -> Response:
+def error_response(error: RequestError | AuthError) -> Response:
+    """The one REST error answer: the HTTP status and `status_code` of the error's row in
+    realtime.exceptions' table, and the headers its kind calls for."""
     headers = {}
-    retry_after = getattr(error, "retry_after", None)
-    if retry_after is not None:
-        headers["Retry-After"] = str(retry_after)
+    if isinstance(error, AuthError):
+        headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+    if isinstance(error, RetryLater):
+        headers["Retry-After"] = str(error.retry_after)
     if isinstance(error, BodyTooLarge):
         # the rest of the body was never read: this connection cannot carry another request
         headers["Connection"] = "close"
-    body = {"status_code": int(error.status), "error": error.to_error()}
-    return json_response(body, error.http_status, headers)
-
-
-def unauthorized(error: AuthError) -> Response:
-    body = {"status_code": int(Status.PERMISSION_DENIED), "error": {"message": error.reason}}
-    return json_response(body, 401, {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+    body = encode_rest_error(error.status, error.to_error())
+    return Response(body, error.http_status, headers, media_type="application/json")
 
 
 async def authenticate(request: Request) -> Principal:
@@ -97,15 +94,12 @@ def _endpoint(package: Package) -> Endpoint:
             data = await request_data(request, package)
             ctx = Context(principal, package, services)
             result, meta = await services.dispatcher.call(ctx, data, "rest")
-        except AuthError as error:
-            return unauthorized(error)
-        except RequestError as error:
+        except (AuthError, RequestError) as error:
             return error_response(error)
         try:
             return json_response(result if meta is None else {"data": result, "meta": meta}, status)
         except TypeError:  # orjson.JSONEncodeError: the handler returned something not JSON
-            logger.exception("package %s answered data that is not JSON", package.name)
-            return error_response(ServerError())
+            return error_response(not_json(package, None))
 
     return endpoint
 
@@ -185,7 +179,7 @@ class RestOnlyRoute(Route):
             try:
                 principal = await authenticate(request)
             except AuthError as error:
-                return unauthorized(error)
+                return error_response(error)
             roles = services_of(request).dispatcher.route_roles.get(key, frozenset())
             if not allows(roles, principal.roles):
                 return error_response(PermissionDenied(f"your roles do not allow {key}"))

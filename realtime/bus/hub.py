@@ -21,12 +21,23 @@ import orjson
 
 from realtime.auth.principal import Principal
 from realtime.bus import Backend, BusOutcomeUnknown, BusUnavailable, Event, Offset
-from realtime.exceptions import Conflict, OutcomeUnknown, Unavailable
+from realtime.exceptions import Conflict, OutcomeUnknown, RequestError, Unavailable
 
 logger = logging.getLogger("realtime.bus.hub")
 BLOCK = 1.0
 YIELD_EVERY = 64  # events delivered between yields; well under the default send queue
 RETRY_AFTER = 2
+
+
+def bus_failure(error: BusUnavailable) -> RequestError:
+    """What a client is answered when the bus fails: a publication sent and unanswered
+    may have been published (OutcomeUnknown, TIMEOUT); anything else was not done
+    (Unavailable). The one place bus errors meet ours; their codes are the table's."""
+    if isinstance(error, BusOutcomeUnknown):
+        return OutcomeUnknown(
+            "the message bus did not answer in time; the message may have been published"
+        )
+    return Unavailable(RETRY_AFTER, "the message bus is unavailable")
 
 
 class _Superseded(Exception):
@@ -111,12 +122,8 @@ class Hub:
         idempotency `key`, a retry publishes nothing and answers the first offset."""
         try:
             offset = await self.backend.publish(topic, orjson.dumps(data), event.encode(), key)
-        except BusOutcomeUnknown:
-            raise OutcomeUnknown(
-                "the message bus did not answer in time; the message may have been published"
-            ) from None
-        except BusUnavailable:
-            raise Unavailable(RETRY_AFTER, "the message bus is unavailable") from None
+        except BusUnavailable as error:
+            raise bus_failure(error) from None
         if topic in self._positions:
             self._published[topic] = offset.seq
         return offset
@@ -157,7 +164,7 @@ class Hub:
                 self._remove(topic, subscriber.id)
             self._spawn(self._presence_leave(topic, subscriber.id, unless_subscribed=True))
             if isinstance(error, BusUnavailable):
-                raise Unavailable(RETRY_AFTER, "the message bus is unavailable") from None
+                raise bus_failure(error) from None
             if isinstance(error, _Superseded):
                 raise Conflict("unsubscribed (or subscribed again) meanwhile") from None
             raise
@@ -319,8 +326,8 @@ class Hub:
         """Who is subscribed to `topic` on any node: one entry per user, by sub."""
         try:
             entries = await self.backend.presence_list(topic)
-        except BusUnavailable:
-            raise Unavailable(RETRY_AFTER, "the message bus is unavailable") from None
+        except BusUnavailable as error:
+            raise bus_failure(error) from None
         users = {entry["sub"]: entry for entry in entries if entry.get("sub")}
         return [users[sub] for sub in sorted(users)]
 
