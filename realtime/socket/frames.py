@@ -9,16 +9,15 @@ after RATE_LIMITED: 4429). The connection only moves frames.
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import time
 from typing import TYPE_CHECKING
 
+from realtime.dispatch import not_json
 from realtime.exceptions import (
     PolicyViolation,
     RateLimited,
     RequestError,
-    ServerError,
     SustainedRateLimit,
     UnknownPackage,
 )
@@ -28,8 +27,6 @@ from realtime.types import JSONObject
 
 if TYPE_CHECKING:
     from realtime.socket.connection import Connection
-
-logger = logging.getLogger("realtime.socket")
 
 
 class Requests:
@@ -75,7 +72,7 @@ class Requests:
             self._failed(ctx, error)
             return
         except TypeError:  # orjson.JSONEncodeError: the handler returned something not JSON
-            self._failed(ctx, self._not_json(package, req_id))
+            self._failed(ctx, not_json(package, req_id))
             return
         self._answer(ctx, message)
 
@@ -90,7 +87,7 @@ class Requests:
             self._failed(ctx, error)
             return
         except TypeError:
-            self._failed(ctx, self._not_json(package, req_id))
+            self._failed(ctx, not_json(package, req_id))
             return
         except asyncio.CancelledError:
             ctx.abandon()  # the socket went away: what it subscribed to goes with it
@@ -115,13 +112,6 @@ class Requests:
         ctx.abandon()  # a handler that failed after subscribing keeps no subscription
         assert ctx.package is not None
         self.answer_error(ctx.package.id, ctx.req_id, error)
-
-    @staticmethod
-    def _not_json(package: Package, req_id: str) -> RequestError:
-        logger.exception(
-            "package %s answered data that is not JSON (req_id %s)", package.name, req_id
-        )
-        return ServerError()
 
     def answer_error(self, pkg_id: int | None, req_id: str | None, error: RequestError) -> None:
         message = encode_error(pkg_id, req_id, error.status, error.to_error())
