@@ -72,17 +72,30 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from realtime.app import create_app
-    from realtime.logs import log_config
+    from realtime.bus import in_process
     from realtime.migrate import prepare_database
 
     host, port = args.host or settings.host, args.port or settings.port
-    if args.workers > 1 and settings.redis_url is None:
+    if args.workers > 1 and in_process(settings.bus_url):
         raise ConfigError(
             "--workers needs REDIS_URL: worker processes share topics, "
             "presence and jobs through Redis, not through process memory"
         )
     app = create_app(settings)  # fails here, in one line, on a bad configuration
     asyncio.run(prepare_database(settings))
+    _announce(settings, host, port)
+    options = _uvicorn_options(settings, args, host, port)
+    if args.workers > 1 or args.reload:
+        # uvicorn's supervisors start their own processes, each building its app from
+        # the environment, and run their own servers: sockets get 1012 at shutdown
+        uvicorn.run("realtime.app:create_app", factory=True, **options)
+    else:
+        config = uvicorn.Config(app, **options)
+        _draining_server()(config, app, settings.drain_seconds).run()
+    return 0
+
+
+def _announce(settings: Settings, host: str, port: int) -> None:
     print(f"realtime: listening on http://{host}:{port} (socket: ws://{host}:{port}/ws)")
     if settings.dev_issuer_enabled:
         print(
@@ -90,44 +103,25 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             "  realtime token --sub alice --roles user --tenant acme\n"
             f"  or POST http://{host}:{port}/auth/login with a user of {settings.dev_users_file}"
         )
-    many = args.workers > 1 or args.reload
-    config = uvicorn.Config(
-        "realtime.app:create_app" if many else app,
-        factory=many,
-        host=host,
-        port=port,
-        workers=args.workers,
-        reload=args.reload,
-        ws_max_size=settings.max_frame_bytes,
-        ws_per_message_deflate=settings.ws_compression,
-        log_config=log_config(settings.log_level),
-        log_level=settings.log_level,
-        # request heads and connections bounded (the app's lifespan gives the limits)
-        http="realtime.guard:GuardedHttpProtocol",
-    )
-    if many:
-        # uvicorn's supervisors run their own servers: sockets get 1012 at shutdown
-        uvicorn.run(**_run_kwargs(config, args, settings, host, port))
-    else:
-        _draining_server()(config, app, settings.drain_seconds).run()
-    return 0
 
 
-def _run_kwargs(
-    config: Any, args: argparse.Namespace, settings: Settings, host: str, port: int
+def _uvicorn_options(
+    settings: Settings, args: argparse.Namespace, host: str, port: int
 ) -> dict[str, Any]:
+    """uvicorn's arguments, the same for one process and for its supervisors."""
+    from realtime.logs import log_config
+
     return {
-        "app": config.app,
-        "factory": True,
         "host": host,
         "port": port,
         "workers": args.workers,
         "reload": args.reload,
         "ws_max_size": settings.max_frame_bytes,
         "ws_per_message_deflate": settings.ws_compression,
-        "log_config": config.log_config,
+        "log_config": log_config(settings.log_level),
         "log_level": settings.log_level,
-        "http": config.http,
+        # request heads and connections bounded (the app's lifespan gives the limits)
+        "http": "realtime.guard:GuardedHttpProtocol",
     }
 
 

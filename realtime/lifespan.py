@@ -19,13 +19,12 @@ from realtime.auth.dev import DEV_ISSUER, DevIssuer, load_dev_users
 from realtime.auth.keys import JWKSKeys, KeySource, OIDCProvider
 from realtime.auth.login import DevLogin, KeycloakLogin, Login
 from realtime.auth.verifier import TokenVerifier
-from realtime.bus import Backend
+from realtime.bus import Backend, from_url
 from realtime.bus.hub import Hub
-from realtime.bus.memory import MemoryBackend
 from realtime.db import open_database
 from realtime.dispatch import Dispatcher
 from realtime.exceptions import GoingAway
-from realtime.jobs import Jobs, Task, TaskServices, build_broker, builtin_tasks, stop_bodies
+from realtime.jobs import Jobs, Task, TaskServices, broker_from_url, builtin_tasks, stop_bodies
 from realtime.metrics import Metrics
 from realtime.migrate import check_schema, upgrade
 from realtime.packages import Catalog
@@ -122,7 +121,8 @@ async def build_services(
             client_id=settings.keycloak_client_id,
             tenant_claim=settings.tenant_claim,
         )
-        jobs = Jobs(broker or build_broker(settings), [*builtin_tasks(settings), *tasks])
+        broker = broker or broker_from_url(settings.bus_url, settings)
+        jobs = Jobs(broker, [*builtin_tasks(settings), *tasks])
         services = Services(
             settings,
             dispatcher.catalog,
@@ -218,23 +218,11 @@ async def stop_running_jobs(jobs: Jobs) -> None:
     await asyncio.gather(*late, return_exceptions=True)
 
 
-def bus_backend(settings: Settings) -> Backend:
-    if settings.redis_url is None:
-        return MemoryBackend(settings.stream_retention)
-    from realtime.bus.redis import RedisBackend  # only with REDIS_URL
-
-    return RedisBackend(
-        settings.redis_url,
-        retention=settings.stream_retention,
-        ttl=settings.stream_ttl,
-        presence_ttl=settings.presence_ttl,
-        timeout=settings.redis_timeout,
-    )
-
-
 @contextlib.asynccontextmanager
 async def open_hub(settings: Settings, backend: Backend | None = None) -> AsyncIterator[Hub]:
-    backend = backend or bus_backend(settings)
+    """The node's hub on `backend`, else on the bus `settings.bus_url` names; the hub owns
+    the backend and closes it."""
+    backend = backend or from_url(settings.bus_url, settings)
     hub = Hub(backend, settings.presence_ttl)
     await hub.start()
     try:

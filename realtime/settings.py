@@ -15,6 +15,7 @@ from typing import Any
 
 from dotenv import dotenv_values
 
+from realtime.bus import scheme
 from realtime.exceptions import ConfigError
 
 ASYMMETRIC_ALGORITHMS = frozenset(
@@ -38,6 +39,16 @@ def _database_url(value: str) -> str | None:
         return None
     if not value.startswith(DATABASE_SCHEMES):
         raise ValueError(f"expected a URL starting with one of {', '.join(DATABASE_SCHEMES)}")
+    return value
+
+
+def _bus_url(value: str) -> str | None:
+    if not value:
+        return None
+    try:
+        scheme(value)
+    except ConfigError as error:
+        raise ValueError(str(error)) from None
     return value
 
 
@@ -100,7 +111,8 @@ class Settings:
     migrations_dir: str = _env("REALTIME_MIGRATIONS", _str, "migrations")
     db_timeout: float = _env("REALTIME_DB_TIMEOUT", _float, 5.0)
     db_pool_size: int = _env("REALTIME_DB_POOL_SIZE", _int, 10)
-    redis_url: str | None = _env("REDIS_URL", _optional, None)
+    # the bus and the job queue (redis://, rediss://, unix://); unset: both in process
+    redis_url: str | None = _env("REDIS_URL", _bus_url, None)
     # bounds every Redis call of the bus (connect, pool wait, command): a frozen Redis is
     # an outage within this, not a handler TIMEOUT
     redis_timeout: float = _env("REALTIME_REDIS_TIMEOUT", _float, 2.0)
@@ -170,6 +182,12 @@ class Settings:
     def database(self) -> str:
         """The database URL in use: DATABASE_URL, or the embedded SQLite file."""
         return self.database_url or f"sqlite:///{self.embedded_database}"
+
+    @property
+    def bus_url(self) -> str:
+        """The URL of the bus and of the job queue (`bus.from_url`,
+        `jobs.broker_from_url`): REDIS_URL, or memory:// (both in this process)."""
+        return self.redis_url or "memory://"
 
     @property
     def dev_issuer_enabled(self) -> bool:

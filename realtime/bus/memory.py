@@ -21,6 +21,10 @@ class _Topic:
 
 
 class MemoryBackend(Backend):
+    """`memory://`: everything in this instance, shared with no other process. A new
+    instance (a restarted server) starts every topic in a new epoch, as a Redis that
+    restarted empty does."""
+
     def __init__(self, retention: int) -> None:
         self._retention = retention
         self._topics: dict[str, _Topic] = {}

@@ -118,6 +118,8 @@ def _seq(stream_id: bytes) -> int:
 
 
 class RedisBackend(Backend):
+    """`redis://`, `rediss://` (TLS) or `unix://` (a socket path), any redis-py URL."""
+
     def __init__(
         self, url: str, *, retention: int, ttl: int, presence_ttl: float, timeout: float
     ) -> None:

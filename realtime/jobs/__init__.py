@@ -24,6 +24,7 @@ from taskiq import AsyncBroker, InMemoryBroker, SimpleRetryMiddleware, TaskiqDep
 from taskiq.decor import AsyncTaskiqDecoratedTask
 from taskiq.exceptions import SendTaskError
 
+from realtime.bus import MEMORY_SCHEME, REDIS_SCHEMES, scheme
 from realtime.bus.hub import Hub
 from realtime.exceptions import ConfigError, Unavailable
 from realtime.settings import Settings
@@ -32,6 +33,7 @@ logger = logging.getLogger("realtime.jobs")
 HEARTBEAT_TOPIC = "system.heartbeat"
 T = TypeVar("T")
 QUEUE_RETRY_AFTER = 2  # seconds, when the job queue (Redis) cannot be reached
+QUEUE_SCHEMES = (MEMORY_SCHEME, *REDIS_SCHEMES)  # what broker_from_url serves
 
 
 @dataclass(frozen=True)
@@ -122,22 +124,25 @@ class Jobs:
         return [m.kwargs for m in await self.broker.queued() if m.task_name == name]
 
 
-def build_broker(settings: Settings) -> AsyncBroker:
-    if settings.redis_url is None:
+def broker_from_url(url: str, settings: Settings) -> AsyncBroker:
+    """The job queue `url` names (the same URL as the bus: `Settings.bus_url`):
+    memory:// runs jobs inside this process; a Redis URL queues them on a stream that
+    `realtime worker` processes drain. taskiq-redis is imported for Redis URLs only."""
+    if scheme(url, "the job queue", QUEUE_SCHEMES) == MEMORY_SCHEME:
         return InMemoryBroker(max_async_tasks=settings.max_jobs)
     from taskiq_redis import RedisAsyncResultBackend
 
     from realtime.jobs.broker import JobStreamBroker
 
     broker = JobStreamBroker(
-        settings.redis_url,
+        url,
         queue=settings.job_queue,
         group=f"{settings.job_queue}:workers",
         claim_timeout=settings.job_claim_timeout,
         reclaim_interval=settings.job_reclaim_interval,
     )
     backend: RedisAsyncResultBackend[Any] = RedisAsyncResultBackend(
-        settings.redis_url, result_ex_time=settings.job_result_ttl
+        url, result_ex_time=settings.job_result_ttl
     )
     # retries only for tasks labelled retry_on_error (idempotent ones, like heartbeat)
     middleware = SimpleRetryMiddleware(default_retry_count=3, default_retry_label=False)

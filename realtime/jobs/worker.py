@@ -21,9 +21,10 @@ from taskiq.cli.scheduler.run import SchedulerLoop
 from taskiq.receiver import Receiver
 from taskiq.schedule_sources import LabelScheduleSource
 
+from realtime.bus import in_process
 from realtime.db import open_database
 from realtime.exceptions import ConfigError, Unavailable
-from realtime.jobs import Jobs, Task, TaskServices, build_broker, builtin_tasks
+from realtime.jobs import Jobs, Task, TaskServices, broker_from_url, builtin_tasks
 from realtime.jobs.broker import JobStreamBroker, delivery
 from realtime.lifespan import open_hub
 from realtime.migrate import check_schema
@@ -51,13 +52,16 @@ class _Receiver(Receiver):
             self.running.discard(task)
 
 
-def _require_redis(settings: Settings, command: str) -> str:
-    if settings.redis_url is None:
+def _shared_broker(settings: Settings, command: str) -> JobStreamBroker:
+    """The job queue the servers share; a queue in process memory has nothing to drain."""
+    if in_process(settings.bus_url):
         raise ConfigError(
             f"realtime {command} needs REDIS_URL: on the embedded default, jobs run inside "
             "the server and need no worker"
         )
-    return settings.redis_url
+    broker = broker_from_url(settings.bus_url, settings)
+    assert isinstance(broker, JobStreamBroker)  # every shared URL is a Redis one
+    return broker
 
 
 def _stop_event() -> asyncio.Event:
@@ -77,9 +81,7 @@ async def _task_services(settings: Settings) -> AsyncIterator[TaskServices]:
 
 async def run_worker(settings: Settings, tasks: Sequence[Task], concurrency: int) -> int:
     """Run jobs until SIGTERM/SIGINT (0), or until the listener fails for good (1)."""
-    _require_redis(settings, "worker")
-    broker = build_broker(settings)
-    assert isinstance(broker, JobStreamBroker)
+    broker = _shared_broker(settings, "worker")
     broker.is_worker_process = True
     jobs = Jobs(broker, [*builtin_tasks(settings), *tasks])
     async with _task_services(settings) as services:
@@ -150,8 +152,7 @@ async def _stop_worker(
 async def run_scheduler(settings: Settings, tasks: Sequence[Task]) -> None:
     """Queue each periodic task (`every`) on time. Run exactly one scheduler: two would
     queue every period twice."""
-    _require_redis(settings, "scheduler")
-    broker = build_broker(settings)
+    broker = _shared_broker(settings, "scheduler")
     jobs = Jobs(broker, [*builtin_tasks(settings), *tasks])
     source = LabelScheduleSource(jobs.broker)
     scheduler = TaskiqScheduler(jobs.broker, [source])
