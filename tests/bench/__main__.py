@@ -11,22 +11,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-from realtime.auth.dev import DevIssuer
 from tests.bench import ablations, report
-from tests.bench.app import ROOT
-from tests.bench.loadgen import LoadOptions, Probe, client_kind, run_request_reply
-from tests.bench.report import CoreBusy, ProcessCPU, RunResult
+from tests.bench.common import machine as machine_probe
+from tests.bench.common.probes import Probe, cpu_probes
+from tests.bench.common.pyspy import PySpy
+from tests.bench.common.runner import (
+    alternate,
+    dev_tokens,
+    event_loop,
+    pick,
+    pin_self,
+    pinning,
+    write_json,
+)
+from tests.bench.loadgen import LoadOptions, client_kind, run_request_reply
+from tests.bench.report import RunResult
 from tests.bench.scenarios import RATIOS, SCENARIOS, Target
 from tests.bench.server import bench_server
 
@@ -73,93 +78,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-class PySpy:
-    """A probe that samples the server with py-spy over the measurement window."""
-
-    def __init__(self, pid: int, duration: float, output: Path) -> None:
-        self.command = [
-            shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")),
-            "record",
-            "--pid",
-            str(pid),
-            "--duration",
-            str(max(1, round(duration))),
-            "--rate",
-            "200",
-            # sample without stopping the process: blocking samples land on system calls
-            # (the socket writes) far more often than the time spent there
-            "--nonblocking",
-            "--format",
-            "raw",
-            "--output",
-            str(output),
-        ]
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL)
-
-    def stop(self) -> float:
-        if self.process is not None:
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        return float("nan")
-
-
-def _machine() -> dict[str, Any]:
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            model = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if "model name" in ln), "")
-    except OSError:
-        pass
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": model,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "git": _git(),
-    }
-
-
-def _git() -> str:
-    """The commit measured, and the files of the server that differ from it."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "realtime", "handlers", "schema"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        ).stdout.split("\n")
-    except OSError:
-        return "unknown"
-    changed = [line[3:] for line in dirty if line.strip()]
-    return commit + (f" + uncommitted changes to {', '.join(changed)}" if changed else "")
-
-
-def _pin_self(cpu: int) -> None:
-    os.sched_setaffinity(0, {cpu})
-
-
 def _probes(server_pid: int, pinned: bool) -> dict[str, Probe]:
-    probes: dict[str, Probe] = {"server CPU": ProcessCPU(server_pid)}
-    if pinned:  # whole cores, softirq (loopback TCP) included
-        probes |= {"core 0 busy": CoreBusy(0), "core 1 busy": CoreBusy(1)}
-    return probes
+    return cpu_probes({report.SERVER_CPU: server_pid}, pinned)
 
 
-async def _bench(
-    args: argparse.Namespace, target: Target, server_pid: int, pinned: bool
+def _bench(
+    args: argparse.Namespace, names: list[str], target: Target, server_pid: int, pinned: bool
 ) -> list[RunResult]:
-    names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
-    unknown = [n for n in names if n not in SCENARIOS]
-    if unknown:
-        raise SystemExit(f"unknown scenarios: {unknown}; known: {sorted(SCENARIOS)}")
+    """The rounds (bare, echo, bare, echo, ...) on one event loop, then the profile run."""
     options = LoadOptions(
         connections=args.connections,
         pipeline=args.pipeline,
@@ -167,25 +93,27 @@ async def _bench(
         duration=args.duration,
         client=args.client,
     )
-    results: list[RunResult] = []
-    print(report.runs_table([], _probes(server_pid, pinned)).splitlines()[0], flush=True)
-    for round_ in range(1, args.rounds + 1):
-        for name in names:
-            workload = SCENARIOS[name](target)
-            result = await run_request_reply(
-                workload, options, _probes(server_pid, pinned), round_=round_
-            )
-            results.append(result)
-            print(report.runs_table([result]).splitlines()[-1], flush=True)
-            await asyncio.sleep(0.5)  # let the server close the sockets of the last run
-    if args.profile:
-        workload = SCENARIOS[args.profile_scenario](target)
-        spy = PySpy(server_pid, args.duration, args.profile)
-        probes = {**_probes(server_pid, pinned), "py-spy": spy}
-        profiled = await run_request_reply(workload, options, probes, round_=0)
-        profiled.scenario += " (py-spy, not in the tables)"
-        print(report.runs_table([profiled]), flush=True)
-        print(f"py-spy collapsed stacks: {args.profile}")
+
+    def measure(name: str, round_: int, **extra: Probe) -> RunResult:
+        probes = {**_probes(server_pid, pinned), **extra}
+        workload = SCENARIOS[name](target)
+        return loop.run(run_request_reply(workload, options, probes, round_=round_))
+
+    with event_loop() as loop:
+        results = alternate(
+            args.rounds,
+            names,
+            measure,
+            report.runs_table,
+            # let the server close the sockets of the last run
+            after=lambda: loop.run(asyncio.sleep(0.5)),
+        )
+        if args.profile:
+            spy = PySpy(server_pid, args.duration, args.profile)
+            profiled = measure(args.profile_scenario, 0, **{"py-spy": spy})
+            profiled.scenario += " (py-spy, not in the tables)"
+            print(report.runs_table([profiled]), flush=True)
+            print(f"py-spy collapsed stacks: {args.profile}")
     return results
 
 
@@ -194,18 +122,19 @@ def main() -> int:
     args = parser.parse_args()
     try:
         ablations.parse(args.ablate)
+        names = pick(args.scenarios, SCENARIOS)
+        pick(args.profile_scenario, SCENARIOS)
     except ValueError as error:
         parser.error(str(error))
-    machine = _machine()
-    pin = not args.no_pin and (os.cpu_count() or 1) >= 2
+    machine = machine_probe.probe()
+    pin = pinning(args.no_pin)
     with tempfile.TemporaryDirectory(prefix="realtime-bench-") as tmp:
         key_file = str(Path(tmp) / "dev-key.json")
-        issuer = DevIssuer.load_or_create(key_file, audience="realtime", client_id="realtime")
-        token = issuer.mint("alice", ["user"], tenant="bench", ttl=24 * 3600)
+        token = dev_tokens(key_file, {"alice": ["user"]})["alice"]
         env = {"BENCH_DEV_KEY_FILE": key_file, ablations.ENV: args.ablate}
         with bench_server(env, cpu=0 if pin else None) as (pid, port):
             if pin:
-                _pin_self(1)
+                pin_self(1)
             target = Target("127.0.0.1", port, token, args.payload_bytes)
             print(
                 f"server pid {pid} on 127.0.0.1:{port}{' (CPU 0)' if pin else ''}; "
@@ -213,15 +142,12 @@ def main() -> int:
                 f"client {client_kind(args.client)}; {args.connections} connections x "
                 f"{args.pipeline} in flight, {args.payload_bytes} B payload, "
                 f"{args.warmup:g} s warm-up + {args.duration:g} s measured, "
-                f"{args.rounds} rounds; python {machine['python']}, nproc {machine['nproc']}"
-                + f"; code {machine['git']}"
+                f"{args.rounds} rounds; {machine_probe.describe(machine)}"
                 + (f"; DIAGNOSTIC ABLATIONS in the server: {args.ablate}" if args.ablate else ""),
                 flush=True,
             )
             started = time.monotonic()
-            results = asyncio.Runner(loop_factory=_loop_factory()).run(
-                _bench(args, target, pid, pin)
-            )
+            results = _bench(args, names, target, pid, pin)
             elapsed = time.monotonic() - started
 
     print("\nall runs:")
@@ -236,18 +162,8 @@ def main() -> int:
         "the load generator, not the server, set the pace."
     )
     print(f"total {elapsed:.0f} s")
-    if args.json:
-        document = report.to_json(results, machine=machine, args=vars(args), ratios=ratios)
-        args.json.write_text(json.dumps(document, indent=2, default=str))
+    write_json(args.json, report.to_json(results, machine=machine, args=vars(args), ratios=ratios))
     return 0
-
-
-def _loop_factory() -> Any:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop
-    return uvloop.new_event_loop
 
 
 if __name__ == "__main__":

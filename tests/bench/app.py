@@ -11,7 +11,9 @@ Configured by the environment (the bench runner sets these):
 
 - `BENCH_DEV_KEY_FILE`: the development issuer's key (the runner mints tokens with it);
 - `BENCH_DATABASE_URL`: optional, else the embedded SQLite file next to the key;
-- `BENCH_ABLATE`: optional, diagnostic ablations to apply (see tests/bench/ablations.py).
+- `BENCH_ABLATE`: optional, diagnostic ablations (tests/bench/ablations.py): a frame
+  ablation becomes the app's `on_frame` (what a `/ws` frame means), a process one is set
+  here; nothing patches realtime.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ import handlers
 from realtime.app import create_app
 from realtime.settings import Settings
 from tests.bench import ablations
+from tests.bench.common import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 BARE_PATH = "/bench/bare"
 FULL_PATH = "/ws"
 
@@ -74,11 +76,11 @@ async def bare_endpoint(websocket: WebSocket) -> None:
 
 
 def create_bench_app() -> Starlette:
-    ablations.apply(os.environ.get(ablations.ENV, ""))
+    on_frame = ablations.apply(os.environ.get(ablations.ENV, ""), handlers.PACKAGES)
     key_file = os.environ.get("BENCH_DEV_KEY_FILE") or str(
         Path(tempfile.mkdtemp(prefix="realtime-bench-")) / "dev-key.json"
     )
-    app = create_app(bench_settings(key_file), handlers.PACKAGES)
+    app = create_app(bench_settings(key_file), handlers.PACKAGES, on_frame=on_frame)
     # same app, same lifespan: the ceiling is one more route next to /ws
     app.router.routes.append(WebSocketRoute(BARE_PATH, bare_endpoint))
     return app

@@ -18,13 +18,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from tests.bench.common import machine
+from tests.bench.common.figures import median, ratio
 from tests.browser.conftest import FLAGS, ensure_chromium
 from tests.conftest import flush_redis, redis_url
 from tests.nodes import free_port, mint, node, process
@@ -67,21 +68,29 @@ SUBSCRIBE = """async ({token}) => {
 }"""
 
 
+class Run(NamedTuple):
+    mode: str  # "raw" (the baseline) or "client"
+    round: int
+    rate: float  # calls per second
+
+
 def _throughput(page: Any, token: str, args: argparse.Namespace) -> None:
     for inflight in (1, 16):
-        rates: dict[str, list[float]] = {"raw": [], "client": []}
-        for round_ in range(args.rounds):
+        runs: list[Run] = []
+        for round_ in range(1, args.rounds + 1):
             for mode in ("raw", "client"):
                 params = {"token": token, "seconds": args.duration, "inflight": inflight}
-                rate = page.evaluate(CALLS, {**params, "mode": mode})
-                rates[mode].append(rate)
+                runs.append(Run(mode, round_, page.evaluate(CALLS, {**params, "mode": mode})))
                 print(
-                    f"  round {round_ + 1} {mode:<6} {inflight:>2} in flight: {rate:9.0f} calls/s"
+                    f"  round {round_} {mode:<6} {inflight:>2} in flight: "
+                    f"{runs[-1].rate:9.0f} calls/s"
                 )
-        raw, client = (statistics.median(rates[m]) for m in ("raw", "client"))
+        raw, client = (median(r.rate for r in runs if r.mode == m) for m in ("raw", "client"))
+        info = ratio(runs, "client", "raw", name=lambda r: r.mode, higher=lambda r: r.rate)
+        rounds = ", ".join(f"{v:.3f}" for _, v in sorted(info["per_round"].items()))
         print(
             f"{inflight:>2} in flight: raw {raw:.0f}/s, client {client:.0f}/s, "
-            f"client/raw {client / raw:.3f}"
+            f"client/raw {info['ratio']:.3f} (per round {rounds})"
         )
 
 
@@ -126,7 +135,7 @@ def _restart(browser: Any, tmp: Path, rounds: int) -> None:
                 print(f"  restart {n}: first resumed message {at - started:.0f} ms after start-up")
         page.close()
     print(
-        f"restart to first resumed message: median {statistics.median(figures):.0f} ms, "
+        f"restart to first resumed message: median {median(figures):.0f} ms, "
         f"max {max(figures):.0f} ms (backoff base 100 ms, max 1 s)"
     )
 
@@ -136,6 +145,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per run")
     args = parser.parse_args()
+    print(machine.describe(machine.probe(), ("uvicorn", "uvloop", "playwright")), flush=True)
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory() as folder, sync_playwright() as playwright:

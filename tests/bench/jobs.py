@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import json
 import secrets
-import statistics
 import tempfile
 import time
 from collections.abc import Iterator
@@ -28,6 +27,8 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from realtime.migrate import upgrade
+from tests.bench.common import machine
+from tests.bench.common.figures import median, percentile, safe_ratio
 from tests.conftest import make_settings
 from tests.helpers import ws_connect
 from tests.nodes import mint, node, worker
@@ -37,15 +38,11 @@ REDIS = "redis://127.0.0.1:6379/12"
 START, WATCH = 20, 23
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
 def ms(values: list[float]) -> str:
+    ordered = sorted(values)
+    p50, p99 = (percentile(ordered, q) * 1000 for q in (50, 99))
     return (
-        f"p50 {pct(values, 0.5) * 1000:6.2f} ms  p99 {pct(values, 0.99) * 1000:6.2f} ms  "
-        f"max {max(values) * 1000:6.2f} ms  (n={len(values)})"
+        f"p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  max {max(values) * 1000:6.2f} ms  (n={len(values)})"
     )
 
 
@@ -177,7 +174,9 @@ async def finished_rate(db_url: str, since: float, total: int) -> tuple[int, flo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.bench.jobs", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument(
         "--loads", default="1,10,50", help="concurrent watched jobs, one run per number"
@@ -188,6 +187,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=16, help="requests in flight each")
     parser.add_argument("--duration", type=float, default=10)
     args = parser.parse_args()
+    print(machine.describe(machine.probe(), ("uvloop", "redis", "asyncpg", "taskiq")), flush=True)
     import redis
 
     redis.Redis.from_url(REDIS).flushdb()
@@ -239,7 +239,7 @@ def run(tmp: Path, db_url: str, args: argparse.Namespace) -> None:
             f"jobs finished by the workers        {done / span:,.0f} jobs/s "
             f"({done} of {answered} in {span:.1f} s)"
         )
-        ratio = statistics.median(quiet) / statistics.median(floor)
+        ratio = safe_ratio(median(quiet), median(floor))
         print(f"quiet progress latency / Redis hop  x{ratio:.1f} (medians)")
 
 

@@ -23,15 +23,8 @@ from typing import Any, Protocol
 
 import orjson
 
-from tests.bench.report import RunResult, SelfCPU
-
-
-class Probe(Protocol):
-    """Something measured over the window, e.g. the server's CPU (`report.ProcessCPU`)."""
-
-    def start(self) -> None: ...
-
-    def stop(self) -> float: ...
+from tests.bench.common.probes import Probe, SelfCPU
+from tests.bench.report import RunResult
 
 
 @dataclass(frozen=True)

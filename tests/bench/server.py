@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from tests.bench.app import ROOT
+from tests.bench.common import ROOT
 
 FACTORY = "tests.bench.app:create_bench_app"
 WS_MAX_SIZE = 64 * 1024  # what `realtime serve` passes (REALTIME_MAX_FRAME_BYTES)

@@ -21,12 +21,13 @@ import asyncio
 import json
 import os
 import resource
-import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from tests.bench.common import machine
+from tests.bench.common.figures import median, percentile, safe_ratio
 from tests.helpers import ws_connect, ws_connect_slow
 from tests.nodes import mint, node
 
@@ -186,16 +187,16 @@ def report(
 ) -> None:
     print(f"{'':>14} {'start':>10} {'peak':>10} {'after':>10} {'after/start':>12}")
     for key in start:
-        ratio = after[key] / start[key] if start[key] else float("nan")
+        ratio = safe_ratio(after[key], start[key])
         print(
             f"{key:>14} {start[key]:>10.1f} {peak[key]:>10.1f} {after[key]:>10.1f} {ratio:>12.3f}"
         )
     if during:
         ordered = sorted(during)
-        p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
         print(
             f"control echo during the storm: {len(during)} calls, "
-            f"p50 {statistics.median(during):.2f} ms, p99 {p99:.2f} ms, max {ordered[-1]:.2f} ms"
+            f"p50 {median(ordered):.2f} ms, p99 {percentile(ordered, 99):.2f} ms, "
+            f"max {ordered[-1]:.2f} ms"
         )
 
 
@@ -209,6 +210,7 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=15.0, help="seconds after the crowd left")
     parser.add_argument("--rounds", type=int, default=1, help="crowds one after the other")
     args = parser.parse_args()
+    print(machine.describe(machine.probe(), ("uvicorn", "uvloop", "websockets")), flush=True)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the server inherits it
     env = {

@@ -7,6 +7,7 @@ See docs/bench-fanout.md. The modules:
   in-memory layer) and the bare Starlette ceiling, each answering `/health`;
 - `clients`: picows subscribers and publishers speaking each server's wire protocol;
 - `runs`: one measured run (closed-loop fan-out, or paced cross-node latency);
-- `diagnostics`: `--patch`, monkeypatches of realtime in the bench server only;
+- `diagnostics`: `--patch`, patches of realtime in the bench server only, each target
+  checked when the server starts (a renamed one stops it, naming it);
 - `__main__`: starts the servers, alternates the runs, prints the tables.
 """

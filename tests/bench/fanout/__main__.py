@@ -19,14 +19,9 @@ run. Nothing here asserts a timing.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import json
 import os
-import platform
 import resource
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,13 +30,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from realtime.auth.dev import DevIssuer
+from tests.bench.common import figures
+from tests.bench.common import machine as machine_probe
+from tests.bench.common.figures import Column, group, median, num, pct, probe_column, table, two
+from tests.bench.common.probes import CoreBusy, OthersPeak, Probe, cpu_probes
+from tests.bench.common.pyspy import PySpy
+from tests.bench.common.runner import (
+    alternate,
+    dev_tokens,
+    pick,
+    pin_self,
+    pinning,
+    run,
+)
+from tests.bench.common.runner import write_json as write_document
 from tests.bench.fanout import diagnostics
-from tests.bench.fanout.apps import ROOT
 from tests.bench.fanout.clients import DIALECTS, PUBLISHER, SUBSCRIBER, Dialect
 from tests.bench.fanout.runs import Options, Result, run_once
-from tests.bench.loadgen import Probe
-from tests.bench.report import CoreBusy, OthersPeak, ProcessCPU
 from tests.bench.server import bench_server
 
 APPS = "tests.bench.fanout.apps"
@@ -160,41 +165,6 @@ def _server(
         yield pid, port
 
 
-class PySpy:
-    """py-spy attached to a server over the measurement window (a probe)."""
-
-    def __init__(self, pid: int, seconds: float, output: Path) -> None:
-        spy = Path(sys.executable).with_name("py-spy")
-        self.command = [
-            str(spy),
-            "record",
-            "--pid",
-            str(pid),
-            "--duration",
-            str(max(1, round(seconds))),
-            "--rate",
-            "200",
-            "--format",
-            "raw",
-            "--output",
-            str(output),
-        ]
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-
-    def stop(self) -> float:
-        if self.process is not None:
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        return float("nan")
-
-
 # -- runs -------------------------------------------------------------------------------
 
 
@@ -222,9 +192,7 @@ def _dialect(system: System, tokens: dict[str, str]) -> Dialect:
 
 
 def _probes(pids: dict[str, int], pinned: bool) -> dict[str, Probe]:
-    probes: dict[str, Probe] = {name: ProcessCPU(pid) for name, pid in pids.items()}
-    if pinned:
-        probes |= {"core 0 busy": CoreBusy(0), "core 1 busy": CoreBusy(1)}
+    probes = cpu_probes(pids, pinned)
     probes["others peak"] = OthersPeak(list(pids.values()))
     return probes
 
@@ -256,7 +224,7 @@ def _fanout(
         if profile is not None:
             probes["py-spy"] = PySpy(pid, args.duration, profile)
         base = f"ws://127.0.0.1:{port}"
-        result = _run(
+        result = run(
             run_once(
                 _dialect(system, tokens),
                 options,
@@ -298,7 +266,7 @@ def _cross(
         _server(system, tmp, key, redis_url, 0 if pin else None, "a") as (pid_a, port_a),
         _server(system, tmp, key, redis_url, 1 if pin else None, "b") as (pid_b, port_b),
     ):
-        result = _run(
+        result = run(
             run_once(
                 Dialect(tokens),
                 options,
@@ -314,140 +282,102 @@ def _cross(
     return result
 
 
-def _run(coroutine: Any) -> Result:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coroutine)  # type: ignore[no-any-return]
-    return asyncio.Runner(loop_factory=uvloop.new_event_loop).run(coroutine)  # type: ignore[no-any-return]
-
-
 # -- report -----------------------------------------------------------------------------
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None or value != value else f"{100 * value:.0f}%"
+SERVER_PROBES = ("server CPU", "node A CPU")  # fan-out runs, cross-node runs
 
 
-def _ms(value: float) -> str:
-    return "-" if value != value else f"{value:.2f}"
+def _server_probe(result: Result) -> str:
+    return SERVER_PROBES[0] if SERVER_PROBES[0] in result.probes else SERVER_PROBES[1]
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    table = [list(header), *[list(r) for r in rows]]
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    lines = [
-        "| " + " | ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in table
-    ]
-    lines.insert(1, "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|")
-    return "\n".join(lines)
+def _server_us(result: Result) -> float:
+    return result.server_us_per_delivery(_server_probe(result))
 
 
-def _row(result: Result) -> list[str]:
-    probes = result.probes
-    server = probes.get("server CPU", probes.get("node A CPU"))
+def _checks(result: Result) -> str:
+    counts = f"{result.lost}/{result.skipped}/{result.disorder}/{result.errors + result.failed}"
+    return counts + (" STALLED" if result.stalled else "")
+
+
+def columns(extra: Sequence[str]) -> list[Column[Result]]:
+    """After the system and the round; `extra` are the probes besides the server's."""
     return [
-        result.system,
-        str(result.round),
-        str(result.subscribers),
-        f"{result.publications_per_s:,.0f}",
-        f"{result.deliveries_per_s:,.0f}",
-        _ms(result.latency(50)),
-        _ms(result.latency(99)),
-        _ms(result.latency(100)),
-        f"{result.lost}/{result.skipped}/{result.disorder}/{result.errors + result.failed}"
-        + (" STALLED" if result.stalled else ""),
-        _pct(result.client_cpu),
-        _pct(server),
-        _ms(
-            result.server_us_per_delivery("server CPU" if "server CPU" in probes else "node A CPU")
-        ),
-        *(_pct(v) for k, v in probes.items() if k not in ("server CPU", "node A CPU", "py-spy")),
-        _pct(result.notes.get("busy_before")),
-        _ms(result.notes.get("client_stall_max_ms", float("nan"))),
+        Column("subs", lambda r: r.subscribers, str),
+        Column("pubs/s", lambda r: r.publications_per_s),
+        Column("deliveries/s", lambda r: r.deliveries_per_s),
+        Column("p50 ms", lambda r: r.latency(50), two),
+        Column("p99 ms", lambda r: r.latency(99), two),
+        Column("max ms", lambda r: r.latency(100), two),
+        Column("undelivered/skipped/disorder/errors", _checks, str),
+        Column("client CPU", lambda r: r.client_cpu, pct),
+        Column("server CPU", lambda r: r.probes.get(_server_probe(r)), pct),
+        Column("server us/delivery", _server_us, two),
+        *map(probe_column, extra),
+        Column("busy before", lambda r: r.notes.get("busy_before"), pct),
+        Column("client stall max ms", lambda r: r.notes.get("client_stall_max_ms"), two),
     ]
-
-
-HEADER = (
-    "system",
-    "round",
-    "subs",
-    "pubs/s",
-    "deliveries/s",
-    "p50 ms",
-    "p99 ms",
-    "max ms",
-    "undelivered/skipped/disorder/errors",
-    "client CPU",
-    "server CPU",
-    "server us/delivery",
-)
-
-
-def _extra_names(results: Sequence[Result]) -> list[str]:
-    if not results:
-        return []
-    skip = ("server CPU", "node A CPU", "py-spy")
-    return [k for k in results[0].probes if k not in skip]
 
 
 def runs_table(results: Sequence[Result]) -> str:
-    header = (*HEADER, *_extra_names(results), "busy before", "client stall max ms")
-    return _table(header, [_row(r) for r in results])
-
-
-def _median(results: Sequence[Result], value: Any) -> float:
-    values = [value(r) for r in results]
-    values = [v for v in values if v == v]
-    return statistics.median(values) if values else float("nan")
+    skip = (*SERVER_PROBES, "py-spy")
+    extra = [k for k in results[0].probes if k not in skip] if results else []
+    return figures.runs_table(results, "system", lambda r: r.system, columns(extra))
 
 
 def medians(results: Sequence[Result]) -> dict[str, dict[str, float]]:
-    grouped: dict[str, list[Result]] = {}
-    for result in results:
-        grouped.setdefault(result.system, []).append(result)
     return {
         name: {
             "runs": len(runs),
-            "deliveries_per_s": _median(runs, lambda r: r.deliveries_per_s),
-            "publications_per_s": _median(runs, lambda r: r.publications_per_s),
-            "p50_ms": _median(runs, lambda r: r.latency(50)),
-            "p99_ms": _median(runs, lambda r: r.latency(99)),
+            "deliveries_per_s": median(r.deliveries_per_s for r in runs),
+            "publications_per_s": median(r.publications_per_s for r in runs),
+            "p50_ms": median(r.latency(50) for r in runs),
+            "p99_ms": median(r.latency(99) for r in runs),
             "max_ms": max(r.latency(100) for r in runs),
-            "server_us_per_delivery": _median(
-                runs,
-                lambda r: r.server_us_per_delivery(
-                    "server CPU" if "server CPU" in r.probes else "node A CPU"
-                ),
-            ),
-            "client_cpu": _median(runs, lambda r: r.client_cpu),
+            "server_us_per_delivery": median(map(_server_us, runs)),
+            "client_cpu": median(r.client_cpu for r in runs),
             "lost": sum(r.lost for r in runs),
             "skipped": sum(r.skipped for r in runs),
             "disorder": sum(r.disorder for r in runs),
         }
-        for name, runs in grouped.items()
+        for name, runs in group(results, lambda r: r.system).items()
+    }
+
+
+def ratios(fanout: Sequence[Result]) -> dict[str, dict[str, Any]]:
+    """Each system against the baseline (socketio) of the same run: deliveries/s, and
+    the inverse of server CPU per delivery."""
+    return {
+        name: figures.ratio(
+            fanout,
+            name,
+            BASELINE,
+            name=lambda r: r.system,
+            higher=lambda r: r.deliveries_per_s,
+            lower={"cpu": _server_us},
+        )
+        for name in group(fanout, lambda r: r.system)
     }
 
 
 def summary(fanout: Sequence[Result], cross: Sequence[Result]) -> str:
-    table = medians(fanout)
-    base = table.get(BASELINE, {}).get("deliveries_per_s", float("nan"))
-    base_cpu = table.get(BASELINE, {}).get("server_us_per_delivery", float("nan"))
+    by_system, against = medians(fanout), ratios(fanout)
     rows = [
         [
             name,
             str(m["runs"]),
-            f"{m['deliveries_per_s']:,.0f}",
-            f"{m['deliveries_per_s'] / base:.2f}" if base == base and base else "-",
-            _ms(m["server_us_per_delivery"]),
-            f"{base_cpu / m['server_us_per_delivery']:.2f}" if base_cpu == base_cpu else "-",
-            _pct(m["client_cpu"]),
+            num(m["deliveries_per_s"]),
+            two(against[name].get("ratio")),
+            two(m["server_us_per_delivery"]),
+            two(against[name].get("cpu_ratio")),
+            pct(m["client_cpu"]),
             f"{m['lost']}/{m['skipped']}/{m['disorder']}",
         ]
-        for name, m in table.items()
+        for name, m in by_system.items()
     ]
     lines = [
-        _table(
+        table(
             (
                 "system",
                 "runs",
@@ -461,11 +391,13 @@ def summary(fanout: Sequence[Result], cross: Sequence[Result]) -> str:
             rows,
         )
     ]
-    for name in [n for n in table if n.startswith("realtime-")]:
-        if base == base and base:
-            ratio = table[name]["deliveries_per_s"] / base
-            verdict = "met" if ratio >= TARGET_RATIO else "MISSED"
-            lines.append(f"target {name} >= {TARGET_RATIO}x {BASELINE}: {ratio:.2f}x, {verdict}")
+    for name in [n for n in by_system if n.startswith("realtime-")]:
+        if against[name]:
+            times_base = against[name]["ratio"]
+            verdict = "met" if times_base >= TARGET_RATIO else "MISSED"
+            lines.append(
+                f"target {name} >= {TARGET_RATIO}x {BASELINE}: {times_base:.2f}x, {verdict}"
+            )
     for name, m in medians(cross).items():
         verdict = "met" if m["p99_ms"] < TARGET_P99_MS else "MISSED"
         lines.append(
@@ -473,46 +405,13 @@ def summary(fanout: Sequence[Result], cross: Sequence[Result]) -> str:
             f"{m['publications_per_s']:,.0f} publications/s sent, "
             f"{m['deliveries_per_s']:,.0f} deliveries/s): p50 {m['p50_ms']:.2f} ms, "
             f"p99 {m['p99_ms']:.2f} ms, max {m['max_ms']:.2f} ms, undelivered {m['lost']:,}, "
-            f"skipped {m['skipped']:,}, disorder {m['disorder']:,}; target p99 < {TARGET_P99_MS:g} ms: {verdict}"
+            f"skipped {m['skipped']:,}, disorder {m['disorder']:,}; "
+            f"target p99 < {TARGET_P99_MS:g} ms: {verdict}"
         )
     return "\n".join(lines)
 
 
-def _machine() -> dict[str, Any]:
-    model = ""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
-        model = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if "model name" in ln), "")
-    versions = {}
-    for package in ("uvicorn", "uvloop", "starlette", "picows", "python-socketio", "channels"):
-        with contextlib.suppress(Exception):
-            from importlib.metadata import version
-
-            versions[package] = version(package)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=ROOT,
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--", "realtime", "handlers", "schema"],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=ROOT,
-    ).stdout.splitlines()
-    changed = [line[3:] for line in dirty if line.strip()]
-    if changed:
-        commit += f" + uncommitted changes to {', '.join(changed)}"
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": model,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "versions": versions,
-        "git": commit,
-    }
+VERSIONS = ("uvicorn", "uvloop", "starlette", "picows", "python-socketio", "channels")
 
 
 def main() -> int:
@@ -520,51 +419,45 @@ def main() -> int:
     args = parser.parse_args()
     try:
         systems = _systems(args.patch)
+        names = pick(args.systems, systems, "systems")
     except ValueError as error:
         parser.error(str(error))
-    names = [n.strip() for n in args.systems.split(",") if n.strip()]
-    unknown = [n for n in names if n not in systems]
-    if unknown:
-        parser.error(f"unknown systems {unknown}; known: {list(systems)}")
     try:
         rates = [float(r) for r in args.cross_rates.split(",") if r.strip()]
     except ValueError:
         parser.error("--cross-rates: numbers separated by commas")
     nofile = _raise_nofile(2 * args.subscribers + 256)
-    pin = not args.no_pin and (os.cpu_count() or 1) >= 2
-    machine = _machine()
+    pin = pinning(args.no_pin)
+    machine = machine_probe.probe()
     print(
         f"{args.subscribers} subscribers, window {args.window}, {args.payload_bytes} B payload, "
         f"{args.warmup:g} s warm-up + {args.duration:g} s measured, {args.rounds} rounds; "
         f"cross-node {args.cross_subscribers} subscribers at {args.cross_rates}/s "
         f"(every {args.cross_sample_every}th timed); "
-        f"nofile {nofile[0]}; python {machine['python']}, nproc {machine['nproc']}, "
-        f"code {machine['git']}; {machine['versions']}"
-        + (f"; DIAGNOSTIC PATCHES in realtime: {args.patch}" if args.patch else ""),
+        f"nofile {nofile[0]}; {machine_probe.describe(machine, VERSIONS)}"
+        + (f"\nDIAGNOSTIC PATCHES in realtime: {args.patch}" if args.patch else ""),
         flush=True,
     )
-    fanout: list[Result] = []
-    cross: list[Result] = []
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="realtime-fanout-") as directory:
         tmp = Path(directory)
         key = str(tmp / "dev-key.json")
-        issuer = DevIssuer.load_or_create(key, audience="realtime", client_id="realtime")
-        tokens = {
-            SUBSCRIBER: issuer.mint("fanout-sub", ["user"], tenant="bench", ttl=24 * 3600),
-            PUBLISHER: issuer.mint("fanout-pub", ["admin"], tenant="bench", ttl=24 * 3600),
-        }
+        # `broadcast` is published by the deployment's `operator` only (permissions.toml)
+        minted = dev_tokens(key, {"fanout-sub": ["user"], "fanout-pub": ["operator"]})
+        tokens = {SUBSCRIBER: minted["fanout-sub"], PUBLISHER: minted["fanout-pub"]}
         if pin:
-            os.sched_setaffinity(0, {1})
-        for round_ in range(1, args.rounds + 1):
-            for name in names:
-                result = _fanout(args, systems[name], tmp, key, tokens, pin, round_)
-                fanout.append(result)
-                print(runs_table([result]), flush=True)
-            for rate in [] if args.no_cross else rates:
-                result = _cross(args, tmp, key, tokens, pin, round_, rate)
-                cross.append(result)
-                print(runs_table([result]), flush=True)
+            pin_self(1)
+        # each round: every system's fan-out run, then a cross-node run per rate
+        crossing = {f"cross {rate:g}/s": rate for rate in ([] if args.no_cross else rates)}
+
+        def measure(name: str, round_: int) -> Result:
+            if name in crossing:
+                return _cross(args, tmp, key, tokens, pin, round_, crossing[name])
+            return _fanout(args, systems[name], tmp, key, tokens, pin, round_)
+
+        results = alternate(args.rounds, [*names, *crossing], measure, runs_table)
+        fanout = [r for r in results if not r.notes["rate"]]
+        cross = [r for r in results if r.notes["rate"]]
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)
             for name in names:
@@ -584,15 +477,15 @@ def main() -> int:
     print("\nmedians over rounds:")
     print(summary(fanout, cross))
     print(f"total {time.monotonic() - started:.0f} s")
-    if args.json:
-        document = {
-            "machine": machine,
-            "args": {k: str(v) for k, v in vars(args).items()},
-            "fanout": [r.summary() for r in fanout],
-            "cross": [r.summary() for r in cross],
-            "medians": medians(fanout) | medians(cross),
-        }
-        args.json.write_text(json.dumps(document, indent=2, default=str))
+    document = {
+        "machine": machine,
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "fanout": [r.summary() for r in fanout],
+        "cross": [r.summary() for r in cross],
+        "medians": medians(fanout) | medians(cross),
+        "ratios": ratios(fanout),
+    }
+    write_document(args.json, document)
     return 0
 
 

@@ -1,37 +1,86 @@
 """Diagnostic patches of realtime for the fan-out bench: `--patch hub-batch`.
 
-Like tests/bench/ablations.py: each monkeypatches realtime inside the bench server process
-only (the runner passes the list in `BENCH_FANOUT_PATCH`), so the gain over an unpatched
-run shows what the patched piece costs. They change behaviour and lean on realtime's
-internals of the day (a renamed attribute makes the server fail at start, loudly):
-numbers to find where the time goes, never a configuration to ship. realtime/ itself is
-not modified.
+Each replaces a piece of realtime inside the bench server process only (the runner passes
+the list in `BENCH_FANOUT_PATCH`), so the gain over an unpatched run shows what the
+patched piece costs. There is no seam of `create_app` for the hub's internals, so they
+patch `realtime.bus.hub.Hub` by name, through `_patch`/`_require`: every name a patch
+replaces or leans on (methods, module constants, attributes set in `Hub.__init__`) is
+checked when the server starts, and one that is missing (renamed, moved) stops the
+server with an error naming it. A diagnostic is never silently switched off. (`gc-off`
+is a process setting.) They change behaviour: numbers to find where the time goes, never
+a configuration to ship. realtime/ itself is not modified.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
+import inspect
+import re
 from collections.abc import Callable
+from typing import Any
 
 ENV = "BENCH_FANOUT_PATCH"
+HUB = "realtime.bus.hub"
+
+
+class PatchTargetMissing(RuntimeError):
+    """What a diagnostic patches or uses is not in realtime (any more)."""
+
+
+def _require(module: str, owner: str | None = None, *names: str, init: tuple[str, ...] = ()) -> Any:
+    """`module` (or its `owner` class) with every one of `names`, and with `init`
+    assigned as `self.<name>` in the class's `__init__`; PatchTargetMissing otherwise."""
+    try:
+        found: Any = importlib.import_module(module)
+    except ImportError as error:
+        raise PatchTargetMissing(f"diagnostics: cannot import {module}: {error}") from None
+    where = module
+    if owner is not None:
+        if not hasattr(found, owner):
+            raise PatchTargetMissing(f"diagnostics: {module}.{owner} does not exist")
+        found, where = getattr(found, owner), f"{module}.{owner}"
+    missing = [name for name in names if not hasattr(found, name)]
+    if init:
+        source = inspect.getsource(found.__init__)
+        assigned = set(re.findall(r"self\.(\w+)\s*(?::[^=\n]*)?=", source))
+        missing += [f"self.{name} (in __init__)" for name in init if name not in assigned]
+    if missing:
+        raise PatchTargetMissing(
+            f"diagnostics: {where} has no {', '.join(missing)}; update "
+            "tests/bench/fanout/diagnostics.py to realtime's new names"
+        )
+    return found
+
+
+def _parameters(function: Any, *names: str) -> None:
+    """`function` takes parameters `names` (PatchTargetMissing otherwise)."""
+    known = inspect.signature(function).parameters
+    missing = [name for name in names if name not in known]
+    if missing:
+        raise PatchTargetMissing(
+            f"diagnostics: {function.__qualname__} takes no {', '.join(missing)} any more"
+        )
 
 
 def _hub_batch() -> None:
-    """`Hub._read_loop` delivers every event of one read, then yields once (not per event).
+    """`Hub._read_loop` delivers every event of one read, then yields once (the real loop
+    yields every `YIELD_EVERY` events).
 
     A subscriber's writer then wakes once per read and writes all its new frames in one
-    flush, instead of once per event. Drops the outage handling of the real loop.
+    flush. Drops the outage handling of the real loop.
     """
-    from realtime import hub
+    hub = _require(HUB, None, "BLOCK")
+    Hub = _require(HUB, "Hub", "_read_loop", "_deliver", init=("backend", "_positions"))
 
-    async def read_loop(self: hub.Hub) -> None:
+    async def read_loop(self: Any) -> None:
         while True:
             events = await self.backend.read(dict(self._positions), hub.BLOCK)
             for event in events:
                 await self._deliver(event)
             await asyncio.sleep(0)
 
-    hub.Hub._read_loop = read_loop  # type: ignore[method-assign]
+    Hub._read_loop = read_loop
 
 
 def _gc_off() -> None:
@@ -50,13 +99,13 @@ def _hub_lag() -> None:
     the cross-node tail comes from)."""
     import os
     import time
-    from typing import Any
 
     import orjson
 
-    from realtime import hub
-
-    deliver, publish = hub.Hub._deliver, hub.Hub.publish
+    _require("realtime.bus", "Event", "data")  # what `_deliver` is given
+    Hub = _require(HUB, "Hub", "_deliver", "publish")
+    _parameters(Hub.publish, "topic", "data")
+    deliver, publish = Hub._deliver, Hub.publish
     rows: dict[str, list[tuple[int, int, int]]] = {"publish": [], "deliver": []}
 
     def note(kind: str, t: Any, started: int) -> None:
@@ -67,19 +116,19 @@ def _hub_lag() -> None:
                     out.writelines(f"{t} {a} {b}\n" for t, a, b in rows[kind])
                 rows[kind].clear()
 
-    async def timed_deliver(self: hub.Hub, event: hub.Event) -> None:
+    async def timed_deliver(self: Any, event: Any) -> None:
         started = time.perf_counter_ns()
         await deliver(self, event)
         note("deliver", orjson.loads(event.data).get("t"), started)
 
-    async def timed_publish(self: hub.Hub, topic: str, data: Any, event: str = "message") -> Any:
+    async def timed_publish(self: Any, topic: str, data: Any, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter_ns()
-        offset = await publish(self, topic, data, event)
+        offset = await publish(self, topic, data, *args, **kwargs)
         note("publish", data.get("t") if isinstance(data, dict) else None, started)
         return offset
 
-    hub.Hub._deliver = timed_deliver  # type: ignore[method-assign]
-    hub.Hub.publish = timed_publish  # type: ignore[method-assign]
+    Hub._deliver = timed_deliver
+    Hub.publish = timed_publish
 
     import gc
 

@@ -30,9 +30,9 @@ from typing import Any
 import orjson
 from picows import ws_connect
 
+from tests.bench.common.figures import percentile
+from tests.bench.common.probes import Probe, SelfCPU
 from tests.bench.fanout.clients import PUBLISHER, SUBSCRIBER, Dialect, Peer
-from tests.bench.loadgen import Probe
-from tests.bench.report import SelfCPU, percentile
 
 CONNECT_BATCH = 100
 

@@ -27,9 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -41,14 +39,24 @@ from typing import Any
 
 import orjson
 
-from realtime.auth.dev import DevIssuer
-from tests.bench.app import ROOT
-from tests.bench.loadgen import LoadOptions, Probe, Workload, client_kind, run_request_reply
+from tests.bench.common import ROOT
+from tests.bench.common import machine as machine_probe
+from tests.bench.common.probes import Probe, cpu_probes
+from tests.bench.common.pyspy import PySpy
+from tests.bench.common.runner import (
+    alternate,
+    dev_tokens,
+    event_loop,
+    pick,
+    pin_self,
+    pinning,
+    write_json,
+)
+from tests.bench.loadgen import LoadOptions, Workload, client_kind, run_request_reply
 from tests.bench.projects import database, http_load, results
 from tests.bench.projects.probes import PostgresCPU
-from tests.bench.projects.profiling import PySpy, profile_summary
+from tests.bench.projects.profiling import profile_summary
 from tests.bench.projects.results import POSTGRES_CPU, SERVER_CPU, Row
-from tests.bench.report import CoreBusy, ProcessCPU
 from tests.bench.server import bench_server
 
 PKG_ID = 11  # projects.list
@@ -153,13 +161,13 @@ class Bench:
 
     def probes(self, scenario: str) -> dict[str, Probe]:
         pid, _ = self.server_of(scenario)
-        probes: dict[str, Probe] = {
-            SERVER_CPU: ProcessCPU(pid),
+        probes = cpu_probes({SERVER_CPU: pid}, self.pinned)
+        # after the server's CPU, before the cores: the columns' order of the tables
+        return {
+            SERVER_CPU: probes.pop(SERVER_CPU),
             POSTGRES_CPU: PostgresCPU(self.database, pin=self.pin_postgres),
+            **probes,
         }
-        if self.pinned:
-            probes |= {"core 0 busy": CoreBusy(0), "core 1 busy": CoreBusy(1)}
-        return probes
 
     async def run(self, scenario: str, round_: int, extra: dict[str, Probe] | None = None) -> Row:
         probes = {**self.probes(scenario), **(extra or {})}
@@ -228,70 +236,43 @@ def check_parity(bench: Bench) -> None:
             raise SystemExit(f"unexpected page {page}: {len(items)} items, meta {meta}")
 
 
-async def _bench(bench: Bench) -> list[Row]:
+def _bench(bench: Bench, names: list[str]) -> list[Row]:
+    """The rounds (socket, rest, fastapi, socket, ...) on one event loop, then with
+    `--profile` one more run of each scenario with py-spy on its server."""
     args = bench.args
-    names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
-    unknown = [n for n in names if n not in SCENARIOS]
-    if unknown:
-        raise SystemExit(f"unknown scenarios: {unknown}; known: {', '.join(SCENARIOS)}")
-    rows: list[Row] = []
-    header = results.runs_table([], list(bench.probes("rest"))).splitlines()[0]
-    print(header, flush=True)
-    for round_ in range(1, args.rounds + 1):
-        for name in names:
-            row = await bench.run(name, round_)
-            rows.append(row)
-            print(results.runs_table([row]).splitlines()[-1], flush=True)
-            await asyncio.sleep(0.5)  # let the server close the last run's connections
-    if args.profile:
-        args.profile.mkdir(parents=True, exist_ok=True)
-        for name in names:
-            output = args.profile / f"{name}.collapsed.txt"
-            spy = PySpy(bench.server_of(name)[0], args.duration, output)
-            row = await bench.run(name, 0, {"py-spy": spy})
-            row.scenario += " (py-spy)"
-            print(results.runs_table([row]), flush=True)
-            with contextlib.suppress(OSError):
-                summary = profile_summary(output)
-                (args.profile / f"{name}.summary.txt").write_text(summary + "\n")
-                print(f"py-spy {name}: {output}\n" + "\n".join(summary.splitlines()[:24]))
+    with event_loop() as loop:
+        rows = alternate(
+            args.rounds,
+            names,
+            lambda name, round_: loop.run(bench.run(name, round_)),
+            results.runs_table,
+            # let the server close the last run's connections
+            after=lambda: loop.run(asyncio.sleep(0.5)),
+        )
+        if args.profile:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            for name in names:
+                output = args.profile / f"{name}.collapsed.txt"
+                spy = PySpy(bench.server_of(name)[0], args.duration, output)
+                row = loop.run(bench.run(name, 0, {"py-spy": spy}))
+                row.scenario += " (py-spy)"
+                print(results.runs_table([row]), flush=True)
+                with contextlib.suppress(OSError):
+                    summary = profile_summary(output)
+                    (args.profile / f"{name}.summary.txt").write_text(summary + "\n")
+                    print(f"py-spy {name}: {output}\n" + "\n".join(summary.splitlines()[:24]))
     return rows
 
 
-def _machine() -> dict[str, Any]:
-    model = ""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
-        model = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if "model name" in ln), "")
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--", "realtime", "handlers", "schema"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    ).stdout.splitlines()
-    changed = [line[3:] for line in dirty if line.strip()]
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": model,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "git": commit + (f" + uncommitted changes to {', '.join(changed)}" if changed else ""),
-    }
+VERSIONS = (
+    *("uvicorn", "uvloop", "httptools", "starlette", "fastapi", "sqlmodel"),
+    *("sqlalchemy", "databases", "asyncpg", "pydantic", "joserfc", "picows"),
+)
 
 
-def _versions() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    names = ["uvicorn", "uvloop", "httptools", "starlette", "fastapi", "sqlmodel"]
-    names += ["sqlalchemy", "databases", "asyncpg", "pydantic", "joserfc", "picows"]
-    found = []
-    for name in names:
-        with contextlib.suppress(PackageNotFoundError):
-            found.append(f"{name} {version(name)}")
+def _wrk_version() -> str:
     wrk = subprocess.run([http_load.wrk_path(), "-v"], capture_output=True, text=True)
-    return ", ".join([*found, (wrk.stdout or wrk.stderr).split(" [")[0].strip()])
+    return (wrk.stdout or wrk.stderr).split(" [")[0].strip()
 
 
 def _server_env(args: argparse.Namespace, key_file: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -318,17 +299,23 @@ def _server_env(args: argparse.Namespace, key_file: str) -> tuple[dict[str, str]
 
 
 def main() -> int:
-    args = _parser().parse_args()
+    parser = _parser()
+    args = parser.parse_args()
+    try:
+        names = pick(args.scenarios, SCENARIOS)
+    except ValueError as error:
+        parser.error(str(error))
     http_load.wrk_path()
-    machine = _machine()
+    machine = machine_probe.probe()
+    machine["versions"]["wrk"] = _wrk_version()
     seeded = asyncio.run(database.prepare(args.database_url))
     print(f"migrated and seeded {args.database_url}: {seeded}", flush=True)
-    pin = not args.no_pin and (os.cpu_count() or 1) >= 2
+    pin = pinning(args.no_pin)
     args.no_pin = not pin
     with tempfile.TemporaryDirectory(prefix="realtime-bench-projects-") as tmp:
         key_file = str(Path(tmp) / "dev-key.json")
-        issuer = DevIssuer.load_or_create(key_file, audience="realtime", client_id="realtime")
-        token = issuer.mint("bench-user", ["user"], tenant=database.TENANT, ttl=24 * 3600)
+        users = {"bench-user": ["user"]}
+        token = dev_tokens(key_file, users, tenant=database.TENANT)["bench-user"]
         realtime_env, fastapi_env = _server_env(args, key_file)
         cpu = 0 if pin else None
         realtime_factory = ABLATED_FACTORY if args.ablate_sql else REALTIME_FACTORY
@@ -337,7 +324,7 @@ def main() -> int:
             bench_server(fastapi_env, cpu=cpu, factory=FASTAPI_FACTORY) as fastapi_server,
         ):
             if pin:
-                os.sched_setaffinity(0, {1})
+                pin_self(1)
             servers = {"realtime": realtime_server, "fastapi": fastapi_server}
             bench = Bench(args, token, seeded.live, servers)
             check_parity(bench)
@@ -349,13 +336,13 @@ def main() -> int:
                 f"{args.http_connections} connections; {args.warmup:g} s warm-up + "
                 f"{args.duration:g} s measured, {args.rounds} rounds, pages 1-{args.pages} "
                 f"of {PER_PAGE}, pool {args.pool_size}, postgres backends "
-                f"{'on CPU 1' if bench.pin_postgres is not None else 'not pinned'}; python {machine['python']}, nproc "
-                f"{machine['nproc']}; code {machine['git']}\n{_versions()}"
+                f"{'on CPU 1' if bench.pin_postgres is not None else 'not pinned'}; "
+                f"{machine_probe.describe(machine, (*VERSIONS, 'wrk'))}"
                 + ("\nDIAGNOSTIC: realtime runs with --ablate-sql" if args.ablate_sql else ""),
                 flush=True,
             )
             started = time.monotonic()
-            rows = asyncio.Runner(loop_factory=_loop_factory()).run(_bench(bench))
+            rows = _bench(bench, names)
             elapsed = time.monotonic() - started
 
     print("\nall runs:")
@@ -371,23 +358,14 @@ def main() -> int:
         "the database's backends; CPU shares are of one core over the measured window."
     )
     print(f"total {elapsed:.0f} s")
-    if args.json:
-        document = {
-            "runs": [row.summary() for row in rows],
-            "ratios": ratios,
-            "machine": machine,
-            "args": vars(args),
-        }
-        args.json.write_text(json.dumps(document, indent=2, default=str))
+    document = {
+        "runs": [row.summary() for row in rows],
+        "ratios": ratios,
+        "machine": machine,
+        "args": vars(args),
+    }
+    write_json(args.json, document)
     return 0
-
-
-def _loop_factory() -> Any:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop
-    return uvloop.new_event_loop
 
 
 if __name__ == "__main__":

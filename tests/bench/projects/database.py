@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from tests.bench.app import ROOT
+from tests.bench.common import ROOT
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/realtime_bench"
 TENANT = "bench"

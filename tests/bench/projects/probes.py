@@ -18,17 +18,7 @@ import contextlib
 import os
 import time
 
-from tests.bench.report import CLOCK_TICKS
-
-
-def _cpu_of(pid: str) -> float | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+from tests.bench.common.probes import cpu_seconds
 
 
 def backends(database: str) -> dict[str, float]:
@@ -44,9 +34,8 @@ def backends(database: str) -> dict[str, float]:
         except OSError:
             continue
         if title.startswith(b"postgres: ") and needle in title:
-            cpu = _cpu_of(pid)
-            if cpu is not None:
-                found[pid] = cpu
+            with contextlib.suppress(OSError):  # gone since it was listed
+                found[pid] = cpu_seconds(pid)
     return found
 
 
@@ -57,7 +46,7 @@ def pin_backends(pids: list[str], cpu: int) -> None:
 
 
 class PostgresCPU:
-    """Share of one core used by the database's backends (a `loadgen.Probe`)."""
+    """Share of one core used by the database's backends (a `common.probes.Probe`)."""
 
     def __init__(self, database: str, pin: int | None = None) -> None:
         self.database = database

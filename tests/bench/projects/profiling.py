@@ -1,37 +1,10 @@
-"""py-spy over a measurement window, and a plain-text summary of what it recorded."""
+"""A plain-text summary of what py-spy recorded (tests.bench.common.pyspy.PySpy writes
+the collapsed stacks): shares of the samples per function, self and inclusive."""
 
 from __future__ import annotations
 
 import collections
-import shutil
-import subprocess
-import sys
 from pathlib import Path
-
-
-class PySpy:
-    """A probe that records the server with py-spy over the measurement window."""
-
-    def __init__(self, pid: int, duration: float, output: Path) -> None:
-        spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-        self.command = [
-            *(spy, "record", "--pid", str(pid), "--duration", str(max(1, round(duration)))),
-            *("--rate", "200", "--format", "raw", "--output", str(output)),
-        ]
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-
-    def stop(self) -> float:
-        if self.process is not None:
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        return float("nan")
 
 
 def profile_summary(collapsed: Path, top: int = 40) -> str:

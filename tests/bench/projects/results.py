@@ -1,12 +1,15 @@
-"""One row per run (socket runs from `loadgen`, HTTP runs from wrk), tables and ratios."""
+"""One row per run (socket runs from `loadgen`, HTTP runs from wrk), their tables, the
+ratios against the baseline and the ceilings (statistics and layout:
+tests.bench.common.figures)."""
 
 from __future__ import annotations
 
-import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tests.bench.common import figures
+from tests.bench.common.figures import Column, group, maximum, median, pct, probe_column, two
 from tests.bench.projects.http_load import WrkResult
 from tests.bench.report import RunResult
 
@@ -88,137 +91,53 @@ class Row:
         )
 
 
-def _pct(value: float) -> str:
-    return "-" if value != value else f"{100 * value:.0f}%"
-
-
-def _num(value: float, digits: int = 0) -> str:
-    return "-" if value != value else f"{value:,.{digits}f}"
-
-
-def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    """A Markdown table, right-aligned."""
-    rows = [list(header), *[list(row) for row in rows]]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = [
-        "| " + " | ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) + " |"
-        for row in rows
+def columns(probes: Sequence[str]) -> list[Column[Row]]:
+    """The tables' columns after the scenario and its round(s)."""
+    return [
+        Column("in flight", lambda r: r.in_flight, str, lambda values: values[0]),
+        Column("req/s", lambda r: r.rps),
+        Column("p50 ms", lambda r: r.p50_ms, two),
+        Column("p90 ms", lambda r: r.p90_ms, two),
+        Column("p99 ms", lambda r: r.p99_ms, two),
+        Column("max ms", lambda r: r.max_ms, two, maximum),
+        Column("errors", lambda r: r.errors, str, sum),
+        Column("server us/req", lambda r: r.us_per_request(SERVER_CPU)),
+        Column("postgres us/req", lambda r: r.us_per_request(POSTGRES_CPU)),
+        Column("client CPU", lambda r: r.client_cpu, pct),
+        *map(probe_column, probes),
     ]
-    lines.insert(1, "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|")
-    return "\n".join(lines)
 
 
-HEADER = (
-    "req/s",
-    "p50 ms",
-    "p90 ms",
-    "p99 ms",
-    "max ms",
-    "errors",
-    "server us/req",
-    "postgres us/req",
-    "client CPU",
-)
-
-
-def _probe_names(rows: Sequence[Row]) -> list[str]:
-    return list(rows[0].probes) if rows else []
-
-
-def runs_table(rows: Sequence[Row], probes: Sequence[str] | None = None) -> str:
-    names = _probe_names(rows) if probes is None else list(probes)
-    body = [
-        [
-            r.scenario,
-            str(r.round),
-            r.in_flight,
-            _num(r.rps),
-            _num(r.p50_ms, 2),
-            _num(r.p90_ms, 2),
-            _num(r.p99_ms, 2),
-            _num(r.max_ms, 2),
-            str(r.errors),
-            _num(r.us_per_request(SERVER_CPU), 0),
-            _num(r.us_per_request(POSTGRES_CPU), 0),
-            _pct(r.client_cpu),
-            *(_pct(r.probes.get(n, float("nan"))) for n in names),
-        ]
-        for r in rows
-    ]
-    return table(("scenario", "round", "in flight", *HEADER, *names), body)
-
-
-def by_scenario(rows: Sequence[Row]) -> dict[str, list[Row]]:
-    grouped: dict[str, list[Row]] = {}
-    for row in rows:
-        grouped.setdefault(row.scenario, []).append(row)
-    return grouped
+def runs_table(rows: Sequence[Row]) -> str:
+    names = figures.probe_names(rows)
+    return figures.runs_table(rows, "scenario", lambda r: r.scenario, columns(names))
 
 
 def summary_table(rows: Sequence[Row]) -> str:
     """Per scenario, the median over rounds of every figure (max: the largest)."""
-    names = _probe_names(rows)
-    body = []
-    for scenario, runs in by_scenario(rows).items():
-
-        def med(values: Iterable[float]) -> float:
-            return statistics.median(values)
-
-        body.append(
-            [
-                scenario,
-                str(len(runs)),
-                runs[0].in_flight,
-                _num(med(r.rps for r in runs)),
-                _num(med(r.p50_ms for r in runs), 2),
-                _num(med(r.p90_ms for r in runs), 2),
-                _num(med(r.p99_ms for r in runs), 2),
-                _num(max(r.max_ms for r in runs), 2),
-                str(sum(r.errors for r in runs)),
-                _num(med(r.us_per_request(SERVER_CPU) for r in runs), 0),
-                _num(med(r.us_per_request(POSTGRES_CPU) for r in runs), 0),
-                _pct(med(r.client_cpu for r in runs)),
-                *(_pct(med(r.probes.get(n, float("nan")) for r in runs)) for n in names),
-            ]
-        )
-    return table(("scenario", "rounds", "in flight", *HEADER, *names), body)
-
-
-def _safe(top: float, bottom: float) -> float:
-    return top / bottom if bottom and bottom == bottom else float("nan")
+    names = figures.probe_names(rows)
+    return figures.medians_table(rows, "scenario", lambda r: r.scenario, columns(names))
 
 
 def ratio(rows: Sequence[Row], numerator: str, denominator: str) -> dict[str, Any]:
     """Requests/s of `numerator` over `denominator` (medians, and round by round), and the
-    inverse ratio of server CPU per request (what the first would be were the server's
-    CPU the only limit)."""
-    grouped = by_scenario(rows)
-    top, bottom = grouped.get(numerator, []), grouped.get(denominator, [])
-    if not top or not bottom:
-        return {}
-    pairs = [(b, t) for b in bottom for t in top if b.round == t.round]
-    return {
-        "numerator": numerator,
-        "denominator": denominator,
-        "ratio": _safe(
-            statistics.median(r.rps for r in top), statistics.median(r.rps for r in bottom)
-        ),
-        "per_round": [_safe(t.rps, b.rps) for b, t in pairs],
-        "cpu_ratio": _safe(
-            statistics.median(r.us_per_request(SERVER_CPU) for r in bottom),
-            statistics.median(r.us_per_request(SERVER_CPU) for r in top),
-        ),
-        "p99_ratio": _safe(
-            statistics.median(r.p99_ms for r in bottom), statistics.median(r.p99_ms for r in top)
-        ),
-    }
+    inverse ratios of server CPU per request (what the first would be were the server's
+    CPU the only limit) and of the p99."""
+    return figures.ratio(
+        rows,
+        numerator,
+        denominator,
+        name=lambda row: row.scenario,
+        higher=lambda row: row.rps,
+        lower={"cpu": lambda row: row.us_per_request(SERVER_CPU), "p99": lambda row: row.p99_ms},
+    )
 
 
 def ratio_line(info: dict[str, Any], target: float) -> str:
     if not info:
         return "ratio: not available (a scenario is missing)"
     verdict = "meets" if info["ratio"] >= target else "BELOW"
-    rounds = ", ".join(f"{v:.2f}" for v in info["per_round"])
+    rounds = ", ".join(f"{v:.2f}" for _, v in sorted(info["per_round"].items()))
     return (
         f"{info['numerator']} / {info['denominator']}: requests/s x{info['ratio']:.2f} "
         f"(per round {rounds}; target >= {target:g}: {verdict}); "
@@ -235,9 +154,9 @@ def ceilings(rows: Sequence[Row]) -> str:
     """Per scenario, the requests/s one whole core would allow the server (1e6 / server
     us/req) and the database's backends (1e6 / postgres us/req): the two ceilings."""
     lines = []
-    for scenario, runs in by_scenario(rows).items():
-        server = statistics.median(r.us_per_request(SERVER_CPU) for r in runs)
-        database = statistics.median(r.us_per_request(POSTGRES_CPU) for r in runs)
+    for scenario, runs in group(rows, lambda row: row.scenario).items():
+        server = median(r.us_per_request(SERVER_CPU) for r in runs)
+        database = median(r.us_per_request(POSTGRES_CPU) for r in runs)
         lines.append(
             f"{scenario}: one core of its own would let the server answer "
             f"~{_per_core(server):,.0f} req/s, the database ~{_per_core(database):,.0f} req/s"

@@ -10,7 +10,6 @@ database layer costs the server's CPU for one `projects.list` page. Diagnostic o
 from __future__ import annotations
 
 import argparse
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,6 +20,7 @@ from databases.backends.common.records import create_column_maps
 
 from handlers import projects_sql as sql
 from schema.tables import projects as t
+from tests.bench.common.runner import run
 from tests.bench.projects import database
 from tests.bench.projects.ablation import COUNT, PAGE
 from tests.bench.projects.database import DEFAULT_URL, PER_PAGE
@@ -111,12 +111,7 @@ def main() -> None:
     parser.add_argument("--database-url", default=DEFAULT_URL)
     parser.add_argument("--calls", type=int, default=1500)
     args = parser.parse_args()
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(measure(args.database_url, args.calls))
-    else:
-        uvloop.run(measure(args.database_url, args.calls))
+    run(measure(args.database_url, args.calls))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,166 @@
+"""What is measured over a run's window: each probe is started when the window opens and
+stopped when it closes; `stop()` gives its figure (a share of one core for the CPU ones).
+
+- `ProcessCPU`: another process's CPU time, from /proc/<pid>/stat;
+- `SelfCPU`: this process's (the load generator's), from `time.process_time`;
+- `CoreBusy`: one core's busy share from /proc/stat (softirq time included);
+- `OthersPeak`: the worst burst of the programs that are not the bench's own.
+
+`tests.bench.common.pyspy.PySpy` and `tests.bench.projects.probes.PostgresCPU` are probes
+too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class Probe(Protocol):
+    """Something measured over the window, e.g. the server's CPU (`ProcessCPU`)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> float: ...
+
+
+def cpu_seconds(pid: int | str) -> float:
+    """CPU seconds (user + system) used so far by process `pid` (OSError once it is gone)."""
+    with open(f"/proc/{pid}/stat", "rb") as handle:
+        stat = handle.read()
+    # the command name (field 2) may hold spaces: split after its closing parenthesis
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / CLOCK_TICKS
+
+
+class ProcessCPU:
+    """CPU seconds (user + system) of another process over a window, from /proc."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._started: tuple[float, float] | None = None
+
+    def read(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def start(self) -> None:
+        self._started = (self.read(), time.perf_counter())
+
+    def stop(self) -> float:
+        """Share of one core used since `start()` (1.0 = one core busy all the time)."""
+        assert self._started is not None
+        cpu, wall = self._started
+        return (self.read() - cpu) / max(time.perf_counter() - wall, 1e-9)
+
+
+class SelfCPU(ProcessCPU):
+    """The same for this process (the load generator), with `time.process_time`."""
+
+    def __init__(self) -> None:
+        super().__init__(os.getpid())
+
+    def read(self) -> float:
+        return time.process_time()
+
+
+class CoreBusy:
+    """Busy share of one CPU core (everything but idle and iowait), from /proc/stat.
+
+    Unlike a process's own CPU time this includes the softirq time spent there on the
+    loopback TCP traffic, so it shows whether the core is saturated.
+    """
+
+    def __init__(self, cpu: int) -> None:
+        self.cpu = cpu
+        self._started: tuple[int, int] | None = None
+
+    def read(self) -> tuple[int, int]:
+        prefix = f"cpu{self.cpu} "
+        with open("/proc/stat") as stat:
+            line = next(line for line in stat if line.startswith(prefix))
+        ticks = [int(v) for v in line.split()[1:]]
+        idle = ticks[3] + ticks[4]
+        total = sum(ticks[:8])  # guest time is already counted in user
+        return total - idle, total
+
+    def start(self) -> None:
+        self._started = self.read()
+
+    def stop(self) -> float:
+        assert self._started is not None
+        busy, total = self.read()
+        busy0, total0 = self._started
+        return (busy - busy0) / max(total - total0, 1)
+
+
+class OthersPeak:
+    """CPU used by processes other than the bench's own (its servers, this client, Redis)
+    in the worst `span` seconds of the window, as a share of one core: a burst of some
+    other program on the machine (on this VM the RabbitMQ tooling starts an Erlang VM about
+    once a minute, ~110-145 ms of CPU in 150 ms) shows here. Sampled every 50 ms by a
+    thread: all cores' user+system ticks from /proc/stat minus those of the known
+    processes (so processes that start and end within the window count too)."""
+
+    def __init__(self, pids: Sequence[int], span: float = 0.25) -> None:
+        self.pids = [*pids, os.getpid(), *pids_named(b"redis-server")]
+        self.span = span
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._samples: list[tuple[float, float]] = []  # (time, other CPU seconds so far)
+
+    def _others(self) -> float:
+        with open("/proc/stat") as stat:
+            ticks = [int(v) for v in stat.readline().split()[1:]]
+        total = ticks[0] + ticks[1] + ticks[2]  # user, nice, system of all cores
+        own = 0.0
+        for pid in self.pids:
+            with contextlib.suppress(OSError):
+                own += cpu_seconds(pid)
+        return total / CLOCK_TICKS - own
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            self._samples.append((time.perf_counter(), self._others()))
+
+    def start(self) -> None:
+        self._samples = [(time.perf_counter(), self._others())]
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> float:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join()
+        worst, first = 0.0, 0
+        for last, (now, cpu) in enumerate(self._samples):
+            while now - self._samples[first][0] > self.span and first < last:
+                first += 1
+            if now > self._samples[first][0]:
+                worst = max(worst, (cpu - self._samples[first][1]) / self.span)
+        return worst
+
+
+def pids_named(name: bytes) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/comm", "rb") as comm:
+                if comm.read().strip() == name:
+                    found.append(int(entry))
+    return found
+
+
+def cpu_probes(pids: dict[str, int], pinned: bool) -> dict[str, Probe]:
+    """A `ProcessCPU` per named process, and with pinning the two cores' busy shares
+    (`core 0 busy`, `core 1 busy`: whole cores, softirq of the loopback TCP included)."""
+    probes: dict[str, Probe] = {name: ProcessCPU(pid) for name, pid in pids.items()}
+    if pinned:
+        probes |= {"core 0 busy": CoreBusy(0), "core 1 busy": CoreBusy(1)}
+    return probes
