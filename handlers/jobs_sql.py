@@ -1,5 +1,7 @@
-"""All SQL of jobs. State changes are conditional single statements, so exactly one
-writer moves a job to a final state (and announces it)."""
+"""All SQL of jobs: this module is the application's `realtime.jobs.store.JobStore`
+(handlers.jobs hands it to the framework's `StepJobs`), plus the listing. State changes
+are conditional single statements, so exactly one writer moves a job to a final state
+(and announces it)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import orjson
 import sqlalchemy as sa
 from databases import Database
 
-from realtime.db import Prepared, now, utc
+from realtime import Prepared, now, utc
 from schema.tables import jobs as t
 
 LIVE = ("PENDING", "STARTED")
