@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from handlers import authors_sql as sql
-from realtime.packages import Context, Package, Page, Rest
-from realtime.types import JSONObject
+from realtime import Context, JSONObject, Package, Page, Rest
 from schema import projects as s
 
 

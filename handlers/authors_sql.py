@@ -7,7 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 from databases import Database
 
-from realtime.db import contains, now, utc
+from realtime import contains, now, utc
 from schema.tables import authors as t
 
 COLUMNS = (t.c.id, t.c.name, t.c.created_at)

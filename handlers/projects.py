@@ -6,10 +6,8 @@ import logging
 from typing import Any
 
 from handlers import projects_sql as sql
-from realtime.db import translate
+from realtime import Context, JSONObject, Package, Page, Rest, translate
 from realtime.exceptions import Conflict, NotFound, OutcomeUnknown, Unavailable
-from realtime.packages import Context, Package, Page, Rest
-from realtime.types import JSONObject
 from schema import projects as s
 
 NOT_FOUND = "project not found"

@@ -7,7 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 from databases import Database
 
-from realtime.db import Prepared, contains, now, utc
+from realtime import Prepared, contains, now, utc
 from schema.tables import project_counts as c
 from schema.tables import projects as t
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from realtime.packages import Context, Package, Rest
-from realtime.types import JSONObject
+from realtime import Context, JSONObject, Package, Rest
 from schema.system import ECHO, ME_RESPONSE, NO_DATA
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from realtime.packages import Context, Package
-from realtime.types import JSONObject
+from realtime import Context, JSONObject, Package
 from schema import topics as s
 
 

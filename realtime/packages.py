@@ -67,7 +67,7 @@ class Context:
     req_id: str | None = None
     session: Session | None = None
     # what this request subscribed to, made live right after its answer is queued
-    _live: list[tuple[str | None, Callable[[], None]]] | None = None
+    _live: list[tuple[str, Callable[[], None]]] | None = None
 
     def granted(self, grant: str) -> bool:
         """Whether the caller holds a named grant of permissions.toml ([grants])."""
@@ -94,14 +94,10 @@ class Context:
         """Stop this request's socket receiving `topic`; False if it was not subscribed."""
         return self._framework().hub.unsubscribe(self.socket(), topic)
 
-    def on_answered(self, callback: Callable[[], None]) -> None:
-        """Run `callback` right after this request's answer is queued on the socket."""
-        self._later(None, callback)
-
-    def _later(self, topic: str | None, callback: Callable[[], None]) -> None:
+    def _later(self, topic: str, go_live: Callable[[], None]) -> None:
         if self._live is None:
             self._live = []
-        self._live.append((topic, callback))
+        self._live.append((topic, go_live))
 
     def answered(self) -> None:
         """The answer is queued: deliver what the request subscribed to (the dispatcher
@@ -115,7 +111,7 @@ class Context:
         dispatcher calls it)."""
         live, self._live = self._live, None
         for topic, _ in live or ():
-            if topic is not None and self.session is not None:
+            if self.session is not None:
                 self._framework().hub.unsubscribe(self.session, topic)
 
     def _framework(self) -> Framework:

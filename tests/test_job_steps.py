@@ -30,7 +30,6 @@ from realtime.bus.memory import MemoryBackend
 from realtime.db import open_database
 from realtime.exceptions import Unavailable
 from realtime.jobs import TaskServices
-from realtime.jobs.stream import event_of
 from realtime.migrate import upgrade
 from realtime.settings import Settings
 from tests.helpers import auth_header, call, close_of
@@ -214,7 +213,7 @@ async def test_hand_back_bug_is_logged_with_its_traceback(
     assert f"job {job_id}: handing it back failed" in record.getMessage()
 
 
-# -- the compatibility stream cuts the hub's frames, it does not parse them ------------
+# -- the hub's frames carry their event: the compatibility stream parses nothing ------
 
 
 @pytest.mark.parametrize(
@@ -226,18 +225,16 @@ async def test_hand_back_bug_is_logged_with_its_traceback(
         ("job:x", None),
     ],
 )
-def test_event_of_cuts_exactly_what_message_frame_wrote(topic: str, data: Any) -> None:
+def test_event_frames_carry_the_event_they_were_made_from(topic: str, data: Any) -> None:
+    """The compatibility stream writes the event's data itself, taken from the frame."""
     raw = orjson.dumps(data)
     for name in (b"job.progress", b"job.done", b"message"):
-        frame = message_frame(topic, "e1f2", Event(topic, 7, raw, name))
-        assert event_of(frame) == (name, raw)
-        assert orjson.loads(frame)["data"] == data  # and the frame is the JSON it cut
-
-
-def test_event_of_other_frames() -> None:
-    recovered = orjson.dumps(
-        {"event": "subscription.recovered", "topic": "job:x", "data": {"recovered": True}}
-    )
-    assert event_of(recovered) == (b"subscription.recovered", b'{"recovered":true}')
-    assert event_of(b'{"pkg_id":1,"req_id":"r","status_code":0,"data":{}}') is None
-    assert event_of(b"not json") is None
+        event = Event(topic, 7, raw, name)
+        frame = message_frame(topic, "e1f2", event)
+        assert frame.event is event
+        assert orjson.loads(bytes(frame)) == {
+            "event": name.decode(),
+            "topic": topic,
+            "offset": "e1f2:7",
+            "data": data,
+        }

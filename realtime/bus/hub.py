@@ -58,15 +58,22 @@ class _Subscription:
     pending: list[Event] | None = field(default_factory=list)
 
 
-def message_frame(topic: str, epoch: str, event: Event) -> bytes:
+class EventFrame(bytes):
+    """A message frame (built once per event and node) that also carries the event it
+    was made from, for a subscriber that does not forward the frame as it is (the jobs'
+    compatibility stream writes the event's data alone): nobody parses a frame back."""
+
+    event: Event
+
+
+def message_frame(topic: str, epoch: str, event: Event) -> EventFrame:
     topic_json = orjson.dumps(topic)
-    return b'{"event":"%s","topic":%s,"offset":"%s:%d","data":%s}' % (
-        event.name,
-        topic_json,
-        epoch.encode(),
-        event.seq,
-        event.data,
+    frame = EventFrame(
+        b'{"event":"%s","topic":%s,"offset":"%s:%d","data":%s}'
+        % (event.name, topic_json, epoch.encode(), event.seq, event.data)
     )
+    frame.event = event
+    return frame
 
 
 class Hub:

@@ -4,7 +4,7 @@ object (history first), then closes with 1000 at `job.done`. A job the caller ma
 see is closed 1008 `job not found`, exactly as one that does not exist.
 
 The plain objects are the bytes the run published, not re-encoded: the socket writes
-`Event.data` itself (see `_PlainProgress`).
+the `Event.data` its frame carries (see `_PlainProgress`).
 """
 
 from __future__ import annotations
@@ -15,32 +15,13 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
 from realtime.auth.principal import Principal
-from realtime.bus import Offset
+from realtime.bus import Event, Offset
 from realtime.exceptions import NormalClosure, PolicyViolation
 from realtime.jobs.steps import DONE, PROGRESS, StepJobs, job_topic
 from realtime.socket.connection import Connection
 
 PATH = "/ws/jobs/{job_id}"
 _PROGRESS, _DONE = PROGRESS.encode(), DONE.encode()
-
-# The hub hands a subscriber whole message frames (realtime.bus.hub.message_frame):
-# `{"event":"<name>","topic":<json>,"offset":"<epoch>:<seq>","data":<event data>}`. Until
-# it can hand over the event itself, the name and the data are cut out of that template
-# (tests/test_job_steps.py pins the cut to message_frame): no JSON is parsed or re-made.
-_HEAD = b'{"event":"'
-_DATA_MARK = b',"data":'  # outside strings only: inside one, every quote is escaped
-
-
-def event_of(frame: bytes) -> tuple[bytes, bytes] | None:
-    """(event name, event data) of a hub event frame (the hub's `subscription.recovered`
-    notices too, which this stream does not forward); None for a frame of another shape."""
-    if not frame.startswith(_HEAD):
-        return None
-    name_end = frame.find(b'"', len(_HEAD))
-    data_at = frame.find(_DATA_MARK, name_end)
-    if name_end < 0 or data_at < 0:
-        return None
-    return frame[len(_HEAD) : name_end], frame[data_at + len(_DATA_MARK) : -1]
 
 
 class _PlainProgress:
@@ -52,9 +33,11 @@ class _PlainProgress:
         self.principal: Principal | None = connection.principal
 
     def enqueue(self, message: bytes, direct: bool = True, replay: bool = False) -> None:
-        event = event_of(message)
+        # the hub's event frames carry their event (realtime.bus.hub.EventFrame); its
+        # other frames (subscription.recovered) mean nothing here
+        event: Event | None = getattr(message, "event", None)
         if event is not None:
-            self.on_event(*event, replay=replay)
+            self.on_event(event.name, event.data, replay=replay)
 
     def on_event(self, name: bytes, data: bytes, replay: bool) -> None:
         if name == _PROGRESS:
