@@ -218,7 +218,7 @@ def translate(error: BaseException) -> RequestError | None:
     InvalidData, an outage Unavailable); its status and HTTP status are the table's
     (realtime.exceptions.WIRE)."""
     if isinstance(error, OutcomeUnknown):
-        # for a job's run (handlers.jobs), an unknown outcome is an outage like any other:
+        # for a job's run (realtime.jobs.steps), an unknown outcome is an outage like any other:
         # the run is retried under its lease; a client is answered OutcomeUnknown itself
         return Unavailable(RETRY_AFTER, "the database timed out")
     if isinstance(error, asyncpg.UniqueViolationError):

@@ -118,18 +118,23 @@ def test_redis_url_of_an_unknown_scheme_stops_start_up() -> None:
     assert str(error.value) == f"REDIS_URL: unknown URL scheme 'http://' for the bus: {KNOWN}"
 
 
-def test_the_memory_bus_leaves_the_redis_backend_unimported() -> None:
+def test_the_embedded_default_never_loads_redis() -> None:
+    """The app, its CLI, the memory bus and the in-process broker: no redis module."""
     script = (
         "import sys\n"
+        "import realtime.app, realtime.cli\n"
         "from realtime.bus import from_url\n"
+        "from realtime.jobs import broker_from_url\n"
         "from realtime.settings import Settings\n"
         "from_url('memory://', Settings())\n"
-        "print('realtime.bus.redis' in sys.modules)\n"
+        "broker_from_url('memory://', Settings())\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('redis', 'taskiq_redis')"
+        " or m == 'realtime.bus.redis'))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
     )
-    assert done.stdout.strip() == "False"
+    assert done.stdout.strip() == "[]"
 
 
 def test_broker_urls(settings: Settings) -> None:

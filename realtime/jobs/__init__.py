@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from databases import Database
-from redis.exceptions import RedisError
 from taskiq import AsyncBroker, InMemoryBroker, SimpleRetryMiddleware, TaskiqDepends, TaskiqState
 from taskiq.decor import AsyncTaskiqDecoratedTask
 from taskiq.exceptions import SendTaskError
@@ -106,10 +105,12 @@ class Jobs:
 
     async def kick(self, name: str, **kwargs: Any) -> None:
         """Queue task `name`; Unavailable if the queue cannot be reached (it may have got
-        the message when the connection was lost after sending: see handlers.jobs)."""
+        the message when the connection was lost after sending: see realtime.jobs.steps)."""
         try:
             await self._tasks[name].kiq(**kwargs)
         except SendTaskError as error:  # taskiq wraps whatever the broker raised
+            from redis.exceptions import RedisError  # only a Redis queue raises it
+
             if not isinstance(error.__cause__, RedisError | OSError):
                 raise
             raise Unavailable(QUEUE_RETRY_AFTER, "the job queue is unavailable") from error

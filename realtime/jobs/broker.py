@@ -19,7 +19,7 @@ base. What it gets wrong, and what this subclass does instead:
   there is no lock; XAUTOCLAIM is atomic, so two workers can never claim the same message.
 
 Redelivery can still run a job twice in sequence (the first run died after some steps),
-so tasks must be resumable: see `handlers.jobs`, which records steps and fences out a run
+so tasks must be resumable: see `realtime.jobs.steps`, which records steps and fences out a run
 that lost its lease.
 """
 
@@ -28,8 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
-from contextvars import ContextVar
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -37,35 +36,14 @@ from redis.exceptions import RedisError, ResponseError
 from taskiq import AckableMessage, TaskiqMessage
 from taskiq_redis import RedisStreamBroker
 
+from realtime.jobs.delivery import asked_again, delivery, run_again
+
+__all__ = ["JobStreamBroker", "delivery", "run_again"]
+
 logger = logging.getLogger("realtime.jobs")
 
 PRUNE_EVERY = 60.0  # seconds between clean-ups of the consumers of stopped workers
 QUEUE_PAGE = 500  # stream entries read per call when listing the queue
-
-# Set by the worker around each delivery; a task that met an outage asks (run_again) for
-# its message not to be acknowledged, since taskiq acknowledges whatever the outcome.
-_RUN_AGAIN: ContextVar[list[bool] | None] = ContextVar("realtime_run_again", default=None)
-
-
-def run_again() -> bool:
-    """Ask that the job being run be delivered again later (after the claim timeout)
-    instead of acknowledged; False where nothing can redeliver it (in-process broker)."""
-    asked = _RUN_AGAIN.get()
-    if asked is None:
-        return False
-    asked[0] = True
-    return True
-
-
-@contextlib.contextmanager
-def delivery() -> Iterator[None]:
-    """The scope of one delivery, in which `run_again` applies to it."""
-    token = _RUN_AGAIN.set([False])
-    try:
-        yield
-    finally:
-        _RUN_AGAIN.reset(token)
-
 
 # Touch (or release) the messages a consumer still owns; a message another consumer took
 # over is left alone. ARGV: group, consumer, idle ms to set, ids...
@@ -231,8 +209,7 @@ class JobStreamBroker(RedisStreamBroker):
             if self.owned.get(message_id) != delivery:
                 return  # an older delivery of a message this worker took back: not ours
             del self.owned[message_id]
-            asked = _RUN_AGAIN.get()
-            if asked is not None and asked[0]:
+            if asked_again():
                 return  # left pending: reclaimed after the claim timeout, a natural backoff
             async with Redis(connection_pool=self.connection_pool) as redis:
                 await redis.eval(_ACK, 1, self.queue_name, *self._owner(), message_id)

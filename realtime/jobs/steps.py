@@ -40,7 +40,7 @@ from realtime.bus import Offset
 from realtime.db import now, translate
 from realtime.exceptions import Unavailable
 from realtime.jobs import Jobs, Task, TaskServices, stoppable
-from realtime.jobs.broker import run_again
+from realtime.jobs.delivery import run_again
 from realtime.jobs.store import JobRecord, JobStore
 
 if TYPE_CHECKING:
