@@ -11,9 +11,10 @@ from realtime.db import Prepared, contains, now, translate, utc
 from realtime.jobs.steps import StepJobs, job_topic
 from realtime.jobs.stream import job_stream
 from realtime.packages import Context, Package, Page, Rest
+from realtime.rest import RestOnlyRoute
 from realtime.types import JSONObject
 
-__all__ = ["Context", "Package", "Page", "Rest"]
+__all__ = ["Context", "Package", "Page", "Rest", "RestOnlyRoute"]
 # the SQL helpers of handlers/*_sql.py (realtime.db)
 __all__ += ["Prepared", "contains", "now", "translate", "utc"]
 # what a job type and the jobs packages use (realtime.jobs.steps, realtime.jobs.stream)

@@ -67,7 +67,7 @@ class Context:
     req_id: str | None = None
     session: Session | None = None
     # what this request subscribed to, made live right after its answer is queued
-    _live: list[tuple[str, Callable[[], None]]] | None = None
+    live: list[tuple[str, Callable[[], None]]] | None = None
 
     def granted(self, grant: str) -> bool:
         """Whether the caller holds a named grant of permissions.toml ([grants])."""
@@ -95,21 +95,21 @@ class Context:
         return self._framework().hub.unsubscribe(self.socket(), topic)
 
     def _later(self, topic: str, go_live: Callable[[], None]) -> None:
-        if self._live is None:
-            self._live = []
-        self._live.append((topic, go_live))
+        if self.live is None:
+            self.live = []
+        self.live.append((topic, go_live))
 
     def answered(self) -> None:
         """The answer is queued: deliver what the request subscribed to (the dispatcher
         calls it)."""
-        live, self._live = self._live, None
+        live, self.live = self.live, None
         for _, go_live in live or ():
             go_live()
 
     def abandon(self) -> None:
         """The request failed or was cancelled: drop what it subscribed to (the
         dispatcher calls it)."""
-        live, self._live = self._live, None
+        live, self.live = self.live, None
         for topic, _ in live or ():
             if self.session is not None:
                 self._framework().hub.unsubscribe(self.session, topic)

@@ -42,6 +42,7 @@ class Requests:
         self._max_inflight = services.settings.max_inflight
         self._max_invalid = services.settings.max_invalid_frames
         self._max_rate_limited = services.settings.max_rate_limited
+        self._enqueue = connection.enqueue
         self.tasks: set[asyncio.Task[None]] = set()
         self._invalid_frames = 0
         # the current streak of RATE_LIMITED answers (see _rate_limited)
@@ -105,8 +106,9 @@ class Requests:
         task.add_done_callback(self.tasks.discard)
 
     def _answer(self, ctx: Context, message: bytes) -> None:
-        self.connection.enqueue(message, direct=False)
-        ctx.answered()  # what it subscribed to: history, then live, right after the answer
+        self._enqueue(message, False)
+        if ctx.live is not None:  # checked here, not in a call: most requests subscribe nothing
+            ctx.answered()  # what it subscribed to: history, then live, right after the answer
 
     def _failed(self, ctx: Context, error: RequestError) -> None:
         ctx.abandon()  # a handler that failed after subscribing keeps no subscription
