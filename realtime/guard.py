@@ -24,7 +24,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from realtime.protocol import Status
+from realtime.protocol import Status, encode_rest_error
 
 logger = logging.getLogger("realtime.guard")
 LOG_EVERY = 10.0
@@ -45,13 +45,13 @@ def _response(status: str, body: bytes, extra: str = "") -> bytes:
 
 TIMED_OUT = _response(
     "408 Request Timeout",
-    b'{"status_code":%d,"error":{"message":"the request head did not arrive in time"}}'
-    % Status.INVALID_DATA,
+    encode_rest_error(Status.INVALID_DATA, {"message": "the request head did not arrive in time"}),
 )
 OVER_LIMIT = _response(
     "503 Service Unavailable",
-    b'{"status_code":%d,"error":{"message":"too many connections",'
-    b'"details":{"retry_after":1}}}' % Status.UNAVAILABLE,
+    encode_rest_error(
+        Status.UNAVAILABLE, {"message": "too many connections", "details": {"retry_after": 1}}
+    ),
     "retry-after: 1\r\n",
 )
 

@@ -134,8 +134,36 @@ REST_ERROR_SCHEMA: JSONObject = {
 }
 
 
+# the events the server pushes (their data: EVENTS below)
+MESSAGE = "message"
+JOB_PROGRESS = "job.progress"
+JOB_DONE = "job.done"
+AUTH_EXPIRING = "auth.expiring"
+SERVER_DRAINING = "server.draining"
+SUBSCRIPTION_RECOVERED = "subscription.recovered"
+
+
 def encode_event(event: str, data: Any, **fields: Any) -> bytes:
     return orjson.dumps({"event": event, **fields, "data": data})
+
+
+def message_frame(topic: str, epoch: str, seq: int, name: bytes, data: bytes) -> bytes:
+    """A topic event, `{"event", "topic", "offset", "data"}`, from the event's name and the
+    JSON of its data as the publisher serialized it once (a byte template: the fan-out
+    builds one per event and node, never re-encoding the data)."""
+    return b'{"event":"%s","topic":%s,"offset":"%s:%d","data":%s}' % (
+        name,
+        orjson.dumps(topic),
+        epoch.encode(),
+        seq,
+        data,
+    )
+
+
+def recovered_frame(topic: str, recovered: bool, offset: str) -> bytes:
+    """`subscription.recovered`: whether the subscription continued without a gap."""
+    data = {"recovered": recovered, "offset": offset}
+    return encode_event(SUBSCRIPTION_RECOVERED, data, topic=topic)
 
 
 def _object(properties: dict[str, Any], required: list[str]) -> JSONObject:
@@ -150,8 +178,8 @@ _JOB_STATES = ["PENDING", "STARTED", "SUCCESS", "FAILURE", "CANCELLED"]
 # AsyncAPI document and the generated client types are made from this table.
 _ON_TOPIC = ("topic", "offset")
 EVENTS: dict[str, tuple[JSONObject, tuple[str, ...]]] = {
-    "message": ({"description": "what was published on the topic"}, _ON_TOPIC),
-    "job.progress": (
+    MESSAGE: ({"description": "what was published on the topic"}, _ON_TOPIC),
+    JOB_PROGRESS: (
         _object(
             {
                 "job_id": {"type": "string"},
@@ -164,7 +192,7 @@ EVENTS: dict[str, tuple[JSONObject, tuple[str, ...]]] = {
         ),
         _ON_TOPIC,
     ),
-    "job.done": (
+    JOB_DONE: (
         _object(
             {
                 "job_id": {"type": "string"},
@@ -176,9 +204,9 @@ EVENTS: dict[str, tuple[JSONObject, tuple[str, ...]]] = {
         ),
         _ON_TOPIC,
     ),
-    "auth.expiring": (_object({"expires_in": {"type": "integer"}}, ["expires_in"]), ()),
-    "server.draining": (_object({}, []), ()),
-    "subscription.recovered": (
+    AUTH_EXPIRING: (_object({"expires_in": {"type": "integer"}}, ["expires_in"]), ()),
+    SERVER_DRAINING: (_object({}, []), ()),
+    SUBSCRIPTION_RECOVERED: (
         _object({"recovered": {"type": "boolean"}, "offset": _OFFSET}, ["recovered", "offset"]),
         ("topic",),
     ),

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from realtime import protocol
 from realtime.auth.principal import Principal
 from realtime.bus import Backend, BusOutcomeUnknown, BusUnavailable, Event, Offset
 from realtime.exceptions import Conflict, OutcomeUnknown, RequestError, Unavailable
@@ -67,11 +68,7 @@ class EventFrame(bytes):
 
 
 def message_frame(topic: str, epoch: str, event: Event) -> EventFrame:
-    topic_json = orjson.dumps(topic)
-    frame = EventFrame(
-        b'{"event":"%s","topic":%s,"offset":"%s:%d","data":%s}'
-        % (event.name, topic_json, epoch.encode(), event.seq, event.data)
-    )
+    frame = EventFrame(protocol.message_frame(topic, epoch, event.seq, event.name, event.data))
     frame.event = event
     return frame
 
@@ -122,7 +119,7 @@ class Hub:
     # -- publishing ------------------------------------------------------------------
 
     async def publish(
-        self, topic: str, data: Any, event: str = "message", key: str | None = None
+        self, topic: str, data: Any, event: str = protocol.MESSAGE, key: str | None = None
     ) -> Offset:
         """Publish `data` (serialized once, here) on `topic`; usable outside requests too.
         Subscribers receive it as `{"event": event, "topic", "offset", "data"}`. With an
@@ -296,13 +293,7 @@ class Hub:
     def _tell(self, topic: str, *, recovered: bool, reset: bool) -> None:
         position = self._positions.get(topic, 0)
         offset = f"{self._epochs.get(topic) or '-'}:{position}"
-        frame = orjson.dumps(
-            {
-                "event": "subscription.recovered",
-                "topic": topic,
-                "data": {"recovered": recovered, "offset": offset},
-            }
-        )
+        frame = protocol.recovered_frame(topic, recovered, offset)
         for subscription in self._subs.get(topic, {}).values():
             if reset:
                 subscription.start = 0
@@ -343,9 +334,14 @@ class Hub:
         while True:
             await asyncio.sleep(self._presence_ttl / 3)
             try:
-                for topic, subs in list(self._subs.items()):
-                    for subscription in list(subs.values()):
-                        await self._presence_join(topic, subscription.subscriber)
+                await self._refresh_presence()
                 await self._check_epochs(tell_unchanged=False)
             except BusUnavailable:
                 continue
+
+    async def _refresh_presence(self) -> None:
+        # a function of its own: its loop variables (the last subscriber, a socket that may
+        # be long closed, with everything it holds) go when it returns, not at the next beat
+        for topic, subs in list(self._subs.items()):
+            for subscription in list(subs.values()):
+                await self._presence_join(topic, subscription.subscriber)

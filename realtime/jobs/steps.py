@@ -42,14 +42,15 @@ from realtime.exceptions import Unavailable
 from realtime.jobs import Jobs, Task, TaskServices, stoppable
 from realtime.jobs.delivery import run_again
 from realtime.jobs.store import JobRecord, JobStore
+from realtime.protocol import JOB_DONE, JOB_PROGRESS
 
 if TYPE_CHECKING:
     from realtime.packages import Context
 
 logger = logging.getLogger("realtime.jobs.steps")
 
-PROGRESS = "job.progress"
-DONE = "job.done"
+PROGRESS = JOB_PROGRESS  # the events of a job, on its topic job:<id>
+DONE = JOB_DONE
 ANY_JOB = "jobs.any"  # the grant (permissions.toml) that sees every job of the tenant
 INTERRUPTED = "interrupted: the server stopped"
 TOO_OFTEN = "the job was interrupted too often"

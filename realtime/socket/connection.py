@@ -34,7 +34,15 @@ from realtime.exceptions import (
     PermissionDenied,
 )
 from realtime.lifespan import Services
-from realtime.protocol import EnvelopeError, Request, encode_event, encode_ok, parse_request
+from realtime.protocol import (
+    AUTH_EXPIRING,
+    SERVER_DRAINING,
+    EnvelopeError,
+    Request,
+    encode_event,
+    encode_ok,
+    parse_request,
+)
 from realtime.socket.frames import Requests, echo_frame, ignore_frame, package_frame
 from realtime.socket.outbox import Outbox
 
@@ -361,7 +369,7 @@ class Connection:
         if warn_in > 0:
             await asyncio.sleep(warn_in)
         remaining = max(0.0, expires_at - time.time())
-        self.enqueue(encode_event("auth.expiring", {"expires_in": round(remaining)}))
+        self.enqueue(encode_event(AUTH_EXPIRING, {"expires_in": round(remaining)}))
         await asyncio.sleep(remaining)
         self.close(AuthError("token expired"))
 
@@ -378,7 +386,7 @@ class Connection:
 
     def draining(self) -> None:
         """The server is shutting down: reconnect elsewhere (PROTOCOL.md 2.4)."""
-        self.enqueue(encode_event("server.draining", {}))
+        self.enqueue(encode_event(SERVER_DRAINING, {}))
 
     async def emit(self, event: str, data: Any) -> None:
         self.enqueue(encode_event(event, data))
