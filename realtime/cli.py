@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from realtime.settings import Settings
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    args.program = argv is None  # run as the program (not called from Python)
     try:
         settings = Settings.from_env()
         return int(args.command(settings, args))
@@ -69,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    if args.program:
+        _on_system_malloc()  # may re-execute this process, and so not return
     import uvicorn
 
     from realtime.app import create_app
@@ -93,6 +97,24 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         config = uvicorn.Config(app, **options)
         _draining_server()(config, app, settings.drain_seconds).run()
     return 0
+
+
+ALLOCATOR = "PYTHONMALLOC"
+
+
+def _on_system_malloc() -> None:
+    """A server runs on the C library's malloc (PYTHONMALLOC=malloc), not on Python's own
+    small-object allocator: pymalloc gives an arena back only when all of it is free, so
+    after 2,000 sockets had come and gone the process kept ~60 MiB of them; on malloc,
+    with realtime.memory's trim, nearly all of it goes back (docs/benchmarks.md, Soak).
+    The variable is read when the interpreter starts, so the process executes itself
+    again, once: same PID, same arguments. A PYTHONMALLOC of your own is kept."""
+    if os.environ.get(ALLOCATOR) is not None:
+        return
+    os.environ[ALLOCATOR] = "malloc"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])  # noqa: S606 - ourselves, same argv
 
 
 def _announce(settings: Settings, host: str, port: int) -> None:

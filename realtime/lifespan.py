@@ -25,6 +25,7 @@ from realtime.db import open_database
 from realtime.dispatch import Dispatcher
 from realtime.exceptions import GoingAway
 from realtime.jobs import Jobs, Task, TaskServices, broker_from_url, builtin_tasks, stop_bodies
+from realtime.memory import Trimmer
 from realtime.metrics import Metrics
 from realtime.migrate import check_schema, upgrade
 from realtime.packages import Catalog
@@ -168,15 +169,17 @@ def _auth_backends(
 @contextlib.asynccontextmanager
 async def watching_sends(services: Services) -> AsyncIterator[None]:
     """One sweeper per process enforces every socket's send deadline (1013 for a peer
-    that does not read): cheaper than arming and cancelling a timer per write."""
+    that does not read): cheaper than arming and cancelling a timer per write. It also
+    gives memory back once a crowd of sockets has left (realtime.memory)."""
     period = min(1.0, services.settings.send_timeout / 4)
+    trimmer = Trimmer(delay=services.settings.close_timeout + 1)
 
     async def sweep() -> None:
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
-            for connection in list(services.connections):
-                connection.check_stall(now)
+            _check_stalls(services.connections, now)
+            trimmer.observe(len(services.connections), now)
 
     sweeper = asyncio.create_task(sweep())
     try:
@@ -185,6 +188,13 @@ async def watching_sends(services: Services) -> AsyncIterator[None]:
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
+
+
+def _check_stalls(connections: set[Any], now: float) -> None:
+    # a function of its own: the loop variable (the last socket) goes when it returns; in
+    # the sweeper's loop it held a closed socket, and all it held, until the next sweep
+    for connection in list(connections):
+        connection.check_stall(now)
 
 
 @contextlib.asynccontextmanager

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
+import pytest
 from starlette.testclient import TestClient
 
 from tests.conftest import ROOT, build_app, make_settings
@@ -83,3 +85,28 @@ def test_packages_table(tmp_path: Path) -> None:
     assert ["40", "echo", "user", "-"] in rows
     assert ["41", "me", "user", "GET", "/me"] in rows
     assert ["42", "auth.refresh", "*", "-"] in rows
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(entry.decode().split("=", 1) for entry in raw if b"=" in entry)
+
+
+def test_serve_runs_on_the_system_malloc_in_the_same_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`realtime serve` executes itself again with PYTHONMALLOC=malloc (pymalloc kept the
+    memory of sockets long gone: realtime.cli._on_system_malloc): the same PID serves."""
+    from tests.nodes import node
+
+    monkeypatch.delenv("PYTHONMALLOC", raising=False)
+    with node(tmp_path) as server:
+        assert _environ(server.process.pid).get("PYTHONMALLOC") == "malloc"
+        assert httpx.get(f"http://{server.address}/health").json() == {"status": "ok"}
+
+
+def test_a_pythonmalloc_of_your_own_is_kept(tmp_path: Path) -> None:
+    from tests.nodes import node
+
+    with node(tmp_path, PYTHONMALLOC="pymalloc") as server:
+        assert _environ(server.process.pid).get("PYTHONMALLOC") == "pymalloc"
