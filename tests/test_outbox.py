@@ -1,5 +1,7 @@
-"""`_finish`: a send that could not complete at once (the transport was paused) is driven
-to its end by a task, exactly as if a task had run it from the start."""
+"""The outbox (realtime/socket/outbox.py): the socket's queue, its writer and the one
+place that decides 1013; and `_finish`: a send that could not complete at once (the
+transport was paused) is driven to its end by a task, exactly as if a task had run it
+from the start."""
 
 from __future__ import annotations
 
@@ -7,9 +9,55 @@ import asyncio
 
 import pytest
 
-from realtime.socket.outbox import _finish
+from realtime.exceptions import CloseError, SlowConsumer
+from realtime.socket.outbox import Outbox, _finish
 
 pytestmark = pytest.mark.anyio
+
+
+async def _held_outbox(limit: int, slow: list[CloseError]) -> tuple[Outbox, asyncio.Future[None]]:
+    """An open socket's outbox whose peer takes no write: each send waits on `held`."""
+    held: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def send(message: object) -> None:
+        await held
+
+    async def close_socket(code: int, reason: str) -> None: ...
+
+    outbox = Outbox(
+        send, close_socket, limit=limit, send_timeout=5, close_timeout=1, on_slow=slow.append
+    )
+    outbox.direct = True
+    outbox.start()
+    return outbox, held
+
+
+async def test_put_answers_queued_until_the_queue_is_full_then_the_close_code() -> None:
+    slow: list[CloseError] = []
+    outbox, held = await _held_outbox(3, slow)
+    assert outbox.put(b"held") is None  # written at once; the transport holds it
+    answers = [outbox.put(f"q{i}".encode()) for i in range(4)]
+    assert answers[:3] == [None, None, None]  # queued behind the held write
+    assert isinstance(answers[3], SlowConsumer) and answers[3].code == 1013
+    assert outbox.put(b"replay", replay=True) is None  # history does not count
+    assert slow == []  # put answers; the owner closes
+    held.set_result(None)
+    for task in outbox.tasks():
+        task.cancel()
+
+
+async def test_a_write_held_past_the_send_timeout_is_reported_slow() -> None:
+    slow: list[CloseError] = []
+    outbox, _ = await _held_outbox(3, slow)
+    outbox.put(b"held")
+    outbox.check_stall(outbox.flush_started + 1)  # within send_timeout: nothing
+    await asyncio.sleep(0)
+    assert slow == []
+    outbox.check_stall(outbox.flush_started + 6)
+    await asyncio.sleep(0.01)
+    assert [type(error) for error in slow] == [SlowConsumer]
+    for task in outbox.tasks():
+        task.cancel()
 
 
 async def test_a_held_send_completes_when_the_transport_resumes() -> None:
