@@ -80,6 +80,12 @@ class Dispatcher:
     def roles(self, package: Package) -> Roles:
         return self._roles[package.id]
 
+    # -- HOT PATH ------------------------------------------------------------------------
+    # `call` (both doors, every `async def` handler) and `call_inline` (a plain `def`
+    # handler on the socket, no await) are two copies of one sequence on purpose: the
+    # inline one saves an event-loop round trip per request. tests/test_dispatch.py checks
+    # that both give the same answers and the same metrics; change them together.
+
     async def call(
         self, ctx: Context, data: JSONObject, transport: str
     ) -> tuple[Any, JSONObject | None]:
@@ -117,6 +123,8 @@ class Dispatcher:
             raise failure from None
         self._ok_ws[package.id].add(perf_counter() - started)
         return answer
+
+    # -- END HOT PATH --------------------------------------------------------------------
 
     def _admit(self, ctx: Context, data: JSONObject, now: float) -> JSONObject:
         package = ctx.package

@@ -66,8 +66,8 @@ class Context:
     services: Services
     req_id: str | None = None
     session: Session | None = None
-    # what this request subscribed to, made live right after its answer is queued
-    live: list[tuple[str, Callable[[], None]]] | None = None
+    # (go live, cancel) of each subscription this request made
+    live: list[tuple[Callable[[], None], Callable[[], None]]] | None = None
 
     def granted(self, grant: str) -> bool:
         """Whether the caller holds a named grant of permissions.toml ([grants])."""
@@ -86,33 +86,30 @@ class Context:
         live, nothing twice); if the handler fails after this call, the subscription is
         dropped (a failed request subscribes to nothing)."""
         session = self.socket()
-        answer, go_live = await self._framework().hub.subscribe(session, topic, since)
-        self._later(topic, go_live)
+        answer, go_live, cancel = await self._framework().hub.subscribe(session, topic, since)
+        if self.live is None:
+            self.live = []
+        self.live.append((go_live, cancel))
         return answer
 
     def unsubscribe(self, topic: str) -> bool:
         """Stop this request's socket receiving `topic`; False if it was not subscribed."""
         return self._framework().hub.unsubscribe(self.socket(), topic)
 
-    def _later(self, topic: str, go_live: Callable[[], None]) -> None:
-        if self.live is None:
-            self.live = []
-        self.live.append((topic, go_live))
-
     def answered(self) -> None:
         """The answer is queued: deliver what the request subscribed to (the dispatcher
         calls it)."""
         live, self.live = self.live, None
-        for _, go_live in live or ():
+        for go_live, _ in live or ():
             go_live()
 
     def abandon(self) -> None:
-        """The request failed or was cancelled: drop what it subscribed to (the
-        dispatcher calls it)."""
+        """The request failed or was cancelled: drop what it subscribed to, and only that
+        (a later request's subscription to the same topic stays); the dispatcher calls
+        it."""
         live, self.live = self.live, None
-        for topic, _ in live or ():
-            if self.session is not None:
-                self._framework().hub.unsubscribe(self.session, topic)
+        for _, cancel in live or ():
+            cancel()
 
     def _framework(self) -> Framework:
         # the framework's own view of the object handlers see as `Services`

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 from starlette.requests import HTTPConnection, Request
@@ -21,18 +21,20 @@ from realtime.exceptions import (
     RequestError,
     RetryLater,
 )
-from realtime.lifespan import Services
 from realtime.packages import Catalog, Context, Package
 from realtime.permissions import allows
 from realtime.protocol import encode_rest_error
 from realtime.types import JSONObject
+
+if TYPE_CHECKING:  # the composition root, for types only: importing it loads it all
+    from realtime.lifespan import Services
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 BODY_METHODS = {"POST", "PUT", "PATCH"}
 
 
 def services_of(connection: HTTPConnection) -> Services:
-    return cast(Services, connection.app.state.services)
+    return cast("Services", connection.app.state.services)
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -7,6 +7,7 @@ fails keeps no subscription.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ async def async_twin(ctx: Context, data: JSONObject) -> Any:
 
 async def subscribe_then_fail(ctx: Context, data: JSONObject) -> Any:
     await ctx.subscribe(data["topic"])
+    await asyncio.sleep(data.get("wait", 0))
     raise Conflict("changed meanwhile")
 
 
@@ -134,3 +136,22 @@ def test_a_handler_that_fails_after_subscribing_keeps_no_subscription(
         assert frames[0]["status_code"] == 0
         presence = call(ws, 33, {"topic": "chat.room"}, "w")
         assert presence["data"]["presence"] == []
+
+
+def test_a_failing_request_drops_only_its_own_subscription(
+    app_client: TestClient, token: str
+) -> None:
+    """A subscribes and fails later; meanwhile B subscribed to the same topic and was
+    answered: B's subscription stays (A's failure must not take it with it)."""
+    with app_client.websocket_connect("/ws", headers=auth_header(token)) as ws:
+        request(ws, FAILING, {"topic": "chat.room", "wait": 0.3}, "a")
+        subscribed = call(ws, 30, {"topic": "chat.room"}, "b")  # topics.subscribe
+        assert subscribed["status_code"] == 0
+        assert ws.receive_json()["req_id"] == "a"  # CONFLICT, after B's answer
+        request(ws, 32, {"topic": "chat.room", "data": {"n": 2}}, "p")
+        request(ws, ECHO, {"x": 1}, "e")  # answered after the event, if there is one
+        frames = [ws.receive_json()]
+        while frames[-1].get("req_id") != "e":
+            frames.append(ws.receive_json())
+        events = [f for f in frames if f.get("event") == "message"]
+        assert [e["data"] for e in events] == [{"n": 2}]

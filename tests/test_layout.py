@@ -47,3 +47,34 @@ def test_the_framework_never_imports_the_application() -> None:
 def test_migrations_need_the_schema_only() -> None:
     env = ROOT / "migrations" / "env.py"
     assert [module for _, module in _imports(env) if _ours(module, "realtime")] == []
+
+
+def test_the_handler_api_does_not_load_the_composition_root() -> None:
+    """`import realtime` (what every handler module does) loads the declarations, not the
+    lifespan with its database, migrations and auth back ends."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, realtime\n"
+        "print(sorted(m for m in ('realtime.lifespan', 'realtime.migrate', 'alembic')"
+        " if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]"
+
+
+def test_handlers_import_only_names_the_handler_api_exports() -> None:
+    import realtime
+
+    unexported = [
+        f"{path.relative_to(ROOT)}:{node.lineno}: {alias.name}"
+        for path in sorted((ROOT / "handlers").glob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and node.module == "realtime" and node.level == 0
+        for alias in node.names
+        if alias.name not in realtime.__all__
+    ]
+    assert unexported == []

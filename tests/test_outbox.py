@@ -114,7 +114,8 @@ from websockets.frames import Frame, Opcode  # noqa: E402
 from realtime.exceptions import GoingAway  # noqa: E402
 from realtime.metrics import Metrics  # noqa: E402
 from realtime.settings import Settings  # noqa: E402
-from realtime.socket.connection import ASGI_CHANNELS, Connection, State, echo_frame  # noqa: E402
+from realtime.socket.connection import ASGI_CHANNELS, Connection, State  # noqa: E402
+from realtime.socket.frames import echo_frame  # noqa: E402
 from tests.helpers import server_frames  # noqa: E402
 
 HANDSHAKE = (

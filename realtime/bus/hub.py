@@ -149,9 +149,10 @@ class Hub:
 
     async def subscribe(
         self, subscriber: Subscriber, topic: str, since: str | Offset | None
-    ) -> tuple[dict[str, Any], Callable[[], None]]:
-        """Returns the answer and the callback that delivers history, then goes live.
-        `since=Offset.start()` replays the whole retained history."""
+    ) -> tuple[dict[str, Any], Callable[[], None], Callable[[], None]]:
+        """Returns the answer, the callback that delivers history then goes live, and the
+        one that cancels this subscription (and no later one on the topic) if the
+        request that made it fails. `since=Offset.start()` replays the whole history."""
         subscription = _Subscription(subscriber, start=0)
         self._subs.setdefault(topic, {})[subscriber.id] = subscription
         offset = Offset.parse(since) if isinstance(since, str) else since
@@ -185,7 +186,11 @@ class Hub:
                     subscriber.enqueue(message_frame(topic, epoch, event))
                     subscription.start = event.seq
 
-        return answer, go_live
+        def cancel() -> None:
+            if self._current(topic, subscriber, subscription):
+                self.unsubscribe(subscriber, topic)
+
+        return answer, go_live, cancel
 
     def _current(self, topic: str, subscriber: Subscriber, subscription: _Subscription) -> bool:
         """Still the socket's live subscription? (an unsubscribe may have run meanwhile)"""

@@ -19,6 +19,7 @@ from realtime.bus import Event, Offset
 from realtime.exceptions import NormalClosure, PolicyViolation
 from realtime.jobs.steps import DONE, PROGRESS, StepJobs, job_topic
 from realtime.socket.connection import Connection
+from realtime.socket.frames import ignore_frame
 
 PATH = "/ws/jobs/{job_id}"
 _PROGRESS, _DONE = PROGRESS.encode(), DONE.encode()
@@ -46,10 +47,6 @@ class _PlainProgress:
             self.connection.close(NormalClosure("job finished"))
 
 
-def _ignore(connection: Connection, text: str) -> None:
-    """What the client sends on a compatibility stream means nothing."""
-
-
 def _opener(jobs: StepJobs, job_id: str) -> Callable[[Connection], Awaitable[None]]:
     async def on_open(connection: Connection) -> None:
         services, principal = connection.services, connection.principal
@@ -58,7 +55,7 @@ def _opener(jobs: StepJobs, job_id: str) -> Callable[[Connection], Awaitable[Non
         if await jobs.find(services.database, principal, job_id, see_all=see_all) is None:
             raise PolicyViolation("job not found")
         subscriber = _PlainProgress(connection)
-        _, go_live = await services.hub.subscribe(subscriber, job_topic(job_id), Offset.start())
+        _, go_live, _ = await services.hub.subscribe(subscriber, job_topic(job_id), Offset.start())
         go_live()
 
     return on_open
@@ -70,6 +67,6 @@ def job_stream(jobs: StepJobs, path: str = PATH) -> WebSocketRoute:
 
     async def endpoint(websocket: WebSocket) -> None:
         opener = _opener(jobs, websocket.path_params["job_id"])
-        await Connection(websocket, websocket.app.state.services, _ignore, opener).run()
+        await Connection(websocket, websocket.app.state.services, ignore_frame, opener).run()
 
     return WebSocketRoute(path, endpoint)

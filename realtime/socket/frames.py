@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from realtime.dispatch import not_json
 from realtime.exceptions import (
+    InvalidData,
     PolicyViolation,
     RateLimited,
     RequestError,
@@ -22,7 +23,7 @@ from realtime.exceptions import (
     UnknownPackage,
 )
 from realtime.packages import Context, Package
-from realtime.protocol import EnvelopeError, Status, encode_error, encode_ok, parse_request
+from realtime.protocol import EnvelopeError, encode_error, encode_ok, parse_request
 from realtime.types import JSONObject
 
 if TYPE_CHECKING:
@@ -90,8 +91,8 @@ class Requests:
         except TypeError:
             self._failed(ctx, not_json(package, req_id))
             return
-        except asyncio.CancelledError:
-            ctx.abandon()  # the socket went away: what it subscribed to goes with it
+        except BaseException:
+            ctx.abandon()  # cancelled (the socket went away): what it subscribed to goes too
             raise
         self._answer(ctx, message)
 
@@ -121,8 +122,8 @@ class Requests:
     def answer_error(self, pkg_id: int | None, req_id: str | None, error: RequestError) -> None:
         message = encode_error(pkg_id, req_id, error.status, error.to_error())
         self.connection.enqueue(message, direct=False)
-        if error.status is Status.RATE_LIMITED:
-            self._rate_limited(getattr(error, "retry_after", 1))
+        if isinstance(error, RateLimited):
+            self._rate_limited(error.retry_after)
 
     def _rate_limited(self, retry_after: float) -> None:
         """4429 is for a client that keeps going after it was told to wait, not for a burst
@@ -139,9 +140,7 @@ class Requests:
         self._limited_last = now
 
     def invalid_frame(self, error: EnvelopeError) -> None:
-        reason = {"message": error.reason}
-        message = encode_error(error.pkg_id, error.req_id, Status.INVALID_DATA, reason)
-        self.connection.enqueue(message, direct=False)
+        self.answer_error(error.pkg_id, error.req_id, InvalidData(error.reason))
         self._invalid_frames += 1
         if self._invalid_frames >= self._max_invalid:
             self.connection.close(PolicyViolation())
