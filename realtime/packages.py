@@ -84,7 +84,10 @@ class Context:
         or `Offset.start()` for the whole retained history). Returns `{topic, offset,
         recovered}`. The events come after this request's answer (history first, then
         live, nothing twice); if the handler fails after this call, the subscription is
-        dropped (a failed request subscribes to nothing)."""
+        dropped (a failed request subscribes to nothing). Who may subscribe is the
+        handler's to check first (`ctx.services.topics.check(ctx.principal, topic,
+        "subscribe")` for a topic of permissions.toml): this subscribes what it is asked
+        to, as jobs.watch does for a job its caller may see."""
         session = self.socket()
         answer, go_live, cancel = await self._framework().hub.subscribe(session, topic, since)
         if self.live is None:
