@@ -69,7 +69,7 @@ async def get(ctx: Context, data: JSONObject) -> dict[str, Any]:
 
 
 async def update(ctx: Context, data: JSONObject) -> dict[str, Any]:
-    changes = {key: data[key] for key in ("name", "description") if key in data}
+    changes: dict[str, Any] = {k: data[k] for k in ("name", "description") if k in data}
     db = ctx.services.database
     if not changes:  # an empty PATCH changes nothing, updated_at included
         return _found(await sql.get(db, ctx.principal.tenant_id, data["id"]))
