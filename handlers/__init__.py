@@ -1,13 +1,3 @@
-"""The application: one module per domain, each exporting its PACKAGES (and TASKS)."""
-
-from handlers import authors, jobs, projects, system, topics
-
-PACKAGES = [
-    *authors.PACKAGES,
-    *projects.PACKAGES,
-    *jobs.PACKAGES,
-    *topics.PACKAGES,
-    *system.PACKAGES,
-]
-TASKS = [*jobs.TASKS]
-ROUTES = [*jobs.ROUTES]
+"""The application: one module per domain, each exporting its PACKAGES (and TASKS,
+ROUTES). Every module here that does not start with `_` is loaded (realtime.app
+discovers them): a new domain module needs no registration."""

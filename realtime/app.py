@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib
+import pkgutil
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
@@ -20,7 +21,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 from taskiq import AsyncBroker
 
-from realtime.builtin import BUILTIN_PACKAGES
+from realtime.builtin import catalog as builtin_catalog
 from realtime.bus import Backend
 from realtime.dispatch import Dispatcher
 from realtime.endpoints import routes as app_routes
@@ -30,7 +31,7 @@ from realtime.jobs import Task
 from realtime.lifespan import build_services
 from realtime.logs import install_redaction
 from realtime.metrics import Metrics
-from realtime.packages import Catalog, Package
+from realtime.packages import Package
 from realtime.permissions import Permissions
 from realtime.ratelimit import MemoryRateLimiter
 from realtime.settings import Settings
@@ -41,7 +42,8 @@ from realtime.web import routes as web_routes
 
 
 def load_handlers(modules: Sequence[str]) -> tuple[list[Package], list[Task]]:
-    """Import each module named in REALTIME_HANDLERS; collect its PACKAGES and TASKS."""
+    """The PACKAGES and TASKS of each module REALTIME_HANDLERS names (and of its
+    submodules, see `_modules`)."""
     packages: list[Package] = []
     tasks: list[Task] = []
     for module in _modules(modules):
@@ -56,14 +58,30 @@ def load_routes(modules: Sequence[str]) -> list[BaseRoute]:
 
 
 def _modules(modules: Sequence[str]) -> list[Any]:
-    found = []
+    """Each named module; for a package that declares no PACKAGES itself, its submodules
+    instead (not those named `_*`), in name order: a handler module dropped into
+    `handlers/` is served without a list to forget to edit."""
+    found: list[Any] = []
     for name in modules:
-        try:
-            module = importlib.import_module(name)
-        except ImportError as error:
-            raise ConfigError(f"REALTIME_HANDLERS: cannot import {name!r}: {error}") from None
-        found.append(module)
+        module = _import(name, name)
+        if hasattr(module, "__path__") and not hasattr(module, "PACKAGES"):
+            found.extend(_import(sub, name) for sub in _submodules(module))
+        else:
+            found.append(module)
     return found
+
+
+def _submodules(package: Any) -> list[str]:
+    infos = pkgutil.iter_modules(package.__path__)
+    names = sorted(info.name for info in infos if not info.name.startswith("_"))
+    return [f"{package.__name__}.{name}" for name in names]
+
+
+def _import(name: str, named: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        raise ConfigError(f"REALTIME_HANDLERS: cannot import {named!r}: {error}") from None
 
 
 def create_app(
@@ -83,7 +101,7 @@ def create_app(
         found_packages, found_tasks = load_handlers(settings.handlers)
         packages = found_packages if packages is None else packages
         tasks = found_tasks if tasks is None else tasks
-    catalog = Catalog([*BUILTIN_PACKAGES, *packages])
+    catalog = builtin_catalog(packages)
     extra_routes = load_routes(settings.handlers)
     permissions = Permissions.load(settings.permissions_file)
     route_keys = [getattr(r, "permission_key", None) for r in extra_routes]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from realtime.auth.principal import Principal
 from realtime.exceptions import InvalidData
-from realtime.packages import Context, Package
+from realtime.packages import Catalog, Context, Package
 from realtime.types import JSONObject
 
 AUTH_REFRESH_ID = 42
@@ -41,3 +42,11 @@ BUILTIN_PACKAGES = [
         description="Authenticate a socket opened without a token, or extend an open one.",
     )
 ]
+
+
+def catalog(packages: Iterable[Package]) -> Catalog:
+    """The built-ins and the application's packages; an application id outside the
+    application's range (realtime.packages.APPLICATION_IDS) stops start-up."""
+    found = Catalog([*BUILTIN_PACKAGES, *packages])
+    found.check_application_ids(BUILTIN_PACKAGES)
+    return found

@@ -218,10 +218,9 @@ def _scheduler(settings: Settings, args: argparse.Namespace) -> int:
 
 def _catalog(settings: Settings) -> Any:
     from realtime.app import load_handlers
-    from realtime.builtin import BUILTIN_PACKAGES
-    from realtime.packages import Catalog
+    from realtime.builtin import catalog
 
-    return Catalog([*BUILTIN_PACKAGES, *load_handlers(settings.handlers)[0]])
+    return catalog(load_handlers(settings.handlers)[0])
 
 
 def _client_types(settings: Settings, args: argparse.Namespace) -> int:

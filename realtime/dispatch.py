@@ -7,10 +7,10 @@ apart in validation, permissions, limits or metrics.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import math
-from time import perf_counter
+from collections.abc import Awaitable, Callable
+from time import monotonic, perf_counter
 from typing import Any
 
 from realtime.db import translate
@@ -32,6 +32,10 @@ logger = logging.getLogger("realtime.dispatch")
 
 PERMITTED_CACHE = 1024
 TRANSPORTS = ("ws", "rest")
+# an inline=True handler should take microseconds; over this it stalled every socket of
+# the node for that long, which is logged (at most every OVERRUN_LOG_EVERY s) and counted
+INLINE_BUDGET = 0.010
+OVERRUN_LOG_EVERY = 60.0
 
 
 class Dispatcher:
@@ -55,8 +59,11 @@ class Dispatcher:
         self._timeout = handler_timeout
         self._checks = {p.id: _check(p) for p in catalog}
         self._roles: dict[int, Roles] = {p.id: permissions.package_roles(p.name) for p in catalog}
-        # plain `def` handlers: pure computation, run inline on the socket's reader
-        self.inline = frozenset(p.id for p in catalog if not inspect.iscoroutinefunction(p.handler))
+        # inline=True handlers run on the socket's reader; the rest are awaited, plain
+        # `def` ones in a worker thread (`_in_thread`)
+        self.inline = frozenset(p.id for p in catalog if p.inline)
+        self._handlers = {p.id: _in_thread(p) if p.runs == "thread" else p.handler for p in catalog}
+        self._overrun_logged: dict[int, float] = {}
         # roles -> the package ids they may call: a token's roles are fixed, so the check
         # is one set lookup per request (bounded: a handful of role sets in practice)
         self._permitted: dict[Roles, frozenset[int]] = {}
@@ -95,6 +102,7 @@ class Dispatcher:
             data = self._admit(ctx, data, started)
             if ctx.package.id in self.inline:
                 result = ctx.package.handler(ctx, data)
+                self._clock_inline(ctx.package, started)
             else:
                 result = await self._run(ctx, data)
             answer = _shape(ctx.package, result, data)
@@ -121,7 +129,10 @@ class Dispatcher:
             failure = self._failure(ctx, error)
             self._record(ctx, failure.status.name, "ws", started)
             raise failure from None
-        self._ok_ws[package.id].add(perf_counter() - started)
+        elapsed = perf_counter() - started
+        self._ok_ws[package.id].add(elapsed)
+        if elapsed > INLINE_BUDGET:
+            self._overran(package, elapsed)
         return answer
 
     # -- END HOT PATH --------------------------------------------------------------------
@@ -151,7 +162,7 @@ class Dispatcher:
 
         timer = asyncio.get_running_loop().call_later(ctx.package.timeout or self._timeout, expire)
         try:
-            return await ctx.package.handler(ctx, data)
+            return await self._handlers[ctx.package.id](ctx, data)
         except asyncio.CancelledError:
             if not fired:
                 raise
@@ -159,6 +170,26 @@ class Dispatcher:
             raise HandlerTimeout() from None
         finally:
             timer.cancel()
+
+    def _clock_inline(self, package: Package, started: float) -> None:
+        elapsed = perf_counter() - started
+        if elapsed > INLINE_BUDGET:
+            self._overran(package, elapsed)
+
+    def _overran(self, package: Package, elapsed: float) -> None:
+        """An inline handler held the event loop (every socket of the node) too long:
+        counted always, logged at most once a minute per package."""
+        self.metrics.inline_overruns.labels(package.name).inc()
+        now = monotonic()
+        if now - self._overrun_logged.get(package.id, -OVERRUN_LOG_EVERY) >= OVERRUN_LOG_EVERY:
+            self._overrun_logged[package.id] = now
+            logger.warning(
+                "package %s is inline=True but held the event loop %.1f ms (budget %.0f ms): "
+                "declare it without inline=True to run it in a thread",
+                package.name,
+                elapsed * 1000,
+                INLINE_BUDGET * 1000,
+            )
 
     def _failure(self, ctx: Context, error: Exception) -> RequestError:
         """The answer to a handler's exception: ours as it is; a driver error as
@@ -185,6 +216,18 @@ class Dispatcher:
     def _record(self, ctx: Context, outcome: str, transport: str, started: float) -> None:
         elapsed = perf_counter() - started
         self.metrics.requests.record(ctx.package.name, outcome, transport, elapsed)
+
+
+def _in_thread(package: Package) -> Callable[[Context, JSONObject], Awaitable[Any]]:
+    """A plain `def` handler awaited in a worker thread, so a slow one stalls neither its
+    socket nor the node. At its deadline the caller gets TIMEOUT; the thread itself
+    cannot be stopped and finishes unobserved."""
+    handler = package.handler
+
+    async def run(ctx: Context, data: JSONObject) -> Any:
+        return await asyncio.to_thread(handler, ctx, data)
+
+    return run
 
 
 def not_json(package: Package, req_id: str | None) -> ServerError:

@@ -106,6 +106,12 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.inline_overruns = Counter(
+            "realtime_inline_overruns",
+            "Calls of inline=True handlers that held the event loop over the inline budget",
+            ["package"],
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

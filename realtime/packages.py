@@ -7,11 +7,13 @@ A handler author writes::
 
     PACKAGES = [Package(40, "echo", echo, schema={"type": "object"}, rest=Rest("POST", "/echo"))]
 
-and one line in permissions.toml. Duplicate ids or names stop start-up.
+and one line in permissions.toml (`realtime new-package` writes all three). Duplicate ids
+or names, and an application id outside APPLICATION_IDS, stop start-up.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -36,6 +38,15 @@ PAGINATION_PROPERTIES: JSONObject = {
         "default": PER_PAGE_DEFAULT,
     },
 }
+
+# Package ids (docs/protocol.md "Package ids"): an application's are 1-8999; the
+# framework's built-ins take theirs from 9000-9999, except auth.refresh, which keeps 42
+# for the clients that know it. `realtime new-package` picks the lowest free id from 100
+# (the shipped domains use 1-99 in blocks of ten; the test suite 900-999).
+APPLICATION_IDS = range(1, 9000)
+FRAMEWORK_IDS = range(9000, 10000)
+KEPT_FRAMEWORK_IDS = frozenset({42})
+SCAFFOLD_FIRST_ID = 100
 
 META_SCHEMA: JSONObject = {
     "type": "object",
@@ -119,8 +130,10 @@ class Context:
         return cast("Framework", self.services)
 
 
-# `async def` for handlers that wait on anything; a plain `def` (pure computation, no I/O)
-# runs inline on the socket's reader, without a task of its own.
+# `async def` for handlers that wait on anything. A plain `def` runs in a worker thread
+# under the same deadline; with `inline=True` it runs on the event loop itself, without a
+# task or a thread: only for work of microseconds (echo), since nothing else on the node
+# runs meanwhile (the dispatcher logs and counts an inline call over INLINE_BUDGET).
 Handler = Callable[[Context, JSONObject], Awaitable[Any]] | Callable[[Context, JSONObject], Any]
 
 
@@ -152,6 +165,18 @@ class Package:
     paginated: bool = False
     timeout: float | None = None
     description: str = ""
+    inline: bool = False
+
+    def __post_init__(self) -> None:
+        if self.inline and inspect.iscoroutinefunction(self.handler):
+            raise ConfigError(f"package {self.name}: inline=True needs a plain `def` handler")
+
+    @property
+    def runs(self) -> str:
+        """Where the handler runs: "inline" (the event loop), "thread" or "task"."""
+        if self.inline:
+            return "inline"
+        return "task" if inspect.iscoroutinefunction(self.handler) else "thread"
 
     def request_schema(self) -> JSONObject:
         """The schema validated on every call; pagination fields are added for paginated ones."""
@@ -193,6 +218,29 @@ class Catalog:
         self.by_id[package.id] = package
         self.by_name[package.name] = package
 
+    def check_application_ids(self, framework: Iterable[Package]) -> None:
+        """Every package not in `framework` must have an id of APPLICATION_IDS outside
+        KEPT_FRAMEWORK_IDS: a clash with a future built-in is caught now, not then."""
+        builtin = {package.id for package in framework}
+        for package in self.by_id.values():
+            if package.id not in builtin and not application_id(package.id):
+                raise ConfigError(
+                    f"package {package.name}: id {package.id} is not an application id "
+                    f"(1-8999 except 42; 9000-9999 and 42 are the framework's)"
+                )
+
+    def free_ids(self) -> list[tuple[int, int]]:
+        """The free application ids, as inclusive (first, last) ranges."""
+        free: list[tuple[int, int]] = []
+        for pkg_id in APPLICATION_IDS:
+            if pkg_id in self.by_id or pkg_id in KEPT_FRAMEWORK_IDS:
+                continue
+            if free and free[-1][1] == pkg_id - 1:
+                free[-1] = (free[-1][0], pkg_id)
+            else:
+                free.append((pkg_id, pkg_id))
+        return free
+
     def get(self, pkg_id: int) -> Package:
         try:
             return self.by_id[pkg_id]
@@ -201,3 +249,7 @@ class Catalog:
 
     def __iter__(self) -> Any:
         return iter(sorted(self.by_id.values(), key=lambda package: package.id))
+
+
+def application_id(pkg_id: int) -> bool:
+    return pkg_id in APPLICATION_IDS and pkg_id not in KEPT_FRAMEWORK_IDS

@@ -22,8 +22,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-import handlers
-from realtime.app import create_app
+from realtime.app import create_app, load_handlers
 from realtime.auth.dev import DevIssuer
 from realtime.logs import log_config
 from realtime.migrate import upgrade
@@ -32,6 +31,8 @@ from tests.packages import TEST_PACKAGES
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
+# the application's packages and tasks, as `realtime serve` finds them
+APP_PACKAGES, APP_TASKS = load_handlers(("handlers",))
 
 
 @pytest.fixture
@@ -53,7 +54,7 @@ def make_settings(tmp_path: Path, **changes: Any) -> Settings:
 
 
 def build_app(settings: Settings) -> Starlette:
-    return create_app(settings, [*handlers.PACKAGES, *TEST_PACKAGES])
+    return create_app(settings, [*APP_PACKAGES, *TEST_PACKAGES])
 
 
 @pytest.fixture

@@ -131,7 +131,13 @@ async def not_json_async(ctx: Context, data: JSONObject) -> Any:
 
 TEST_PACKAGES.extend(
     [
-        Package(913, "test.not_json_sync", not_json_sync, rest=Rest("GET", "/test/not-json")),
+        Package(
+            913,
+            "test.not_json_sync",
+            not_json_sync,
+            rest=Rest("GET", "/test/not-json"),
+            inline=True,
+        ),
         Package(914, "test.not_json_async", not_json_async),
     ]
 )

@@ -15,7 +15,6 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 from taskiq import InMemoryBroker
 
-import handlers
 from realtime.app import create_app
 from realtime.auth.dev import DevIssuer
 from realtime.bus import Offset, from_url
@@ -25,7 +24,7 @@ from realtime.exceptions import ConfigError
 from realtime.jobs import broker_from_url
 from realtime.jobs.broker import JobStreamBroker
 from realtime.settings import Settings
-from tests.conftest import make_settings
+from tests.conftest import APP_PACKAGES, make_settings
 from tests.helpers import auth_header, call
 from tests.nodes import free_port
 from tests.packages import TEST_PACKAGES
@@ -35,7 +34,7 @@ KNOWN = "expected one of memory://, redis://, rediss://, unix://"
 
 
 def app(settings: Settings, **backends: Any) -> Starlette:
-    return create_app(settings, [*handlers.PACKAGES, *TEST_PACKAGES], None, **backends)
+    return create_app(settings, [*APP_PACKAGES, *TEST_PACKAGES], None, **backends)
 
 
 def finished(client: TestClient, job_id: str, headers: dict[str, str]) -> dict[str, Any]:

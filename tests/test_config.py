@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import pytest
 
-import handlers
-from realtime.app import create_app
+from realtime.app import create_app, load_handlers
 from realtime.exceptions import ConfigError
 from realtime.packages import Package
 from realtime.settings import Settings
-from tests.conftest import make_settings
+from tests.conftest import APP_PACKAGES, make_settings
 from tests.packages import TEST_PACKAGES, admin_only
 
 
@@ -74,13 +74,13 @@ def _write(tmp_path: Path, text: str) -> str:
 def test_permission_entry_naming_no_package_stops_start_up(tmp_path: Path) -> None:
     path = _write(tmp_path, '[packages]\necho = ["user"]\n"no.such" = ["user"]\n')
     with pytest.raises(ConfigError, match="entries name no package: no.such"):
-        create_app(make_settings(tmp_path, permissions_file=path), handlers.PACKAGES)
+        create_app(make_settings(tmp_path, permissions_file=path), APP_PACKAGES)
 
 
 def test_package_without_entry_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = _write(tmp_path, '[packages]\necho = ["user"]\n')
     with caplog.at_level(logging.WARNING, logger="realtime"):
-        create_app(make_settings(tmp_path, permissions_file=path), handlers.PACKAGES)
+        create_app(make_settings(tmp_path, permissions_file=path), APP_PACKAGES)
     assert "package 'me' has no permissions entry: nobody can call it" in caplog.text
 
 
@@ -92,7 +92,7 @@ def test_malformed_permissions_stop_start_up(tmp_path: Path) -> None:
     ]:
         with pytest.raises(ConfigError, match=message):
             create_app(
-                make_settings(tmp_path, permissions_file=_write(tmp_path, text)), handlers.PACKAGES
+                make_settings(tmp_path, permissions_file=_write(tmp_path, text)), APP_PACKAGES
             )
     with pytest.raises(ConfigError, match="does not exist"):
         create_app(make_settings(tmp_path, permissions_file=str(tmp_path / "missing.toml")))
@@ -101,15 +101,46 @@ def test_malformed_permissions_stop_start_up(tmp_path: Path) -> None:
 def test_duplicate_package_id_or_name_stops_start_up(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     with pytest.raises(ConfigError, match="package id 40 is declared twice"):
-        create_app(settings, [*handlers.PACKAGES, Package(40, "other", admin_only)])
+        create_app(settings, [*APP_PACKAGES, Package(40, "other", admin_only)])
     with pytest.raises(ConfigError, match="package name 'echo' is declared twice"):
-        create_app(settings, [*handlers.PACKAGES, Package(77, "echo", admin_only)])
+        create_app(settings, [*APP_PACKAGES, Package(77, "echo", admin_only)])
+
+
+@pytest.mark.parametrize("pkg_id", [9000, 9999, 0, -1, 10_000])
+def test_an_application_id_outside_its_range_stops_start_up(tmp_path: Path, pkg_id: int) -> None:
+    with pytest.raises(ConfigError) as raised:
+        create_app(make_settings(tmp_path), [*APP_PACKAGES, Package(pkg_id, "x.y", admin_only)])
+    assert str(raised.value) == (
+        f"package x.y: id {pkg_id} is not an application id "
+        "(1-8999 except 42; 9000-9999 and 42 are the framework's)"
+    )
+    with pytest.raises(ConfigError, match="package id 42 is declared twice"):
+        create_app(make_settings(tmp_path), [*APP_PACKAGES, Package(42, "x.y", admin_only)])
+
+
+def test_a_handler_package_serves_every_module_in_it(tmp_path: Path) -> None:
+    """A module dropped into a handler package is found without being listed anywhere;
+    `_private` modules and a package that lists its own PACKAGES are left as they are."""
+    root = tmp_path / "discovered_app"
+    root.mkdir()
+    (root / "__init__.py").write_text('"""Found by discovery."""\n')
+    body = "from realtime import Package\n\ndef f(ctx, data):\n    return data\n\n"
+    (root / "alpha.py").write_text(body + 'PACKAGES = [Package(700, "alpha.one", f)]\n')
+    (root / "beta.py").write_text(body + 'PACKAGES = [Package(701, "beta.one", f)]\n')
+    (root / "_hidden.py").write_text(body + 'PACKAGES = [Package(702, "hidden.one", f)]\n')
+    sys.path.insert(0, str(tmp_path))
+    try:
+        packages, _ = load_handlers(("discovered_app",))
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert [p.name for p in packages] == ["alpha.one", "beta.one"]
+    assert {p.name for p in APP_PACKAGES} >= {"echo", "projects.create", "jobs.start"}
 
 
 def test_invalid_schema_stops_start_up(tmp_path: Path) -> None:
     broken = Package(911, "test.broken", admin_only, schema={"type": "no-such-type"})
     with pytest.raises(ConfigError, match="test.broken: invalid JSON Schema"):
-        create_app(make_settings(tmp_path), [*handlers.PACKAGES, *TEST_PACKAGES, broken])
+        create_app(make_settings(tmp_path), [*APP_PACKAGES, *TEST_PACKAGES, broken])
 
 
 def test_unknown_handler_module_stops_start_up(tmp_path: Path) -> None:

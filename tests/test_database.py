@@ -16,7 +16,7 @@ from realtime.app import create_app
 from realtime.exceptions import ConfigError
 from realtime.migrate import alembic_config, prepare_database
 from realtime.settings import Settings
-from tests.conftest import PG_SERVER, ROOT, _pg_admin, build_app, make_settings
+from tests.conftest import APP_PACKAGES, PG_SERVER, ROOT, _pg_admin, build_app, make_settings
 from tests.helpers import auth_header, call
 from tests.proxy import running_proxy
 
@@ -168,7 +168,6 @@ def test_failed_writes_leave_the_pool_healthy_and_shutdown_prompt(
 
 
 def build_app_packages() -> list:  # type: ignore[type-arg]
-    import handlers
     from tests.packages import TEST_PACKAGES
 
-    return [*handlers.PACKAGES, *TEST_PACKAGES]
+    return [*APP_PACKAGES, *TEST_PACKAGES]

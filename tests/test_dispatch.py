@@ -1,28 +1,31 @@
 """The package dispatch on a socket (realtime.socket.frames, realtime.dispatch).
 
-The two copies of the hot path, a plain `def` handler run inline and an `async def` one
-run in a task, must answer alike and count alike. A handler that subscribes and then
-fails keeps no subscription.
+The two copies of the hot path, an inline=True handler run on the reader and an
+`async def` one run in a task, must answer alike and count alike, and so must a plain
+`def` run in a thread. A slow plain `def` stalls nothing; a slow inline one is logged and
+counted. A handler that subscribes and then fails keeps no subscription.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
 
-import handlers
 from realtime import Context, Package
 from realtime.app import create_app
-from realtime.exceptions import Conflict, NotFound
+from realtime.exceptions import ConfigError, Conflict, NotFound
 from realtime.protocol import Status
 from realtime.settings import Settings
 from realtime.types import JSONObject
-from tests.conftest import HERE
+from tests.conftest import APP_PACKAGES, HERE
 from tests.helpers import auth_header, call, request
 from tests.packages import TEST_PACKAGES
 
@@ -53,18 +56,36 @@ async def async_twin(ctx: Context, data: JSONObject) -> Any:
     return twin(ctx, data)
 
 
+# set by the tests once they have seen what must come first
+RELEASE = threading.Event()
+
+
+def wait_for_release(ctx: Context, data: JSONObject) -> JSONObject:
+    """A slow plain `def`: runs in a thread, so the socket keeps being served."""
+    return {"released": RELEASE.wait(5)}
+
+
+def slow_inline(ctx: Context, data: JSONObject) -> JSONObject:
+    time.sleep(0.05)  # 50 ms of computation on the event loop
+    return {"slept": True}
+
+
 async def subscribe_then_fail(ctx: Context, data: JSONObject) -> Any:
     await ctx.subscribe(data["topic"])
     await asyncio.sleep(data.get("wait", 0))
     raise Conflict("changed meanwhile")
 
 
-INLINE, TASK, FAILING = 950, 951, 952
+INLINE, TASK, FAILING, THREAD, WAIT, SLOW_INLINE, STUCK = range(950, 957)
 ECHO = 40
 PACKAGES = [
-    Package(INLINE, "twin.inline", twin, schema=SCHEMA),
+    Package(INLINE, "twin.inline", twin, schema=SCHEMA, inline=True),
     Package(TASK, "twin.task", async_twin, schema=SCHEMA),
     Package(FAILING, "twin.subscribe_then_fail", subscribe_then_fail),
+    Package(THREAD, "twin.thread", twin, schema=SCHEMA),
+    Package(WAIT, "modes.wait", wait_for_release),
+    Package(SLOW_INLINE, "modes.slow_inline", slow_inline, inline=True),
+    Package(STUCK, "modes.stuck", wait_for_release, timeout=0.2),
 ]
 CASES: list[JSONObject] = [
     {"do": "ok", "n": 7},
@@ -79,14 +100,12 @@ CASES: list[JSONObject] = [
 @pytest.fixture
 def app_client(settings: Settings, tmp_path: Path) -> Any:
     permissions = tmp_path / "permissions.toml"
-    extra = (
-        '"twin.inline" = ["user"]\n"twin.task" = ["user"]\n"twin.subscribe_then_fail" = ["user"]\n'
-    )
+    extra = "".join(f'"{p.name}" = ["user"]\n' for p in PACKAGES)
     text = (HERE / "permissions.toml").read_text()
     permissions.write_text(text.replace("[packages]\n", "[packages]\n" + extra, 1))
     app = create_app(
         settings.replace(permissions_file=str(permissions)),
-        [*handlers.PACKAGES, *TEST_PACKAGES, *PACKAGES],
+        [*APP_PACKAGES, *TEST_PACKAGES, *PACKAGES],
     )
     with TestClient(app) as client:
         yield client
@@ -115,10 +134,13 @@ def test_inline_and_task_handlers_give_the_same_answers_and_metrics(
         for n, case in enumerate(CASES):
             inline = call(ws, INLINE, case, f"i{n}")
             task = call(ws, TASK, case, f"i{n}")
+            thread = call(ws, THREAD, case, f"i{n}")
             assert _without_package(inline) == _without_package(task), case
+            assert _without_package(thread) == _without_package(task), case
     metrics = app_client.get("/metrics").text
     task_counts = _counts(metrics, "twin.task")
     assert _counts(metrics, "twin.inline") == task_counts
+    assert _counts(metrics, "twin.thread") == task_counts
     assert task_counts["NOT_FOUND"] == 1 and task_counts["INVALID_DATA"] == 2
     assert task_counts["ERROR"] == 1  # the bug; the answer that is not JSON counts OK
 
@@ -155,3 +177,65 @@ def test_a_failing_request_drops_only_its_own_subscription(
             frames.append(ws.receive_json())
         events = [f for f in frames if f.get("event") == "message"]
         assert [e["data"] for e in events] == [{"n": 2}]
+
+
+def test_a_slow_plain_def_runs_in_a_thread_and_stalls_nothing(
+    app_client: TestClient, token: str
+) -> None:
+    """The slow handler is answered only after the echo sent behind it: the reader went
+    on while a thread ran it (inline, the echo would have waited)."""
+    RELEASE.clear()
+    with app_client.websocket_connect("/ws", headers=auth_header(token)) as ws:
+        request(ws, WAIT, {}, "slow")
+        assert call(ws, ECHO, {"x": 1}, "e") == {
+            "pkg_id": ECHO,
+            "req_id": "e",
+            "status_code": 0,
+            "data": {"x": 1},
+        }
+        RELEASE.set()
+        answer = ws.receive_json()
+        assert (answer["req_id"], answer["status_code"]) == ("slow", 0)
+        assert answer["data"] == {"released": True}
+
+
+def test_a_plain_def_past_its_deadline_answers_timeout(
+    app_client: TestClient, token: str
+) -> None:
+    RELEASE.clear()
+    try:
+        with app_client.websocket_connect("/ws", headers=auth_header(token)) as ws:
+            answer = call(ws, STUCK, {}, "s")
+            assert (answer["req_id"], answer["status_code"]) == ("s", Status.TIMEOUT)
+            assert call(ws, ECHO, {"x": 2}, "e")["data"] == {"x": 2}  # still served
+    finally:
+        RELEASE.set()  # the thread cannot be stopped: let it finish
+
+
+def test_a_slow_inline_handler_is_logged_and_counted(
+    app_client: TestClient, token: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """inline=True runs on the event loop: the echo behind it waits its 50 ms (that is
+    the documented price), and the overrun does not go unnoticed."""
+    with (
+        caplog.at_level(logging.WARNING, "realtime.dispatch"),
+        app_client.websocket_connect("/ws", headers=auth_header(token)) as ws,
+    ):
+        request(ws, SLOW_INLINE, {}, "slow")
+        request(ws, ECHO, {"x": 1}, "e")
+        assert [ws.receive_json()["req_id"] for _ in range(2)] == ["slow", "e"]
+        call(ws, SLOW_INLINE, {}, "again")
+    metrics = app_client.get("/metrics").text
+    assert 'realtime_inline_overruns_total{package="modes.slow_inline"} 2.0' in metrics
+    warnings = [r.getMessage() for r in caplog.records if "modes.slow_inline" in r.getMessage()]
+    assert len(warnings) == 1  # logged once a minute at most, counted every time
+    assert "held the event loop" in warnings[0]
+    assert 'realtime_inline_overruns_total{package="echo"}' not in metrics
+
+
+def test_inline_needs_a_plain_def() -> None:
+    with pytest.raises(ConfigError, match="inline=True needs a plain `def`"):
+        Package(960, "modes.bad", async_twin, inline=True)
+    assert Package(961, "a", twin).runs == "thread"
+    assert Package(962, "b", twin, inline=True).runs == "inline"
+    assert Package(963, "c", async_twin).runs == "task"

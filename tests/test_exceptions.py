@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-import handlers
 from realtime import exceptions
 from realtime.app import create_app
 from realtime.exceptions import (
@@ -48,7 +47,7 @@ from realtime.exceptions import (
 from realtime.packages import Context, Package, Rest
 from realtime.protocol import Status
 from realtime.types import JSONObject
-from tests.conftest import HERE, make_settings
+from tests.conftest import APP_PACKAGES, HERE, make_settings
 from tests.helpers import auth_header
 from tests.packages import TEST_PACKAGES
 
@@ -200,7 +199,7 @@ def raising(tmp_path: Path) -> Iterator[TestClient]:
     settings = make_settings(
         tmp_path, permissions_file=str(tmp_path / "permissions.toml"), max_body_bytes=BODY_LIMIT
     )
-    app = create_app(settings, [*handlers.PACKAGES, *TEST_PACKAGES, RAISE])
+    app = create_app(settings, [*APP_PACKAGES, *TEST_PACKAGES, RAISE])
     with TestClient(app) as client:
         yield client
 

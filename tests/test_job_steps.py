@@ -18,7 +18,6 @@ import pytest
 from starlette.testclient import TestClient, WebSocketTestSession
 from taskiq import TaskiqDepends, TaskiqState
 
-import handlers
 from handlers import jobs_sql
 from handlers.jobs import JOBS
 from realtime import Context, JSONObject, Package, Rest, StepJobs
@@ -32,6 +31,7 @@ from realtime.exceptions import Unavailable
 from realtime.jobs import TaskServices
 from realtime.migrate import upgrade
 from realtime.settings import Settings
+from tests.conftest import APP_PACKAGES, APP_TASKS
 from tests.helpers import auth_header, call, close_of
 
 # -- a job type of its own: a task function and a start package, nothing else ----------
@@ -89,8 +89,8 @@ def digest_settings(engine: Settings, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def digest_client(digest_settings: Settings) -> Iterator[TestClient]:
-    tasks = [*handlers.TASKS, JOBS.task(DIGEST_TASK, digest_task)]
-    app = create_app(digest_settings, [*handlers.PACKAGES, DIGEST_PACKAGE], tasks)
+    tasks = [*APP_TASKS, JOBS.task(DIGEST_TASK, digest_task)]
+    app = create_app(digest_settings, [*APP_PACKAGES, DIGEST_PACKAGE], tasks)
     with TestClient(app) as client:
         yield client
 

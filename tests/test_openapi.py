@@ -13,11 +13,10 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-import handlers
 from realtime.app import create_app
 from realtime.auth.dev import DevIssuer
 from realtime.settings import Settings
-from tests.conftest import ROOT, serve
+from tests.conftest import APP_PACKAGES, ROOT, serve
 from tests.npmtools import run_tool
 
 
@@ -55,7 +54,7 @@ def live(engine: Settings, tmp_path: Path) -> Iterator[tuple[str, str]]:
     token = DevIssuer.load_or_create(
         settings.dev_key_file, audience="realtime", client_id="realtime"
     ).mint("root", ["user", "admin"])
-    with serve(create_app(settings, handlers.PACKAGES)) as address:
+    with serve(create_app(settings, APP_PACKAGES)) as address:
         yield address, token
 
 

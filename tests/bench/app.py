@@ -27,8 +27,7 @@ from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-import handlers
-from realtime.app import create_app
+from realtime.app import create_app, load_handlers
 from realtime.settings import Settings
 from tests.bench import ablations
 from tests.bench.common import ROOT
@@ -76,11 +75,11 @@ async def bare_endpoint(websocket: WebSocket) -> None:
 
 
 def create_bench_app() -> Starlette:
-    on_frame = ablations.apply(os.environ.get(ablations.ENV, ""), handlers.PACKAGES)
+    on_frame = ablations.apply(os.environ.get(ablations.ENV, ""), load_handlers(("handlers",))[0])
     key_file = os.environ.get("BENCH_DEV_KEY_FILE") or str(
         Path(tempfile.mkdtemp(prefix="realtime-bench-")) / "dev-key.json"
     )
-    app = create_app(bench_settings(key_file), handlers.PACKAGES, on_frame=on_frame)
+    app = create_app(bench_settings(key_file), load_handlers(("handlers",))[0], on_frame=on_frame)
     # same app, same lifespan: the ceiling is one more route next to /ws
     app.router.routes.append(WebSocketRoute(BARE_PATH, bare_endpoint))
     return app

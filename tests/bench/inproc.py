@@ -24,7 +24,7 @@ sys.path.insert(0, os.getcwd())  # the tree to measure, not the one this file is
 import orjson
 import uvloop
 
-import handlers
+from realtime.app import load_handlers
 from realtime.auth.dev import DevIssuer
 from realtime.builtin import BUILTIN_PACKAGES
 from realtime.metrics import Metrics
@@ -76,7 +76,7 @@ def _settings(tmp: Path) -> Settings:
 
 async def measure(n: int) -> float:
     settings = _settings(Path(tempfile.mkdtemp()))
-    catalog = Catalog([*BUILTIN_PACKAGES, *handlers.PACKAGES])
+    catalog = Catalog([*BUILTIN_PACKAGES, *load_handlers(("handlers",))[0]])
     permissions = Permissions.load(settings.permissions_file)
     limiter = MemoryRateLimiter(settings.rate_limit, settings.rate_burst)
     router = Router(catalog, permissions, limiter, Metrics(), settings.handler_timeout)

@@ -17,9 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-import handlers
 from realtime import Context, Package, Rest
-from realtime.app import create_app
+from realtime.app import create_app, load_handlers
 from realtime.auth.dev import DevIssuer
 from tests.conftest import ROOT, make_settings, serve
 from tests.test_openapi import declared_operations, schemathesis
@@ -52,7 +51,7 @@ def with_notes(tmp_path: Path) -> Iterator[tuple[str, str]]:
         settings.dev_key_file, audience="realtime", client_id="realtime"
     )
     token = issuer.mint("root", ["user", "admin"], tenant="acme")
-    with serve(create_app(settings, [*handlers.PACKAGES, *NOTES])) as address:
+    with serve(create_app(settings, [*load_handlers(("handlers",))[0], *NOTES])) as address:
         yield address, token
 
 

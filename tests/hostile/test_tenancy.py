@@ -18,8 +18,7 @@ import pytest
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-import handlers
-from realtime.app import create_app
+from realtime.app import create_app, load_handlers
 from realtime.auth.dev import DevIssuer
 from realtime.settings import Settings
 from tests.conftest import ROOT, make_settings
@@ -118,7 +117,7 @@ def shipped(tmp_path: Path) -> Iterator[tuple[TestClient, DevIssuer]]:
         audience=settings.keycloak_audience,
         client_id=settings.keycloak_client_id,
     )
-    with TestClient(create_app(settings, handlers.PACKAGES)) as test_client:
+    with TestClient(create_app(settings, load_handlers(("handlers",))[0])) as test_client:
         yield test_client, issuer
 
 

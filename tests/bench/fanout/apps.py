@@ -44,8 +44,7 @@ TOPIC = "broadcast"
 
 
 def realtime_app() -> Any:
-    import handlers
-    from realtime.app import create_app
+    from realtime.app import create_app, load_handlers
     from realtime.settings import Settings
     from tests.bench.fanout import diagnostics
 
@@ -66,7 +65,7 @@ def realtime_app() -> Any:
     }
     if os.environ.get("BENCH_FANOUT_REDIS_URL"):
         values["REDIS_URL"] = os.environ["BENCH_FANOUT_REDIS_URL"]
-    return create_app(Settings.from_mapping(values), handlers.PACKAGES)
+    return create_app(Settings.from_mapping(values), load_handlers(("handlers",))[0])
 
 
 def with_health(app: ASGIApp) -> ASGIApp:
