@@ -58,8 +58,18 @@ def _parser() -> argparse.ArgumentParser:
     scheduler = commands.add_parser("scheduler", help="queue the periodic tasks (run one)")
     scheduler.set_defaults(command=_scheduler)
 
-    packages = commands.add_parser("packages", help="print the package table")
+    packages = commands.add_parser("packages", help="print the package table and free ids")
     packages.set_defaults(command=_packages)
+
+    new = commands.add_parser(
+        "new-package", help="write a package: handler, schemas, permissions line, test"
+    )
+    new.add_argument("name", help="dotted name, e.g. notes.add (module handlers/notes.py)")
+    new.add_argument("--rest", metavar='"METHOD /path [status]"', help="also serve it over REST")
+    new.add_argument("--paginated", action="store_true", help="answer pages (Page, meta)")
+    new.add_argument("--roles", default="user", help="comma-separated roles (default user)")
+    new.add_argument("--id", type=int, dest="pkg_id", help="package id (default: lowest free)")
+    new.set_defaults(command=_new_package)
 
     types = commands.add_parser(
         "client-types", help="write TypeScript types of every package and event for realtime.js"
@@ -240,11 +250,44 @@ def _packages(settings: Settings, args: argparse.Namespace) -> int:
 
     catalog = _catalog(settings)
     permissions = Permissions.load(settings.permissions_file)
-    print(f"{'id':>4}  {'name':<24} {'roles':<20} rest")
+    row = "{:>4}  {:<24} {:<14} {:<8} {:<7} {:<9} {}"
+    print(row.format("id", "name", "roles", "transport", "runs", "paginated", "rest"))
+    unlisted = []
     for p in catalog:
-        roles = ",".join(sorted(permissions.package_roles(p.name))) or "(nobody)"
+        roles = ",".join(sorted(permissions.package_roles(p.name)))
+        if not roles and p.name not in permissions.packages:
+            unlisted.append(p.name)
         rest = f"{p.rest.method} {p.rest.path}" if p.rest else "-"
-        print(f"{p.id:>4}  {p.name:<24} {roles:<20} {rest}")
+        transport = "ws+rest" if p.rest else "ws"
+        paginated = "yes" if p.paginated else "-"
+        print(row.format(p.id, p.name, roles or "(nobody)", transport, p.runs, paginated, rest))
+    free = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in catalog.free_ids())
+    print(f"\nfree application ids: {free} (9000-9999 and 42 are the framework's)")
+    for name in unlisted:
+        print(f"not in {settings.permissions_file}: {name} (nobody may call it)")
+    return 0
+
+
+def _new_package(settings: Settings, args: argparse.Namespace) -> int:
+    from realtime.scaffold import Project, ScaffoldError, next_steps, plan, write
+
+    project = Project(Path.cwd(), settings.handlers[0], settings.permissions_file)
+    sys.path.insert(0, str(project.root))  # this project's handlers, whatever is installed
+    try:
+        project.check()
+        spec = plan(
+            _catalog(settings),
+            args.name,
+            rest=args.rest,
+            paginated=args.paginated,
+            roles=args.roles,
+            pkg_id=args.pkg_id,
+        )
+        written = write(project, spec)
+    except ScaffoldError as error:
+        print(f"realtime new-package: {error}", file=sys.stderr)
+        return 2
+    print("\n".join([*written, *next_steps(spec)]))
     return 0
 
 
