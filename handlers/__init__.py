@@ -11,3 +11,4 @@ PACKAGES = [
 ]
 TASKS = [*jobs.TASKS]
 ROUTES = [*jobs.ROUTES]
+TOPICS = [*projects.TOPICS]
