@@ -1,4 +1,8 @@
-"""Projects: CRUD with soft delete, scoped to the caller's tenant, on the socket and REST."""
+"""Projects: CRUD with soft delete, scoped to the caller's tenant, on the socket and REST.
+
+Changes are published on `projects.<tenant_id>` (every list of the tenant) and on
+`project.<id>` (a page showing that one project), whose subscribers the authorizer
+`project_member` admits: users of the project's tenant only (TOPICS)."""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import logging
 from typing import Any
 
 from handlers import projects_sql as sql
-from realtime import Context, JSONObject, Package, Page, Rest, translate
+from realtime import Context, JSONObject, Package, Page, Rest, Topic, translate
 from realtime.exceptions import Conflict, NotFound, OutcomeUnknown, Unavailable
 from schema import projects as s
 
@@ -15,17 +19,31 @@ logger = logging.getLogger("handlers.projects")
 
 
 async def _announce(ctx: Context, op: str, project: dict[str, Any]) -> dict[str, Any]:
-    """Tell open lists of the tenant, after the write committed (each write is one statement).
+    """Tell open lists of the tenant and pages of the project, after the write committed
+    (each write is one statement).
 
     A bus outage must not turn a committed write into an error the client would retry, so
     a failed publication is logged, not raised."""
+    event = {"op": op, "project": project}
     try:
-        await ctx.services.hub.publish(
-            f"projects.{ctx.principal.tenant_id}", {"op": op, "project": project}
-        )
+        await ctx.services.hub.publish(f"projects.{ctx.principal.tenant_id}", event)
+        await ctx.services.hub.publish(f"project.{project['id']}", event)
     except (Unavailable, OutcomeUnknown):
         logger.warning("project %s %s maybe not announced: bus unavailable", project["id"], op)
     return project
+
+
+async def project_member(ctx: Context, params: dict[str, str]) -> bool:
+    """`project.{id}`: only users of the project's tenant. Another tenant's project, a
+    deleted or a missing one are all NOT_FOUND, as for every project operation (a caller
+    cannot tell another tenant's project from none); the roles of permissions.toml
+    decided before this runs."""
+    text = params["id"]
+    project_id = int(text) if text.isascii() and text.isdigit() and len(text) <= 10 else 0
+    if not 0 < project_id <= s.ID_MAX:  # no row has such an id (and no query runs)
+        raise NotFound(NOT_FOUND)
+    _found(await sql.get(ctx.services.database, ctx.principal.tenant_id, project_id))
+    return True
 
 
 def _found(project: dict[str, Any] | None) -> dict[str, Any]:
@@ -131,3 +149,4 @@ PACKAGES = [
         description="Soft delete; a second delete answers the same deleted_at.",
     ),
 ]
+TOPICS = [Topic("project.{id}", project_member)]

@@ -1,4 +1,7 @@
-"""Topics: subscribe (with resume), unsubscribe, publish, presence (PROTOCOL.md 2.4, 3)."""
+"""Topics: subscribe (with resume), unsubscribe, publish, presence (PROTOCOL.md 2.4, 3).
+
+Every request on a topic passes its permissions.toml roles, then its pattern's authorizer
+(`Topic` in a handler module's TOPICS), through `ctx.services.topics.authorize`."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from schema import topics as s
 
 async def subscribe(ctx: Context, data: JSONObject) -> dict[str, Any]:
     ctx.socket()  # topics are served on a socket only: INVALID_DATA over REST, first
-    ctx.services.topics.check(ctx.principal, data["topic"], "subscribe")
+    await ctx.services.topics.authorize(ctx, data["topic"], "subscribe")
     return await ctx.subscribe(data["topic"], data.get("since"))
 
 
@@ -20,14 +23,14 @@ async def unsubscribe(ctx: Context, data: JSONObject) -> dict[str, Any]:
 
 
 async def publish(ctx: Context, data: JSONObject) -> dict[str, Any]:
-    ctx.services.topics.check(ctx.principal, data["topic"], "publish")
+    await ctx.services.topics.authorize(ctx, data["topic"], "publish")
     key = data.get("idempotency_key")
     offset = await ctx.services.hub.publish(data["topic"], data["data"], key=key)
     return {"topic": data["topic"], "offset": str(offset)}
 
 
 async def presence(ctx: Context, data: JSONObject) -> dict[str, Any]:
-    ctx.services.topics.check(ctx.principal, data["topic"], "presence")
+    await ctx.services.topics.authorize(ctx, data["topic"], "presence")
     return {"topic": data["topic"], "presence": await ctx.services.hub.presence(data["topic"])}
 
 

@@ -12,9 +12,10 @@ from realtime.jobs.steps import StepJobs, job_topic
 from realtime.jobs.stream import job_stream
 from realtime.packages import Context, Package, Page, Rest
 from realtime.rest import RestOnlyRoute
+from realtime.topics import Topic
 from realtime.types import JSONObject
 
-__all__ = ["Context", "Package", "Page", "Rest", "RestOnlyRoute"]
+__all__ = ["Context", "Package", "Page", "Rest", "RestOnlyRoute", "Topic"]
 # the SQL helpers of handlers/*_sql.py (realtime.db)
 __all__ += ["Prepared", "contains", "now", "translate", "utc"]
 # what a job type and the jobs packages use (realtime.jobs.steps, realtime.jobs.stream)

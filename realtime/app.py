@@ -36,7 +36,7 @@ from realtime.permissions import Permissions
 from realtime.ratelimit import MemoryRateLimiter
 from realtime.settings import Settings
 from realtime.socket.connection import ASGIChannels, FrameHandler
-from realtime.topics import TopicPermissions
+from realtime.topics import Topic, TopicPermissions
 from realtime.web import cors
 from realtime.web import routes as web_routes
 
@@ -55,6 +55,11 @@ def load_handlers(modules: Sequence[str]) -> tuple[list[Package], list[Task]]:
 def load_routes(modules: Sequence[str]) -> list[BaseRoute]:
     """Extra routes of handler modules (ROUTES), e.g. compatibility sockets."""
     return [route for module in _modules(modules) for route in getattr(module, "ROUTES", [])]
+
+
+def load_topics(modules: Sequence[str]) -> list[Topic]:
+    """The topic authorizers of handler modules (TOPICS), next to their packages."""
+    return [topic for module in _modules(modules) for topic in getattr(module, "TOPICS", [])]
 
 
 def _modules(modules: Sequence[str]) -> list[Any]:
@@ -108,7 +113,7 @@ def create_app(
     permissions.check(catalog.by_name, [key for key in route_keys if key])
     limiter = MemoryRateLimiter(settings.rate_limit, settings.rate_burst)
     dispatcher = Dispatcher(catalog, permissions, limiter, Metrics(), settings.handler_timeout)
-    topics = TopicPermissions(permissions.topics)
+    topics = TopicPermissions(permissions.topics, load_topics(settings.handlers))
     install_redaction()
 
     @contextlib.asynccontextmanager

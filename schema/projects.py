@@ -3,7 +3,8 @@
 from schema.common import IDEMPOTENCY_KEY
 from schema.tables import AUTHOR_NAME_MAX, PROJECT_DESCRIPTION_MAX, PROJECT_NAME_MAX
 
-ID = {"type": "integer", "minimum": 1, "maximum": 2_147_483_647}
+ID_MAX = 2_147_483_647  # the column's integer range
+ID = {"type": "integer", "minimum": 1, "maximum": ID_MAX}
 # PostgreSQL cannot store NUL in text: refuse it on both engines, with the same answer
 NO_NUL = "^[^\\x00]*$"
 NAME = {"type": "string", "minLength": 1, "maxLength": PROJECT_NAME_MAX, "pattern": NO_NUL}
