@@ -78,7 +78,9 @@ def test_permission_entry_naming_no_package_stops_start_up(tmp_path: Path) -> No
 
 
 def test_package_without_entry_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    path = _write(tmp_path, '[packages]\necho = ["user"]\n')
+    # the shipped topic authorizer (handlers/projects.py) needs its [topics] entry
+    text = '[packages]\necho = ["user"]\n[topics."project.{id}"]\nsubscribe = ["user"]\n'
+    path = _write(tmp_path, text)
     with caplog.at_level(logging.WARNING, logger="realtime"):
         create_app(make_settings(tmp_path, permissions_file=path), APP_PACKAGES)
     assert "package 'me' has no permissions entry: nobody can call it" in caplog.text
