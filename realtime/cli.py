@@ -71,6 +71,14 @@ def _parser() -> argparse.ArgumentParser:
     new.add_argument("--id", type=int, dest="pkg_id", help="package id (default: lowest free)")
     new.set_defaults(command=_new_package)
 
+    topic = commands.add_parser(
+        "new-topic", help="write a topic pattern: its authorizer, roles and a test"
+    )
+    topic.add_argument("pattern", help="e.g. notes.{id} ({name}, {sub}, {tenant}, *)")
+    topic.add_argument("--roles", default="user", help="who may subscribe (default user)")
+    topic.add_argument("--publish", default="", help="who may publish (default: the server)")
+    topic.set_defaults(command=_new_topic)
+
     types = commands.add_parser(
         "client-types", help="write TypeScript types of every package and event for realtime.js"
     )
@@ -288,6 +296,26 @@ def _new_package(settings: Settings, args: argparse.Namespace) -> int:
         print(f"realtime new-package: {error}", file=sys.stderr)
         return 2
     print("\n".join([*written, *next_steps(spec)]))
+    return 0
+
+
+def _new_topic(settings: Settings, args: argparse.Namespace) -> int:
+    from realtime.app import load_topics
+    from realtime.permissions import Permissions
+    from realtime.scaffold import Project, ScaffoldError, plan_topic, topic_next_steps, write_topic
+
+    project = Project(Path.cwd(), settings.handlers[0], settings.permissions_file)
+    sys.path.insert(0, str(project.root))
+    try:
+        project.check()
+        table = dict(Permissions.load(str(project.permissions)).topics)
+        declared = [topic.pattern for topic in load_topics(settings.handlers)]
+        spec = plan_topic(table, declared, args.pattern, roles=args.roles, publish=args.publish)
+        written = write_topic(project, spec)
+    except ScaffoldError as error:
+        print(f"realtime new-topic: {error}", file=sys.stderr)
+        return 2
+    print("\n".join([*written, *topic_next_steps(spec)]))
     return 0
 
 

@@ -15,6 +15,7 @@ import builtins
 import keyword
 import re
 import tomllib
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -532,4 +533,226 @@ def next_steps(spec: Spec) -> list[str]:
         f"  2. make {test} check what it answers now",
         f"  3. .venv/bin/ruff check realtime handlers schema tests && .venv/bin/mypy "
         f"&& .venv/bin/python -m pytest {test}",
+    ]
+
+
+# -- `realtime new-topic PATTERN` -----------------------------------------------------
+
+TOPIC_DOMAIN = re.compile(r"^([a-z][a-z0-9_]*)\.")
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic pattern to write: its authorizer, its roles, its test."""
+
+    pattern: str
+    subscribe: tuple[str, ...]
+    publish: tuple[str, ...]
+
+    @property
+    def domain(self) -> str:
+        found = TOPIC_DOMAIN.match(self.pattern)
+        assert found is not None
+        return found.group(1)
+
+    @property
+    def params(self) -> list[str]:
+        return [p for p in PARAMETER.findall(self.pattern) if p not in ("sub", "tenant")]
+
+    def example(self) -> str:
+        """A topic the pattern matches for the test's caller (alice of tenant acme)."""
+        values = {"sub": "alice", "tenant": "acme"}
+        topic = re.sub(
+            r"\{([A-Za-z_][A-Za-z0-9_]*)\}",
+            lambda m: values.get(m.group(1), "7" if m.group(1).endswith("id") else "x"),
+            self.pattern,
+        )
+        return topic.replace("*", "x")
+
+
+def plan_topic(
+    table: Collection[str],
+    declared: Collection[str],
+    pattern: str,
+    *,
+    roles: str = "user",
+    publish: str = "",
+) -> TopicSpec:
+    """Check the pattern against permissions.toml's [topics] and the declared Topics."""
+    from realtime.topics import TopicPermissions
+
+    if not TOPIC_DOMAIN.match(pattern):
+        raise ScaffoldError(f"{pattern!r}: a pattern starts with its domain, like notes.{{id}}")
+    try:
+        TopicPermissions({pattern: {}}, [])
+    except ConfigError as error:
+        raise ScaffoldError(str(error)) from None
+    if pattern in table or pattern in declared:
+        raise ScaffoldError(f"topic {pattern!r} exists (permissions.toml or a TOPICS list)")
+    subscribe = _roles(roles, "--roles")
+    return TopicSpec(pattern, subscribe, _roles(publish, "--publish") if publish else ())
+
+
+def _roles(text: str, option: str) -> tuple[str, ...]:
+    found = tuple(role.strip() for role in text.split(",") if role.strip())
+    if not found:
+        raise ScaffoldError(f"{option} names no role (use * for any authenticated caller)")
+    return found
+
+
+def write_topic(project: Project, spec: TopicSpec) -> list[str]:
+    project.check()
+    handler_file = project.handlers / f"{spec.domain}.py"
+    test_file = project.tests / f"test_topic_{spec.domain}.py"
+    if test_file.exists():
+        raise ScaffoldError(f"{test_file} exists")
+    taken = _top_level_names(handler_file.read_text()) if handler_file.exists() else set()
+    function = next(
+        (n for n in (f"may_{spec.domain}", f"may_{spec.domain}_topic") if n not in taken), None
+    )
+    if function is None:
+        raise ScaffoldError(f"{handler_file} already defines may_{spec.domain}")
+    handler_text = _topic_handler_text(handler_file, spec, function)
+    permissions_text = _topic_permissions_text(project.permissions, spec)
+    done = []
+    for path, text in (
+        (handler_file, handler_text),
+        (project.permissions, permissions_text),
+        (test_file, _topic_test_text(project, spec)),
+    ):
+        verb = "changed" if path.exists() else "wrote"
+        path.write_text(text)
+        done.append(f"{verb} {path.relative_to(project.root)}")
+    return done
+
+
+def _authorizer_code(spec: TopicSpec, function: str) -> str:
+    shown = ", ".join(f'"{p}": ...' for p in spec.params)
+    return (
+        f"async def {function}(ctx: Context, params: dict[str, str]) -> bool:\n"
+        f'    """Who may subscribe to `{spec.pattern}` (and list its presence, read its history),\n'
+        "    once permissions.toml's roles allowed it: True allows, False is PERMISSION_DENIED,\n"
+        f'    raising NotFound hides the topic. `params` holds {{{shown}}}."""\n'
+        "    # deny until the rule is written here, and in the test next to this module's\n"
+        "    return False\n"
+    )
+
+
+def _topic_handler_text(handler_file: Path, spec: TopicSpec, function: str) -> str:
+    code = _authorizer_code(spec, function)
+    entry = f'Topic("{spec.pattern}", {function})'
+    if not handler_file.exists():
+        return (
+            f'"""The {spec.domain}.* topics."""\n\n'
+            "from __future__ import annotations\n\n"
+            f"{_from_import('realtime', ['Context', 'Topic'])}\n\n"
+            f"{code}\n\n"
+            f"TOPICS = [{entry}]\n"
+        )
+    source = _merge_import(handler_file.read_text(), "realtime", ["Context", "Topic"])
+    lines = source.splitlines(keepends=True)
+    for node in ast.parse(source).body:
+        if _assigns(node, "TOPICS"):
+            assert isinstance(node, ast.Assign)
+            lines.insert(node.end_lineno or 0, f"TOPICS += [{entry}]\n")
+            lines.insert(node.lineno - 1, code + "\n\n")
+            return "".join(lines)
+    ending = "" if source.endswith("\n") else "\n"
+    return source + ending + f"\n\n{code}\n\nTOPICS = [{entry}]\n"
+
+
+def _topic_permissions_text(path: Path, spec: TopicSpec) -> str:
+    """The pattern's table after the last [topics.*] table: patterns are tried in order,
+    so it goes after the ones there (and before [grants] and what else follows)."""
+    lines = path.read_text().splitlines(keepends=True)
+    headers = [i for i, line in enumerate(lines) if line.lstrip().startswith("[")]
+    topic_headers = [i for i in headers if lines[i].lstrip().startswith("[topics.")]
+    if topic_headers:
+        after = [i for i in headers if i > topic_headers[-1]]
+        end = after[0] if after else len(lines)
+        while end > topic_headers[-1] + 1 and (
+            not lines[end - 1].strip() or lines[end - 1].lstrip()[0] == "#"
+        ):
+            end -= 1
+    else:
+        end = len(lines)
+    if end and not lines[end - 1].endswith("\n"):
+        lines[end - 1] += "\n"
+    table = [f'\n[topics."{spec.pattern}"]\n', f"subscribe = [{_quoted(spec.subscribe)}]\n"]
+    table.append(f"presence = [{_quoted(spec.subscribe)}]\n")
+    if spec.publish:
+        table.append(f"publish = [{_quoted(spec.publish)}]\n")
+    lines[end:end] = table
+    changed = "".join(lines)
+    topics = tomllib.loads(changed).get("topics", {})
+    if topics.get(spec.pattern, {}).get("subscribe") != list(spec.subscribe):
+        raise ScaffoldError(f"{path}: could not add [topics.{spec.pattern!r}]")
+    return changed
+
+
+def _quoted(roles: tuple[str, ...]) -> str:
+    return ", ".join(f'"{role}"' for role in roles)
+
+
+def _topic_test_text(project: Project, spec: TopicSpec) -> str:
+    roles = [role for role in spec.subscribe if role != "*"] or ["user"]
+    return "\n".join(
+        [
+            f'"""The topic {spec.pattern} (written by `realtime new-topic`): its authorizer',
+            'denies until its rule is written; then test who is allowed and who is not."""',
+            "",
+            "from __future__ import annotations",
+            "",
+            "from collections.abc import Iterator",
+            "from pathlib import Path",
+            "",
+            "import pytest",
+            "from starlette.testclient import TestClient",
+            "",
+            "from realtime.app import create_app",
+            "from realtime.auth.dev import DevIssuer",
+            "from realtime.protocol import Status",
+            "from tests.conftest import ROOT, make_settings",
+            "from tests.helpers import auth_header, call",
+            "",
+            "SUBSCRIBE = 30  # topics.subscribe",
+            f'TOPIC = "{spec.example()}"',
+            "",
+            "",
+            "@pytest.fixture",
+            "def app(tmp_path: Path) -> Iterator[tuple[TestClient, str]]:",
+            "    settings = make_settings(",
+            f'        tmp_path, handlers=("{project.handlers_module}",), '
+            f'permissions_file=str(ROOT / "{project.permissions_file}")',
+            "    )",
+            "    issuer = DevIssuer.load_or_create(",
+            "        settings.dev_key_file,",
+            "        audience=settings.keycloak_audience,",
+            "        client_id=settings.keycloak_client_id,",
+            "    )",
+            f'    token = issuer.mint("alice", {roles!r}, tenant="acme")'.replace("'", '"'),
+            "    with TestClient(create_app(settings)) as client:",
+            "        yield client, token",
+            "",
+            "",
+            "def test_the_authorizer_decides_after_the_roles(app: tuple[TestClient, str]) -> None:",
+            "    client, token = app",
+            '    with client.websocket_connect("/ws", headers=auth_header(token)) as ws:',
+            '        answer = call(ws, SUBSCRIBE, {"topic": TOPIC})',
+            '    assert answer["status_code"] == Status.PERMISSION_DENIED, answer',
+            "",
+        ]
+    )
+
+
+def topic_next_steps(spec: TopicSpec) -> list[str]:
+    test = f"tests/test_topic_{spec.domain}.py"
+    return [
+        f"topic {spec.pattern}: subscribe and presence {', '.join(spec.subscribe)}, "
+        + (f"publish {', '.join(spec.publish)}" if spec.publish else "publish: the server only"),
+        "next:",
+        f"  1. write who may subscribe in the authorizer in handlers/{spec.domain}.py "
+        "(it denies until then)",
+        f"  2. make {test} check who is allowed and who is not",
+        "  3. publish from a handler: await ctx.services.hub.publish(topic, data)",
     ]

@@ -60,6 +60,9 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ):
         done = _realtime(copy, "new-package", *args)
         assert done.returncode == 0, done.stderr
+    for args in (("notes.{id}",), ("room.{room}", "--publish", "user")):
+        done = _realtime(copy, "new-topic", *args)
+        assert done.returncode == 0, done.stderr
     return copy
 
 
@@ -84,10 +87,10 @@ def test_the_projects_own_checks_pass_on_what_it_wrote(project: Path) -> None:
     mypy = _run(project, str(BIN / "mypy"), "--cache-dir", str(project / ".mypy_cache"))
     assert mypy.returncode == 0, mypy.stdout
     tests = [f"tests/test_{n}.py" for n in ("notes_add", "notes_list", "projects_archive")]
-    tests.append("tests/test_notes_ping.py")
+    tests += ["tests/test_notes_ping.py", "tests/test_topic_notes.py", "tests/test_topic_room.py"]
     pytest_run = _run(project, sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests)
     assert pytest_run.returncode == 0, pytest_run.stdout[-3000:]
-    assert "12 passed" in pytest_run.stdout, pytest_run.stdout[-3000:]
+    assert "14 passed" in pytest_run.stdout, pytest_run.stdout[-3000:]
 
 
 def test_the_table_shows_them_and_the_free_ids(project: Path) -> None:
@@ -147,3 +150,23 @@ def test_a_package_left_out_of_permissions_is_reported(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "not in permissions.toml: extra.one (nobody may call it)" in done.stdout
     assert "extra.one" in next(line for line in done.stdout.splitlines() if "500" in line)
+
+
+def test_new_topic_writes_a_denying_authorizer_its_roles_and_a_test(project: Path) -> None:
+    handlers = (project / "handlers/room.py").read_text()
+    assert 'TOPICS = [Topic("room.{room}", may_room)]' in handlers
+    assert "    return False\n" in handlers  # denies until its rule is written
+    notes = (project / "handlers/notes.py").read_text()  # added to a module with packages
+    assert 'TOPICS = [Topic("notes.{id}", may_notes)]' in notes and "PACKAGES = [" in notes
+    permissions = (project / "permissions.toml").read_text()
+    assert '[topics."room.{room}"]\nsubscribe = ["user"]\npresence = ["user"]\npublish = ["user"]\n' in permissions
+    # after the other patterns (tried in order), before [grants]
+    assert permissions.index('[topics."user.{sub}"]') < permissions.index('[topics."notes.{id}"]')
+    assert permissions.index('[topics."room.{room}"]') < permissions.index("[grants]")
+    again = _realtime(project, "new-topic", "room.{room}")
+    assert again.returncode == 2
+    assert again.stderr == (
+        "realtime new-topic: topic 'room.{room}' exists (permissions.toml or a TOPICS list)\n"
+    )
+    bad = _realtime(project, "new-topic", "room.{a}.{a}")
+    assert bad.returncode == 2 and "a placeholder is named twice" in bad.stderr
