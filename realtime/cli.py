@@ -136,13 +136,43 @@ def _on_system_malloc() -> None:
 
 
 def _announce(settings: Settings, host: str, port: int) -> None:
-    print(f"realtime: listening on http://{host}:{port} (socket: ws://{host}:{port}/ws)")
+    """What is really configured, said once at start (as log records in json format, so
+    that every line of the output parses)."""
+    lines = [
+        f"listening on http://{host}:{port} (socket: ws://{host}:{port}/ws)",
+        f"database: {_where(settings.database)}; bus and jobs: {_where(settings.bus_url)}",
+    ]
     if settings.dev_issuer_enabled:
-        print(
-            "realtime: embedded default, development issuer on. Get a token with:\n"
+        lines.append(
+            "issuer: the development issuer (no KEYCLOAK_ISSUER). Get a token with:\n"
             "  realtime token --sub alice --roles user --tenant acme\n"
             f"  or POST http://{host}:{port}/auth/login with a user of {settings.dev_users_file}"
         )
+    else:
+        lines.append(f"issuer: {settings.keycloak_issuer}")
+    if settings.log_format == "json":
+        import logging.config
+
+        from realtime.logs import log_config
+
+        logging.config.dictConfig(log_config(settings.log_level, settings.log_format))
+        for line in lines:
+            logging.getLogger("realtime.cli").info(line)
+    else:
+        print("\n".join(f"realtime: {line}" for line in lines))
+
+
+def _where(url: str) -> str:
+    """A URL as the banner shows it: scheme, host, port and path, never a password."""
+    from urllib.parse import urlsplit
+
+    if url.startswith("sqlite"):
+        return f"SQLite file {url.split(':///', 1)[1]} (embedded)"
+    if url.startswith("memory:"):
+        return "in this process (embedded)"
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
 
 
 def _uvicorn_options(
@@ -158,7 +188,7 @@ def _uvicorn_options(
         "reload": args.reload,
         "ws_max_size": settings.max_frame_bytes,
         "ws_per_message_deflate": settings.ws_compression,
-        "log_config": log_config(settings.log_level),
+        "log_config": log_config(settings.log_level, settings.log_format),
         "log_level": settings.log_level,
         # request heads and connections bounded (the app's lifespan gives the limits)
         "http": "realtime.guard:GuardedHttpProtocol",
@@ -219,7 +249,7 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
     from realtime.jobs.worker import run_worker
     from realtime.logs import configure_logging
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     tasks = load_handlers(settings.handlers)[1]
     return asyncio.run(run_worker(settings, tasks, args.concurrency or settings.max_jobs))
 
@@ -229,7 +259,7 @@ def _scheduler(settings: Settings, args: argparse.Namespace) -> int:
     from realtime.jobs.worker import run_scheduler
     from realtime.logs import configure_logging
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     asyncio.run(run_scheduler(settings, load_handlers(settings.handlers)[1]))
     return 0
 

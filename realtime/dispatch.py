@@ -197,9 +197,14 @@ class Dispatcher:
         if isinstance(error, RequestError):
             return error
         failure = translate(error)
+        fields = {"req_id": ctx.req_id, "sub": ctx.principal.sub, "package": ctx.package.name}
         if failure is None:
             logger.error(
-                "package %s failed (req_id %s)", ctx.package.name, ctx.req_id, exc_info=error
+                "package %s failed (req_id %s)",
+                ctx.package.name,
+                ctx.req_id,
+                exc_info=error,
+                extra={**fields, "status": "ERROR"},
             )
             return ServerError()
         # a driver error the client caused (CONFLICT, INVALID_DATA) or an outage: no trace
@@ -210,6 +215,7 @@ class Dispatcher:
             failure.status.name,
             ctx.req_id,
             type(error).__name__,
+            extra={**fields, "status": failure.status.name},
         )
         return failure
 

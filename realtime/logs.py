@@ -14,10 +14,15 @@ handler, for records made without the factory.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import socket
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote_plus
+
+import orjson
 
 REDACTED = "[redacted]"
 # a compact JWS: a base64url JSON header (`{"` or `{` and white space: "ey", "ew"), a
@@ -115,6 +120,42 @@ class ClientFaultsQuiet(logging.Filter):
         return logging.getLogger(record.name).isEnabledFor(logging.INFO)
 
 
+class JsonFormatter(logging.Formatter):
+    """REALTIME_LOG_FORMAT=json: one JSON object per line. `time` (UTC, ISO 8601),
+    `level`, `logger`, `message`, `node`, and where the record knows them (a logging
+    call's `extra`) `req_id`, `sub`, `package`, `status`, `duration_ms`; uvicorn's access
+    lines add `method`, `path` and `status`. The message and traceback are redacted once
+    more here, whatever made the record."""
+
+    FIELDS = ("req_id", "sub", "package", "status", "duration_ms")
+
+    def __init__(self, node: str | None = None) -> None:
+        super().__init__()
+        self.node = node or f"{socket.gethostname()}:{os.getpid()}"
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": redact(record.getMessage()),
+            "node": self.node,
+        }
+        for field in self.FIELDS:
+            value = getattr(record, field, None)
+            if value is not None:
+                entry[field] = value
+        args = record.args
+        # uvicorn's access line: client, method, path, HTTP version, status
+        if record.name == "uvicorn.access" and isinstance(args, tuple) and len(args) == 5:
+            entry.update(method=args[1], path=args[2], status=args[4])
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exc"] = redact(record.exc_text)
+        return orjson.dumps(entry, default=str).decode()
+
+
 class _RedactingFactory:
     """Wraps the process's log record factory: each record is cleaned as it is made."""
 
@@ -138,11 +179,15 @@ def install_redaction() -> None:
         uvicorn_errors.addFilter(ClientFaultsQuiet())
 
 
-def log_config(level: str) -> dict[str, Any]:
-    """uvicorn's default logging config, with the redaction filter on every handler."""
+def log_config(level: str, log_format: str = "text") -> dict[str, Any]:
+    """uvicorn's default logging config, with the redaction filter on every handler;
+    `json`: every line a JSON object (JsonFormatter)."""
     from uvicorn.config import LOGGING_CONFIG
 
     config: dict[str, Any] = {**LOGGING_CONFIG}
+    if log_format == "json":
+        json_formatter = {"()": "realtime.logs.JsonFormatter"}
+        config["formatters"] = {name: json_formatter for name in LOGGING_CONFIG["formatters"]}
     config["filters"] = {
         "redact": {"()": "realtime.logs.RedactTokens"},
         "client_faults": {"()": "realtime.logs.ClientFaultsQuiet"},
@@ -166,12 +211,12 @@ def log_config(level: str) -> dict[str, Any]:
     return config
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, log_format: str = "text") -> None:
     """Logging for the processes that are not uvicorn (worker, scheduler): the same
     format and filters, and taskiq's own messages at warning and above."""
     import logging.config
 
-    config = log_config(level)
+    config = log_config(level, log_format)
     config["loggers"]["taskiq"] = {"handlers": ["default"], "level": "WARNING"}
     logging.config.dictConfig(config)
     install_redaction()

@@ -42,6 +42,15 @@ def _database_url(value: str) -> str | None:
     return value
 
 
+LOG_FORMATS = ("text", "json")
+
+
+def _log_format(value: str) -> str:
+    if value not in LOG_FORMATS:
+        raise ValueError(f"expected one of {', '.join(LOG_FORMATS)}, got {value!r}")
+    return value
+
+
 def _bus_url(value: str) -> str | None:
     if not value:
         return None
@@ -157,6 +166,9 @@ class Settings:
     host: str = _env("REALTIME_HOST", _str, "127.0.0.1")
     port: int = _env("REALTIME_PORT", _int, 8000)
     log_level: str = _env("REALTIME_LOG_LEVEL", _str, "info")
+    # json: one object per line (time, level, logger, message, and req_id, sub, package,
+    # status, duration_ms, node where known), for a log shipper
+    log_format: str = _env("REALTIME_LOG_FORMAT", _log_format, "text")
     expiry_warning: float = _env("REALTIME_EXPIRY_WARNING", _float, 30.0)
     auth_timeout: float = _env("REALTIME_AUTH_TIMEOUT", _float, 10.0)
     max_frame_bytes: int = _env("REALTIME_MAX_FRAME_BYTES", _int, 64 * 1024)
