@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +112,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     if args.workers > 1 or args.reload:
         # uvicorn's supervisors start their own processes, each building its app from
         # the environment, and run their own servers: sockets get 1012 at shutdown
-        uvicorn.run("realtime.app:create_app", factory=True, **options)
+        with _shared_metrics(args.workers):
+            uvicorn.run("realtime.app:create_app", factory=True, **options)
     else:
         config = uvicorn.Config(app, **options)
         _draining_server()(config, app, settings.drain_seconds).run()
@@ -133,6 +136,24 @@ def _on_system_malloc() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])  # noqa: S606 - ourselves, same argv
+
+
+@contextlib.contextmanager
+def _shared_metrics(workers: int) -> Iterator[None]:
+    """--workers N: the processes write their metrics to one directory, and a scrape of
+    any of them answers for all (prometheus-client's multiprocess mode, realtime.metrics).
+    A PROMETHEUS_MULTIPROC_DIR of your own is used as it is, and kept."""
+    from realtime.metrics import MULTIPROCESS_DIR
+
+    if workers <= 1 or os.environ.get(MULTIPROCESS_DIR):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="realtime-metrics-") as directory:
+        os.environ[MULTIPROCESS_DIR] = directory  # inherited by the worker processes
+        try:
+            yield
+        finally:
+            del os.environ[MULTIPROCESS_DIR]
 
 
 def _announce(settings: Settings, host: str, port: int) -> None:

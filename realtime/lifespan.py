@@ -180,6 +180,7 @@ async def watching_sends(services: Services) -> AsyncIterator[None]:
             now = time.monotonic()
             _check_stalls(services.connections, now)
             trimmer.observe(len(services.connections), now)
+            services.metrics.fold()  # --workers: what the other processes' scrapes see
 
     sweeper = asyncio.create_task(sweep())
     try:
@@ -188,6 +189,7 @@ async def watching_sends(services: Services) -> AsyncIterator[None]:
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
+        services.metrics.fold()
 
 
 def _check_stalls(connections: set[Any], now: float) -> None:
