@@ -112,19 +112,24 @@ def create_app(
     route_keys = [getattr(r, "permission_key", None) for r in extra_routes]
     permissions.check(catalog.by_name, [key for key in route_keys if key])
     limiter = MemoryRateLimiter(settings.rate_limit, settings.rate_burst)
-    dispatcher = Dispatcher(catalog, permissions, limiter, Metrics(), settings.handler_timeout)
+    dispatcher = Dispatcher(
+        catalog, permissions, limiter, Metrics(), settings.handler_timeout, settings.handler_threads
+    )
     topics = TopicPermissions(permissions.topics, load_topics(settings.handlers))
     install_redaction()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        async with build_services(
-            settings, dispatcher, topics, tasks, bus=bus, broker=broker
-        ) as services:
-            app.state.services = services
-            with _frozen_startup():
-                # the lifespan state reaches the server's protocols too (realtime.guard)
-                yield {GUARD_STATE: _guard(settings, services.metrics)}
+        try:
+            async with build_services(
+                settings, dispatcher, topics, tasks, bus=bus, broker=broker
+            ) as services:
+                app.state.services = services
+                with _frozen_startup():
+                    # the lifespan state reaches the server's protocols too (realtime.guard)
+                    yield {GUARD_STATE: _guard(settings, services.metrics)}
+        finally:
+            dispatcher.close()  # the handler threads' pool
 
     routes = [*app_routes(catalog, on_frame), *web_routes(), *extra_routes]
     middleware = [*cors(settings.allowed_origins), Middleware(ASGIChannels)]

@@ -341,6 +341,7 @@ def _new_package(settings: Settings, args: argparse.Namespace) -> int:
             paginated=args.paginated,
             roles=args.roles,
             pkg_id=args.pkg_id,
+            served=_served_routes(settings),
         )
         written = write(project, spec)
     except ScaffoldError as error:
@@ -348,6 +349,23 @@ def _new_package(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     print("\n".join([*written, *next_steps(spec)]))
     return 0
+
+
+def _served_routes(settings: Settings) -> list[tuple[frozenset[str] | None, str]]:
+    """Every route the app serves (/health, /packages, the ROUTES of handler modules...;
+    packages' own too, which the catalog names first)."""
+    from starlette.routing import Route
+
+    from realtime.app import create_app
+
+    served: list[tuple[frozenset[str] | None, str]] = []
+    for route in create_app(settings).routes:
+        path = getattr(route, "path", None)
+        if path is None:
+            continue
+        methods = getattr(route, "methods", None) if isinstance(route, Route) else None
+        served.append((frozenset(methods) if methods else None, path))
+    return served
 
 
 def _new_topic(settings: Settings, args: argparse.Namespace) -> int:
@@ -359,7 +377,7 @@ def _new_topic(settings: Settings, args: argparse.Namespace) -> int:
     sys.path.insert(0, str(project.root))
     try:
         project.check()
-        table = dict(Permissions.load(str(project.permissions)).topics)
+        table = Permissions.load(str(project.permissions)).topics
         declared = [topic.pattern for topic in load_topics(settings.handlers)]
         spec = plan_topic(table, declared, args.pattern, roles=args.roles, publish=args.publish)
         written = write_topic(project, spec)

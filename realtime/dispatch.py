@@ -7,9 +7,12 @@ apart in validation, permissions, limits or metrics.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
 import math
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from time import monotonic, perf_counter
 from typing import Any
 
@@ -46,6 +49,7 @@ class Dispatcher:
         limiter: MemoryRateLimiter,
         metrics: Metrics,
         handler_timeout: float,
+        handler_threads: int = 16,
     ) -> None:
         self.catalog = catalog
         self._limiter = limiter
@@ -62,13 +66,32 @@ class Dispatcher:
         # inline=True handlers run on the socket's reader; the rest are awaited, plain
         # `def` ones in a worker thread (`_in_thread`)
         self.inline = frozenset(p.id for p in catalog if p.inline)
-        self._handlers = {p.id: _in_thread(p) if p.runs == "thread" else p.handler for p in catalog}
+        self._handlers = {
+            p.id: _in_thread(p, self.executor) if p.runs == "thread" else p.handler for p in catalog
+        }
+        self._threads = handler_threads
+        self._executor: ThreadPoolExecutor | None = None
         self._overrun_logged: dict[int, float] = {}
         # roles -> the package ids they may call: a token's roles are fixed, so the check
         # is one set lookup per request (bounded: a handful of role sets in practice)
         self._permitted: dict[Roles, frozenset[int]] = {}
         self.route_roles: dict[str, Roles] = dict(permissions.routes)
         self.grants: dict[str, Roles] = dict(permissions.grants)
+
+    def executor(self) -> ThreadPoolExecutor:
+        """The threads of plain `def` handlers: a pool of their own, so handlers running
+        past their deadline (a thread cannot be stopped) hold at most these, never the
+        loop's default executor that DNS lookups and the like need."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self._threads, "realtime-handler")
+        return self._executor
+
+    def close(self) -> None:
+        """At the lifespan's end: queued handler calls are dropped, running ones finish
+        on their own (their answers have nowhere to go)."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
 
     def permitted(self, roles: Roles) -> frozenset[int]:
         """The ids of the packages `roles` may call."""
@@ -88,7 +111,7 @@ class Dispatcher:
         return self._roles[package.id]
 
     # -- HOT PATH ------------------------------------------------------------------------
-    # `call` (both doors, every `async def` handler) and `call_inline` (a plain `def`
+    # `call` (both doors, every handler not inline=True) and `call_inline` (an inline=True
     # handler on the socket, no await) are two copies of one sequence on purpose: the
     # inline one saves an event-loop round trip per request. tests/test_dispatch.py checks
     # that both give the same answers and the same metrics; change them together.
@@ -117,8 +140,8 @@ class Dispatcher:
         return answer
 
     def call_inline(self, ctx: Context, data: JSONObject) -> tuple[Any, JSONObject | None]:
-        """`call` for a plain `def` handler on the socket, without an event-loop round trip
-        (REST calls `call`, which runs such handlers inline too)."""
+        """`call` for an inline=True handler on the socket, without an event-loop round
+        trip (REST calls `call`, which runs such handlers inline too)."""
         started = perf_counter()
         package = ctx.package
         try:
@@ -224,14 +247,17 @@ class Dispatcher:
         self.metrics.requests.record(ctx.package.name, outcome, transport, elapsed)
 
 
-def _in_thread(package: Package) -> Callable[[Context, JSONObject], Awaitable[Any]]:
-    """A plain `def` handler awaited in a worker thread, so a slow one stalls neither its
-    socket nor the node. At its deadline the caller gets TIMEOUT; the thread itself
-    cannot be stopped and finishes unobserved."""
+def _in_thread(
+    package: Package, executor: Callable[[], ThreadPoolExecutor]
+) -> Callable[[Context, JSONObject], Awaitable[Any]]:
+    """A plain `def` handler awaited in a worker thread (the dispatcher's pool), so a
+    slow one stalls neither its socket nor the node. At its deadline the caller gets
+    TIMEOUT; the thread itself cannot be stopped and finishes unobserved."""
     handler = package.handler
 
     async def run(ctx: Context, data: JSONObject) -> Any:
-        return await asyncio.to_thread(handler, ctx, data)
+        call = functools.partial(contextvars.copy_context().run, handler, ctx, data)
+        return await asyncio.get_running_loop().run_in_executor(executor(), call)
 
     return run
 
