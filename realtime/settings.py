@@ -181,6 +181,8 @@ class Settings:
     # off by default: deflate costs CPU per socket and defeats "serialize once" fan-out
     ws_compression: bool = _env("REALTIME_WS_COMPRESSION", _bool, False)
     handler_timeout: float = _env("REALTIME_HANDLER_TIMEOUT", _float, 10.0)
+    # verified tokens remembered (by hash, until they expire); 0 checks every one
+    token_cache: int = _env("REALTIME_TOKEN_CACHE", _int, 10_000)
     # threads for plain `def` handlers (those without inline=True), per process
     handler_threads: int = _env("REALTIME_HANDLER_THREADS", _int, 16)
     rate_limit: float = _env("REALTIME_RATE_LIMIT", _float, 100.0)
