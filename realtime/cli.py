@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--concurrency", type=int, help="jobs run at once (REALTIME_MAX_JOBS, default 30)"
     )
+    worker.add_argument(
+        "--metrics-port", type=int, help="serve /metrics here (REALTIME_WORKER_METRICS_PORT)"
+    )
     worker.set_defaults(command=_worker)
 
     scheduler = commands.add_parser("scheduler", help="queue the periodic tasks (run one)")
@@ -272,6 +275,8 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 
     configure_logging(settings.log_level, settings.log_format)
     tasks = load_handlers(settings.handlers)[1]
+    if args.metrics_port is not None:
+        settings = settings.replace(worker_metrics_port=args.metrics_port)
     return asyncio.run(run_worker(settings, tasks, args.concurrency or settings.max_jobs))
 
 

@@ -25,6 +25,7 @@ from realtime.db import open_database
 from realtime.dispatch import Dispatcher
 from realtime.exceptions import GoingAway
 from realtime.jobs import Jobs, Task, TaskServices, broker_from_url, builtin_tasks, stop_bodies
+from realtime.jobs.metrics import measure, sample_queue
 from realtime.memory import Trimmer
 from realtime.metrics import Metrics
 from realtime.migrate import check_schema, upgrade
@@ -206,10 +207,15 @@ async def running_broker(jobs: Jobs, services: Services) -> AsyncIterator[None]:
     jobs.broker.state.services = TaskServices(
         services.settings, services.database, services.hub, redelivered=False
     )
+    measure(jobs.broker, services.metrics)
     await jobs.broker.startup()
+    sampling = asyncio.create_task(sample_queue(jobs.broker, services.metrics))
     try:
         yield
     finally:
+        sampling.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampling
         await stop_running_jobs(jobs)
         await bounded(jobs.broker.shutdown(), services.settings.redis_timeout, "the job broker")
 

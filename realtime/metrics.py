@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+JOB_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 FIRST_BUCKET = LATENCY_BUCKETS[0]
 
@@ -181,10 +182,52 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self._job_metrics()
         self.inline_overruns = Counter(
             "realtime_inline_overruns",
             "Calls of inline=True handlers that held the event loop over the inline budget",
             ["package"],
+            registry=self.registry,
+        )
+
+    def _job_metrics(self) -> None:
+        # labels: the task's name (the tasks registered in code: a bounded set)
+        self.jobs_queued = Counter(
+            "realtime_jobs_queued", "Jobs queued", ["task"], registry=self.registry
+        )
+        self.jobs_started = Counter(
+            "realtime_jobs_started", "Job runs started", ["task"], registry=self.registry
+        )
+        self.jobs_finished = Counter(
+            "realtime_jobs_finished",
+            "Job runs finished, by outcome (ok: returned; error: raised)",
+            ["task", "outcome"],
+            registry=self.registry,
+        )
+        self.job_seconds = Histogram(
+            "realtime_job_seconds",
+            "Job run duration",
+            ["task"],
+            buckets=JOB_BUCKETS,
+            registry=self.registry,
+        )
+        # gauges of the shared queue: every process reads the same stream, so the most
+        # recent reading is the answer, not their sum
+        self.job_queue_length = Gauge(
+            "realtime_job_queue_length",
+            "Entries in the job queue's Redis stream",
+            registry=self.registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.job_queue_pending = Gauge(
+            "realtime_job_queue_pending",
+            "Jobs delivered to a worker and not yet acknowledged",
+            registry=self.registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.job_reclaims = Counter(
+            "realtime_job_reclaims",
+            "Jobs taken over from a worker that stopped (their claim timed out)",
             registry=self.registry,
         )
 

@@ -141,6 +141,8 @@ class Settings:
     job_result_ttl: int = _env("REALTIME_JOB_RESULT_TTL", _int, 86400)
     job_queue: str = _env("REALTIME_JOB_QUEUE", _str, "realtime:jobs")
     worker_grace: float = _env("REALTIME_WORKER_GRACE", _float, 10.0)
+    # `realtime worker` serves its own /metrics on this port (0: not at all)
+    worker_metrics_port: int = _env("REALTIME_WORKER_METRICS_PORT", _int, 0)
     heartbeat_seconds: int = _env("REALTIME_HEARTBEAT_SECONDS", _int, 60)
     keycloak_issuer: str | None = _env("KEYCLOAK_ISSUER", _optional, None)
     keycloak_audience: str = _env("KEYCLOAK_AUDIENCE", _str, "realtime")
