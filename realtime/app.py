@@ -33,7 +33,7 @@ from realtime.logs import install_redaction
 from realtime.metrics import Metrics
 from realtime.packages import Package
 from realtime.permissions import Permissions
-from realtime.ratelimit import MemoryRateLimiter
+from realtime.ratelimit import MemoryRateLimiter, SharedRateLimiter
 from realtime.settings import Settings
 from realtime.socket.connection import ASGIChannels, FrameHandler
 from realtime.topics import Topic, TopicPermissions
@@ -111,7 +111,12 @@ def create_app(
     permissions = Permissions.load(settings.permissions_file)
     route_keys = [getattr(r, "permission_key", None) for r in extra_routes]
     permissions.check(catalog.by_name, [key for key in route_keys if key])
-    limiter = MemoryRateLimiter(settings.rate_limit, settings.rate_burst)
+    # with REDIS_URL one budget per caller for the fleet and both doors (the lifespan
+    # attaches it to Redis); in process on the embedded default
+    shared = settings.redis_url is not None
+    limiter = (SharedRateLimiter if shared else MemoryRateLimiter)(
+        settings.rate_limit, settings.rate_burst
+    )
     dispatcher = Dispatcher(
         catalog, permissions, limiter, Metrics(), settings.handler_timeout, settings.handler_threads
     )

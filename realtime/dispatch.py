@@ -20,6 +20,7 @@ from realtime.db import translate
 from realtime.exceptions import (
     HandlerTimeout,
     PermissionDenied,
+    RateLimited,
     RequestError,
     ServerError,
     Unavailable,
@@ -27,7 +28,7 @@ from realtime.exceptions import (
 from realtime.metrics import Metrics
 from realtime.packages import Catalog, Context, Package, Page
 from realtime.permissions import Permissions, allows
-from realtime.ratelimit import MemoryRateLimiter
+from realtime.ratelimit import LEASE_SECONDS, LeaseNeeded, MemoryRateLimiter, SharedRateLimiter
 from realtime.types import JSONObject, Roles
 from realtime.validation import Validator
 
@@ -37,6 +38,7 @@ PERMITTED_CACHE = 1024
 TRANSPORTS = ("ws", "rest")
 # an inline=True handler should take microseconds; over this it stalled every socket of
 # the node for that long, which is logged (at most every OVERRUN_LOG_EVERY s) and counted
+LEASE_TRIES = 3
 INLINE_BUDGET = 0.010
 OVERRUN_LOG_EVERY = 60.0
 
@@ -46,13 +48,17 @@ class Dispatcher:
         self,
         catalog: Catalog,
         permissions: Permissions,
-        limiter: MemoryRateLimiter,
+        limiter: MemoryRateLimiter | SharedRateLimiter,
         metrics: Metrics,
         handler_timeout: float,
         handler_threads: int = 16,
     ) -> None:
         self.catalog = catalog
         self._limiter = limiter
+        # packages with a rate of their own: a limiter each, of the global one's kind
+        self._package_limits = {
+            p.id: limiter.like(p.rate[0], p.rate[1], p.name) for p in catalog if p.rate
+        }
         self.metrics = metrics
         # the OK counters by transport and package id, looked up once (hot path)
         self._ok = {
@@ -122,7 +128,10 @@ class Dispatcher:
         """Run one request; returns (data, meta) or raises a RequestError."""
         started = perf_counter()
         try:
-            data = self._admit(ctx, data, started)
+            try:
+                data = self._admit(ctx, data, started)
+            except LeaseNeeded as needed:  # the shared limiter's lease is spent: fetch one
+                data = await self._admit_leased(ctx, data, needed)
             if ctx.package.id in self.inline:
                 result = ctx.package.handler(ctx, data)
                 self._clock_inline(ctx.package, started)
@@ -148,6 +157,8 @@ class Dispatcher:
             data = self._admit(ctx, data, started)
             result = package.handler(ctx, data)
             answer = _paginate(package, result, data) if package.paginated else (result, None)
+        except LeaseNeeded:
+            raise  # the socket runs it as a task instead, which awaits the lease (`call`)
         except Exception as error:
             failure = self._failure(ctx, error)
             self._record(ctx, failure.status.name, "ws", started)
@@ -169,8 +180,45 @@ class Dispatcher:
         if package.id not in permitted:
             raise PermissionDenied(f"your roles do not allow {package.name}")
         self._limiter.check(principal.sub, now)  # the same perf_counter clock
+        limit = self._package_limits.get(package.id)  # _admit_package inlined: hot path
+        if limit is not None:
+            limit.check(principal.sub, now)
         check = self._checks[package.id]
         return data if check is None else check(data)
+
+    def _admit_package(self, ctx: Context, data: JSONObject, now: float) -> JSONObject:
+        limit = self._package_limits.get(ctx.package.id)
+        if limit is not None:
+            limit.check(ctx.principal.sub, now)
+        check = self._checks[ctx.package.id]
+        return data if check is None else check(data)
+
+    async def _admit_leased(
+        self, ctx: Context, data: JSONObject, needed: LeaseNeeded
+    ) -> JSONObject:
+        """`_admit` once the limiter that ran dry has a lease again (one Redis call). The
+        global limit is spent before the package's, so a package's lease resumes there.
+        Concurrent requests may spend a fresh lease first: a few tries, then RATE_LIMITED."""
+        for _ in range(LEASE_TRIES):
+            await needed.limiter.lease(ctx.principal.sub)
+            try:
+                if needed.limiter is self._limiter:
+                    return self._admit(ctx, data, perf_counter())
+                return self._admit_package(ctx, data, perf_counter())
+            except LeaseNeeded as again:
+                needed = again
+        raise RateLimited(LEASE_SECONDS)
+
+    def share_limits(self, redis: Any, timeout: float) -> None:
+        """With REDIS_URL (the lifespan): every limit kept in Redis, for the fleet."""
+        for limiter in (self._limiter, *self._package_limits.values()):
+            if isinstance(limiter, SharedRateLimiter):
+                limiter.attach(redis, timeout, self.metrics.limiter_fallbacks.inc)
+
+    def unshare_limits(self) -> None:
+        for limiter in (self._limiter, *self._package_limits.values()):
+            if isinstance(limiter, SharedRateLimiter):
+                limiter.detach()
 
     async def _run(self, ctx: Context, data: JSONObject) -> Any:
         """The handler under its deadline: one timer that cancels this task when it fires

@@ -139,7 +139,11 @@ async def build_services(
             topics,
             jobs,
         )
-        async with running_broker(jobs, services), watching_sends(services):
+        async with (
+            running_broker(jobs, services),
+            watching_sends(services),
+            shared_limits(settings, dispatcher),
+        ):
             yield services
 
 
@@ -166,6 +170,27 @@ def _auth_backends(
         token_url=settings.keycloak_token_url,
     )
     return keys, login, None
+
+
+@contextlib.asynccontextmanager
+async def shared_limits(settings: Settings, dispatcher: Dispatcher) -> AsyncIterator[None]:
+    """With REDIS_URL, the rate limits are kept in Redis (realtime.ratelimit), on a client
+    of their own: a lease is one short script, never behind the bus's reads."""
+    if settings.redis_url is None:
+        yield
+        return
+    from redis.asyncio import Redis
+
+    timeout = settings.redis_timeout
+    redis = Redis.from_url(
+        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
+    dispatcher.share_limits(redis, timeout)
+    try:
+        yield
+    finally:
+        dispatcher.unshare_limits()
+        await bounded(redis.aclose(), timeout, "the rate limits' Redis client")
 
 
 @contextlib.asynccontextmanager

@@ -183,6 +183,11 @@ class Metrics:
             registry=self.registry,
         )
         self._job_metrics()
+        self.limiter_fallbacks = Counter(
+            "realtime_rate_limit_fallbacks",
+            "Times the shared (Redis) rate limits failed and this node's own took over",
+            registry=self.registry,
+        )
         self.inline_overruns = Counter(
             "realtime_inline_overruns",
             "Calls of inline=True handlers that held the event loop over the inline budget",

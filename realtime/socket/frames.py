@@ -24,6 +24,7 @@ from realtime.exceptions import (
 )
 from realtime.packages import Context, Package
 from realtime.protocol import EnvelopeError, encode_error, encode_ok, parse_request
+from realtime.ratelimit import LeaseNeeded
 from realtime.types import JSONObject
 
 if TYPE_CHECKING:
@@ -72,6 +73,9 @@ class Requests:
             message = encode_ok(package.id, req_id, result, meta)
         except RequestError as error:
             self._failed(ctx, error)
+            return
+        except LeaseNeeded:  # the shared rate limit needs a Redis call: not inline, then
+            self._start(package, req_id, data)
             return
         except TypeError:  # orjson.JSONEncodeError: the handler returned something not JSON
             self._failed(ctx, not_json(package, req_id))
