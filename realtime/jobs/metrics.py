@@ -13,7 +13,6 @@ import contextlib
 import logging
 from typing import Any
 
-from redis.exceptions import RedisError
 from taskiq import AsyncBroker, TaskiqMessage, TaskiqMiddleware, TaskiqResult
 
 from realtime.metrics import Metrics
@@ -54,6 +53,8 @@ async def sample_queue(broker: Any, metrics: Metrics, every: float = SAMPLE_EVER
     """Keep the queue gauges current (a Redis broker only: `depth()`), until cancelled."""
     if not hasattr(broker, "depth"):
         return  # the in-process broker: no queue to measure
+    from redis.exceptions import RedisError  # a Redis broker only (the embedded default: none)
+
     reclaimed = 0
     while True:
         with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
