@@ -72,6 +72,14 @@ class Project:
                 f"{self.handlers_module}/ is then served) or add the package by hand"
             )
 
+    def permission_files(self) -> list[Path]:
+        """The project's permissions.toml, and the test suite's own when it keeps one
+        (tests/permissions.toml): a new topic missing there would stop every test's app."""
+        suite = self.tests / "permissions.toml"
+        if suite.exists() and suite != self.permissions:
+            return [self.permissions, suite]
+        return [self.permissions]
+
     def shown(self, path: Path) -> str:
         """`path` as the report names it: relative to the project where it is inside."""
         return str(path.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)
@@ -193,14 +201,14 @@ def write(project: Project, spec: Spec) -> list[str]:
     # every check first, then every write: a refusal leaves nothing half-written
     schema_text = _schema_text(schema_file, spec)
     handler_text = _handler_text(handler_file, spec, function)
-    permissions_text = _permissions_text(project.permissions, spec)
+    permissions = [(p, _permissions_text(p, spec)) for p in project.permission_files()]
     for path, text in ((schema_file, schema_text), (handler_file, handler_text)):
         _fits(project, path, text)
     done = []
     for path, text in (
         (schema_file, schema_text),
         (handler_file, handler_text),
-        (project.permissions, permissions_text),
+        *permissions,
         (test_file, _test_text(project, spec)),
     ):
         done.append(f"{'changed' if path.exists() else 'wrote'} {project.shown(path)}")
@@ -710,11 +718,11 @@ def write_topic(project: Project, spec: TopicSpec) -> list[str]:
     if function is None:
         raise ScaffoldError(f"{handler_file} already defines may_{spec.domain}")
     handler_text = _topic_handler_text(handler_file, spec, function)
-    permissions_text = _topic_permissions_text(project.permissions, spec)
+    permissions = [(p, _topic_permissions_text(p, spec)) for p in project.permission_files()]
     done = []
     for path, text in (
         (handler_file, handler_text),
-        (project.permissions, permissions_text),
+        *permissions,
         (test_file, _topic_test_text(project, spec)),
     ):
         done.append(f"{'changed' if path.exists() else 'wrote'} {project.shown(path)}")

@@ -69,10 +69,11 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_it_writes_each_part_where_the_layout_puts_it(project: Path) -> None:
     done = _realtime(project, "new-package", "notes.share", "--rest", "POST /notes/{id}/share")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[:5] == [
+    assert done.stdout.splitlines()[:6] == [
         "changed schema/notes.py",
         "changed handlers/notes.py",
         "changed permissions.toml",
+        "changed tests/permissions.toml",  # the test suite's own: its apps serve the module
         "wrote tests/test_notes_share.py",
         "package notes.share: id 104, roles user, REST POST /notes/{id}/share",
     ]
@@ -91,6 +92,35 @@ def test_the_projects_own_checks_pass_on_what_it_wrote(project: Path) -> None:
     pytest_run = _run(project, sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests)
     assert pytest_run.returncode == 0, pytest_run.stdout[-3000:]
     assert "14 passed" in pytest_run.stdout, pytest_run.stdout[-3000:]
+
+
+def test_they_reach_openapi_the_typed_client_and_keep_the_projects_tests_green(
+    project: Path,
+) -> None:
+    """What the scaffolder did not write by hand comes from the catalog: the OpenAPI
+    operation, the TypeScript types; and the project's own tests still pass with them."""
+    from tests.npmtools import node_tools
+
+    json2ts = str(node_tools() / ".bin" / "json2ts")
+    types = _realtime(project, "client-types", "--json2ts", json2ts, "-o", "types.d.ts")
+    assert types.returncode == 0, types.stderr
+    assert '"notes.add"' in (project / "types.d.ts").read_text()
+    spec = _run(
+        project,
+        sys.executable,
+        "-c",
+        "from starlette.testclient import TestClient\n"
+        "from realtime.app import create_app\n"
+        "from realtime.settings import Settings\n"
+        "s = Settings.from_mapping({'REALTIME_EMBEDDED_DB': 'spec.db'})\n"
+        "with TestClient(create_app(s)) as client:\n"
+        "    paths = client.get('/openapi.json').json()['paths']\n"
+        "print(paths['/notes']['post']['operationId'], paths['/notes']['get']['operationId'])",
+    )
+    assert spec.stdout.split() == ["notes.add", "notes.list"], spec.stderr
+    own = ["tests/test_layout.py", "tests/test_rest.py", "tests/test_openapi.py", "-k", "not schemathesis"]
+    done = _run(project, sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *own)
+    assert done.returncode == 0, done.stdout[-3000:]
 
 
 def test_the_table_shows_them_and_the_free_ids(project: Path) -> None:
