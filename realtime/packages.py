@@ -166,6 +166,8 @@ class Package:
     timeout: float | None = None
     description: str = ""
     inline: bool = False
+    # every call is recorded in the audit log (realtime.audit): who, what, how, outcome
+    audited: bool = False
 
     def __post_init__(self) -> None:
         if self.inline and inspect.iscoroutinefunction(self.handler):
