@@ -20,8 +20,12 @@ So, decided here:
   is counted (`realtime_audit_write_failures_total`) and logged, and the next attempt
   waits longer (doubling up to AUDIT_BACKOFF_MAX). A write whose outcome is unknown (sent,
   unanswered) is retried too: such a batch may be stored twice, never silently lost;
+- a batch the table refuses (a constraint, a value: not an outage) is written row by row,
+  and a row refused alone is dropped, counted and logged, so that it cannot hold the
+  others back (strings are cleaned of NUL and cut to the column sizes first, see AuditRow);
 - at shutdown the remaining rows get one more attempt, bounded by REALTIME_DB_TIMEOUT
-  per batch; rows still unwritten are counted `lost` and logged with their number.
+  per batch; rows still unwritten are counted `lost` and logged with their number. A row
+  recorded after that (a request that outlived the shutdown) is counted `dropped`.
 
 The framework does not know the application's tables (docs/architecture.md): the rows go
 through an `AuditStore`, declared by a handler module as `AUDIT` (handlers/audit.py, its
@@ -288,6 +292,7 @@ class AuditLog:
                 len(self._pending),
             )
             self._pending.clear()
+        self._capacity = 0  # closed: a late row is dropped and counted, not left behind
 
 
 class AuditCollector(Collector):

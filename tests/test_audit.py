@@ -289,6 +289,38 @@ def test_database_outage_keeps_the_rows_until_it_is_back(
             assert _metric(client, 'realtime_audit_rows_total{result="dropped"}') == 0
 
 
+async def _pg_execute(url: str, statement: str) -> None:
+    connection = await asyncpg.connect(url, timeout=5)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+def test_a_row_the_table_refuses_does_not_hold_back_its_batch(
+    tmp_path: Path, pg_url: str, tokens: dict[str, str]
+) -> None:
+    """PostgreSQL refuses one row of a batch (a constraint added for the test): the batch is
+    written row by row, the refused row is dropped and counted, the others are stored."""
+    in_thread(asyncio.run, _truncate(pg_url))
+    refuse = "ALTER TABLE audit_log ADD CONSTRAINT test_refuse CHECK (package <> 'projects.update')"
+    in_thread(asyncio.run, _pg_execute(pg_url, refuse))
+    try:
+        settings = make_settings(tmp_path, database_url=pg_url, audit_batch=3, audit_flush=3600.0)
+        with TestClient(build_app(settings)) as client:
+            with client.websocket_connect("/ws", headers=auth_header(tokens["alice"])) as ws:
+                made = ok(call(ws, CREATE, {"name": "p"}, "c"))["id"]
+                ok(call(ws, UPDATE, {"id": made, "name": "q"}, "u"))
+                ok(call(ws, DELETE, {"id": made}, "d"))  # the third row: the batch is written
+            entries = rows(client, tokens["root"], 2)
+            assert {e["package"] for e in entries} == {"projects.create", "projects.delete"}
+            assert _metric(client, 'realtime_audit_rows_total{result="dropped"}') == 1
+            assert _metric(client, 'realtime_audit_rows_total{result="written"}') == 2
+    finally:
+        drop = "ALTER TABLE audit_log DROP CONSTRAINT test_refuse"
+        in_thread(asyncio.run, _pg_execute(pg_url, drop))
+
+
 # -- a real `realtime serve` and SIGTERM ---------------------------------------------
 
 
