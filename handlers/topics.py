@@ -34,6 +34,13 @@ async def presence(ctx: Context, data: JSONObject) -> dict[str, Any]:
     return {"topic": data["topic"], "presence": await ctx.services.hub.presence(data["topic"])}
 
 
+async def history(ctx: Context, data: JSONObject) -> dict[str, Any]:
+    # whoever may subscribe may read what a subscriber would have received
+    await ctx.services.topics.authorize(ctx, data["topic"], "subscribe")
+    hub = ctx.services.hub
+    return await hub.history(data["topic"], data.get("since"), data["limit"], data["reverse"])
+
+
 PACKAGES = [
     Package(
         30,
@@ -66,5 +73,13 @@ PACKAGES = [
         schema=s.TOPIC_ONLY,
         response_schema=s.PRESENCE,
         description="Who is subscribed to the topic, on every node.",
+    ),
+    Package(
+        34,
+        "topics.history",
+        history,
+        schema=s.HISTORY,
+        response_schema=s.HISTORY_PAGE,
+        description="A page of the topic's retained publications, with their offsets.",
     ),
 ]

@@ -34,7 +34,7 @@ from realtime.logs import install_redaction
 from realtime.metrics import Metrics
 from realtime.packages import Package
 from realtime.permissions import Permissions
-from realtime.ratelimit import MemoryRateLimiter
+from realtime.ratelimit import MemoryRateLimiter, SharedRateLimiter
 from realtime.settings import Settings
 from realtime.socket.connection import ASGIChannels, FrameHandler
 from realtime.topics import Topic, TopicPermissions
@@ -129,8 +129,15 @@ def create_app(
     permissions = Permissions.load(settings.permissions_file)
     route_keys = [getattr(r, "permission_key", None) for r in extra_routes]
     permissions.check(catalog.by_name, [key for key in route_keys if key])
-    limiter = MemoryRateLimiter(settings.rate_limit, settings.rate_burst)
-    dispatcher = Dispatcher(catalog, permissions, limiter, Metrics(), settings.handler_timeout)
+    # with REDIS_URL one budget per caller for the fleet and both doors (the lifespan
+    # attaches it to Redis); in process on the embedded default
+    shared = settings.redis_url is not None
+    limiter = (SharedRateLimiter if shared else MemoryRateLimiter)(
+        settings.rate_limit, settings.rate_burst
+    )
+    dispatcher = Dispatcher(
+        catalog, permissions, limiter, Metrics(), settings.handler_timeout, settings.handler_threads
+    )
     topics = TopicPermissions(permissions.topics, load_topics(settings.handlers))
     audit_store = load_audit(settings.handlers)
     _check_audit(packages, audit_store)
@@ -138,13 +145,16 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        async with build_services(
-            settings, dispatcher, topics, tasks, bus=bus, broker=broker, audit_store=audit_store
-        ) as services:
-            app.state.services = services
-            with _frozen_startup():
-                # the lifespan state reaches the server's protocols too (realtime.guard)
-                yield {GUARD_STATE: _guard(settings, services.metrics)}
+        try:
+            async with build_services(
+                settings, dispatcher, topics, tasks, bus=bus, broker=broker, audit_store=audit_store
+            ) as services:
+                app.state.services = services
+                with _frozen_startup():
+                    # the lifespan state reaches the server's protocols too (realtime.guard)
+                    yield {GUARD_STATE: _guard(settings, services.metrics)}
+        finally:
+            dispatcher.close()  # the handler threads' pool
 
     routes = [*app_routes(catalog, on_frame), *web_routes(), *extra_routes]
     middleware = [*cors(settings.allowed_origins), Middleware(ASGIChannels)]

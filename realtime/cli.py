@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="run jobs from the Redis queue (REDIS_URL)")
     worker.add_argument(
         "--concurrency", type=int, help="jobs run at once (REALTIME_MAX_JOBS, default 30)"
+    )
+    worker.add_argument(
+        "--metrics-port", type=int, help="serve /metrics here (REALTIME_WORKER_METRICS_PORT)"
     )
     worker.set_defaults(command=_worker)
 
@@ -110,7 +115,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     if args.workers > 1 or args.reload:
         # uvicorn's supervisors start their own processes, each building its app from
         # the environment, and run their own servers: sockets get 1012 at shutdown
-        uvicorn.run("realtime.app:create_app", factory=True, **options)
+        with _shared_metrics(args.workers):
+            uvicorn.run("realtime.app:create_app", factory=True, **options)
     else:
         config = uvicorn.Config(app, **options)
         _draining_server()(config, app, settings.drain_seconds).run()
@@ -133,6 +139,24 @@ def _on_system_malloc() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])  # noqa: S606 - ourselves, same argv
+
+
+@contextlib.contextmanager
+def _shared_metrics(workers: int) -> Iterator[None]:
+    """--workers N: the processes write their metrics to one directory, and a scrape of
+    any of them answers for all (prometheus-client's multiprocess mode, realtime.metrics).
+    A PROMETHEUS_MULTIPROC_DIR of your own is used as it is, and kept."""
+    from realtime.metrics import MULTIPROCESS_DIR
+
+    if workers <= 1 or os.environ.get(MULTIPROCESS_DIR):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="realtime-metrics-") as directory:
+        os.environ[MULTIPROCESS_DIR] = directory  # inherited by the worker processes
+        try:
+            yield
+        finally:
+            del os.environ[MULTIPROCESS_DIR]
 
 
 def _announce(settings: Settings, host: str, port: int) -> None:
@@ -251,6 +275,8 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 
     configure_logging(settings.log_level, settings.log_format)
     tasks = load_handlers(settings.handlers)[1]
+    if args.metrics_port is not None:
+        settings = settings.replace(worker_metrics_port=args.metrics_port)
     return asyncio.run(run_worker(settings, tasks, args.concurrency or settings.max_jobs))
 
 
@@ -320,6 +346,7 @@ def _new_package(settings: Settings, args: argparse.Namespace) -> int:
             paginated=args.paginated,
             roles=args.roles,
             pkg_id=args.pkg_id,
+            served=_served_routes(settings),
         )
         written = write(project, spec)
     except ScaffoldError as error:
@@ -327,6 +354,23 @@ def _new_package(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     print("\n".join([*written, *next_steps(spec)]))
     return 0
+
+
+def _served_routes(settings: Settings) -> list[tuple[frozenset[str] | None, str]]:
+    """Every route the app serves (/health, /packages, the ROUTES of handler modules...;
+    packages' own too, which the catalog names first)."""
+    from starlette.routing import Route
+
+    from realtime.app import create_app
+
+    served: list[tuple[frozenset[str] | None, str]] = []
+    for route in create_app(settings).routes:
+        path = getattr(route, "path", None)
+        if path is None:
+            continue
+        methods = getattr(route, "methods", None) if isinstance(route, Route) else None
+        served.append((frozenset(methods) if methods else None, path))
+    return served
 
 
 def _new_topic(settings: Settings, args: argparse.Namespace) -> int:
@@ -338,7 +382,7 @@ def _new_topic(settings: Settings, args: argparse.Namespace) -> int:
     sys.path.insert(0, str(project.root))
     try:
         project.check()
-        table = dict(Permissions.load(str(project.permissions)).topics)
+        table = Permissions.load(str(project.permissions)).topics
         declared = [topic.pattern for topic in load_topics(settings.handlers)]
         spec = plan_topic(table, declared, args.pattern, roles=args.roles, publish=args.publish)
         written = write_topic(project, spec)

@@ -7,9 +7,12 @@ apart in validation, permissions, limits or metrics.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
 import math
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any, cast
 
@@ -17,6 +20,7 @@ from realtime.db import translate
 from realtime.exceptions import (
     HandlerTimeout,
     PermissionDenied,
+    RateLimited,
     RequestError,
     ServerError,
     Unavailable,
@@ -24,7 +28,7 @@ from realtime.exceptions import (
 from realtime.metrics import Metrics
 from realtime.packages import Catalog, Context, Package, Page
 from realtime.permissions import Permissions, allows
-from realtime.ratelimit import MemoryRateLimiter
+from realtime.ratelimit import LEASE_SECONDS, LeaseNeeded, MemoryRateLimiter, SharedRateLimiter
 from realtime.types import JSONObject, Roles
 from realtime.validation import Validator
 
@@ -37,6 +41,7 @@ PERMITTED_CACHE = 1024
 TRANSPORTS = ("ws", "rest")
 # an inline=True handler should take microseconds; over this it stalled every socket of
 # the node for that long, which is logged (at most every OVERRUN_LOG_EVERY s) and counted
+LEASE_TRIES = 3
 INLINE_BUDGET = 0.010
 OVERRUN_LOG_EVERY = 60.0
 
@@ -46,12 +51,17 @@ class Dispatcher:
         self,
         catalog: Catalog,
         permissions: Permissions,
-        limiter: MemoryRateLimiter,
+        limiter: MemoryRateLimiter | SharedRateLimiter,
         metrics: Metrics,
         handler_timeout: float,
+        handler_threads: int = 16,
     ) -> None:
         self.catalog = catalog
         self._limiter = limiter
+        # packages with a rate of their own: a limiter each, of the global one's kind
+        self._package_limits = {
+            p.id: limiter.like(p.rate[0], p.rate[1], p.name) for p in catalog if p.rate
+        }
         self.metrics = metrics
         # the OK counters by transport and package id, looked up once (hot path)
         self._ok = {
@@ -65,7 +75,11 @@ class Dispatcher:
         # inline=True handlers run on the socket's reader; the rest are awaited, plain
         # `def` ones in a worker thread (`_in_thread`)
         self.inline = frozenset(p.id for p in catalog if p.inline)
-        self._handlers = {p.id: _in_thread(p) if p.runs == "thread" else p.handler for p in catalog}
+        self._handlers = {
+            p.id: _in_thread(p, self.executor) if p.runs == "thread" else p.handler for p in catalog
+        }
+        self._threads = handler_threads
+        self._executor: ThreadPoolExecutor | None = None
         self._overrun_logged: dict[int, float] = {}
         # packages declared audited=True: each answered call goes to the audit log
         self.audited = frozenset(p.id for p in catalog if p.audited)
@@ -74,6 +88,21 @@ class Dispatcher:
         self._permitted: dict[Roles, frozenset[int]] = {}
         self.route_roles: dict[str, Roles] = dict(permissions.routes)
         self.grants: dict[str, Roles] = dict(permissions.grants)
+
+    def executor(self) -> ThreadPoolExecutor:
+        """The threads of plain `def` handlers: a pool of their own, so handlers running
+        past their deadline (a thread cannot be stopped) hold at most these, never the
+        loop's default executor that DNS lookups and the like need."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self._threads, "realtime-handler")
+        return self._executor
+
+    def close(self) -> None:
+        """At the lifespan's end: queued handler calls are dropped, running ones finish
+        on their own (their answers have nowhere to go)."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
 
     def permitted(self, roles: Roles) -> frozenset[int]:
         """The ids of the packages `roles` may call."""
@@ -93,7 +122,7 @@ class Dispatcher:
         return self._roles[package.id]
 
     # -- HOT PATH ------------------------------------------------------------------------
-    # `call` (both doors, every `async def` handler) and `call_inline` (a plain `def`
+    # `call` (both doors, every handler not inline=True) and `call_inline` (an inline=True
     # handler on the socket, no await) are two copies of one sequence on purpose: the
     # inline one saves an event-loop round trip per request. tests/test_dispatch.py checks
     # that both give the same answers and the same metrics; change them together.
@@ -104,7 +133,10 @@ class Dispatcher:
         """Run one request; returns (data, meta) or raises a RequestError."""
         started = perf_counter()
         try:
-            data = self._admit(ctx, data, started)
+            try:
+                data = self._admit(ctx, data, started)
+            except LeaseNeeded as needed:  # the shared limiter's lease is spent: fetch one
+                data = await self._admit_leased(ctx, data, needed)
             if ctx.package.id in self.inline:
                 result = ctx.package.handler(ctx, data)
                 self._clock_inline(ctx.package, started)
@@ -124,14 +156,16 @@ class Dispatcher:
         return answer
 
     def call_inline(self, ctx: Context, data: JSONObject) -> tuple[Any, JSONObject | None]:
-        """`call` for a plain `def` handler on the socket, without an event-loop round trip
-        (REST calls `call`, which runs such handlers inline too)."""
+        """`call` for an inline=True handler on the socket, without an event-loop round
+        trip (REST calls `call`, which runs such handlers inline too)."""
         started = perf_counter()
         package = ctx.package
         try:
             data = self._admit(ctx, data, started)
             result = package.handler(ctx, data)
             answer = _paginate(package, result, data) if package.paginated else (result, None)
+        except LeaseNeeded:
+            raise  # the socket runs it as a task instead, which awaits the lease (`call`)
         except Exception as error:
             failure = self._failure(ctx, error)
             self._record(ctx, failure.status.name, "ws", started, data)
@@ -155,8 +189,45 @@ class Dispatcher:
         if package.id not in permitted:
             raise PermissionDenied(f"your roles do not allow {package.name}")
         self._limiter.check(principal.sub, now)  # the same perf_counter clock
+        limit = self._package_limits.get(package.id)  # _admit_package inlined: hot path
+        if limit is not None:
+            limit.check(principal.sub, now)
         check = self._checks[package.id]
         return data if check is None else check(data)
+
+    def _admit_package(self, ctx: Context, data: JSONObject, now: float) -> JSONObject:
+        limit = self._package_limits.get(ctx.package.id)
+        if limit is not None:
+            limit.check(ctx.principal.sub, now)
+        check = self._checks[ctx.package.id]
+        return data if check is None else check(data)
+
+    async def _admit_leased(
+        self, ctx: Context, data: JSONObject, needed: LeaseNeeded
+    ) -> JSONObject:
+        """`_admit` once the limiter that ran dry has a lease again (one Redis call). The
+        global limit is spent before the package's, so a package's lease resumes there.
+        Concurrent requests may spend a fresh lease first: a few tries, then RATE_LIMITED."""
+        for _ in range(LEASE_TRIES):
+            await needed.limiter.lease(ctx.principal.sub)
+            try:
+                if needed.limiter is self._limiter:
+                    return self._admit(ctx, data, perf_counter())
+                return self._admit_package(ctx, data, perf_counter())
+            except LeaseNeeded as again:
+                needed = again
+        raise RateLimited(LEASE_SECONDS)
+
+    def share_limits(self, redis: Any, timeout: float) -> None:
+        """With REDIS_URL (the lifespan): every limit kept in Redis, for the fleet."""
+        for limiter in (self._limiter, *self._package_limits.values()):
+            if isinstance(limiter, SharedRateLimiter):
+                limiter.attach(redis, timeout, self.metrics.limiter_fallbacks.inc)
+
+    def unshare_limits(self) -> None:
+        for limiter in (self._limiter, *self._package_limits.values()):
+            if isinstance(limiter, SharedRateLimiter):
+                limiter.detach()
 
     async def _run(self, ctx: Context, data: JSONObject) -> Any:
         """The handler under its deadline: one timer that cancels this task when it fires
@@ -243,14 +314,17 @@ class Dispatcher:
         cast("Framework", ctx.services).audit.record(ctx, transport, outcome, answer, data)
 
 
-def _in_thread(package: Package) -> Callable[[Context, JSONObject], Awaitable[Any]]:
-    """A plain `def` handler awaited in a worker thread, so a slow one stalls neither its
-    socket nor the node. At its deadline the caller gets TIMEOUT; the thread itself
-    cannot be stopped and finishes unobserved."""
+def _in_thread(
+    package: Package, executor: Callable[[], ThreadPoolExecutor]
+) -> Callable[[Context, JSONObject], Awaitable[Any]]:
+    """A plain `def` handler awaited in a worker thread (the dispatcher's pool), so a
+    slow one stalls neither its socket nor the node. At its deadline the caller gets
+    TIMEOUT; the thread itself cannot be stopped and finishes unobserved."""
     handler = package.handler
 
     async def run(ctx: Context, data: JSONObject) -> Any:
-        return await asyncio.to_thread(handler, ctx, data)
+        call = functools.partial(contextvars.copy_context().run, handler, ctx, data)
+        return await asyncio.get_running_loop().run_in_executor(executor(), call)
 
     return run
 

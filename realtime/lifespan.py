@@ -26,6 +26,7 @@ from realtime.db import open_database
 from realtime.dispatch import Dispatcher
 from realtime.exceptions import GoingAway
 from realtime.jobs import Jobs, Task, TaskServices, broker_from_url, builtin_tasks, stop_bodies
+from realtime.jobs.metrics import measure, sample_queue
 from realtime.memory import Trimmer
 from realtime.metrics import Metrics
 from realtime.migrate import check_schema, upgrade
@@ -127,6 +128,7 @@ async def build_services(
             leeway=settings.jwt_leeway,
             client_id=settings.keycloak_client_id,
             tenant_claim=settings.tenant_claim,
+            cache_size=settings.token_cache,
         )
         broker = broker or broker_from_url(settings.bus_url, settings)
         jobs = Jobs(broker, [*builtin_tasks(settings), *tasks])
@@ -144,7 +146,11 @@ async def build_services(
             jobs,
             audit,
         )
-        async with running_broker(jobs, services), watching_sends(services):
+        async with (
+            running_broker(jobs, services),
+            watching_sends(services),
+            shared_limits(settings, dispatcher),
+        ):
             yield services
 
 
@@ -174,6 +180,27 @@ def _auth_backends(
 
 
 @contextlib.asynccontextmanager
+async def shared_limits(settings: Settings, dispatcher: Dispatcher) -> AsyncIterator[None]:
+    """With REDIS_URL, the rate limits are kept in Redis (realtime.ratelimit), on a client
+    of their own: a lease is one short script, never behind the bus's reads."""
+    if settings.redis_url is None:
+        yield
+        return
+    from redis.asyncio import Redis
+
+    timeout = settings.redis_timeout
+    redis = Redis.from_url(
+        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
+    dispatcher.share_limits(redis, timeout)
+    try:
+        yield
+    finally:
+        dispatcher.unshare_limits()
+        await bounded(redis.aclose(), timeout, "the rate limits' Redis client")
+
+
+@contextlib.asynccontextmanager
 async def watching_sends(services: Services) -> AsyncIterator[None]:
     """One sweeper per process enforces every socket's send deadline (1013 for a peer
     that does not read): cheaper than arming and cancelling a timer per write. It also
@@ -187,6 +214,7 @@ async def watching_sends(services: Services) -> AsyncIterator[None]:
             now = time.monotonic()
             _check_stalls(services.connections, now)
             trimmer.observe(len(services.connections), now)
+            services.metrics.fold()  # --workers: what the other processes' scrapes see
 
     sweeper = asyncio.create_task(sweep())
     try:
@@ -195,6 +223,7 @@ async def watching_sends(services: Services) -> AsyncIterator[None]:
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
+        services.metrics.fold()
 
 
 def _check_stalls(connections: set[Any], now: float) -> None:
@@ -210,10 +239,15 @@ async def running_broker(jobs: Jobs, services: Services) -> AsyncIterator[None]:
     jobs.broker.state.services = TaskServices(
         services.settings, services.database, services.hub, redelivered=False
     )
+    measure(jobs.broker, services.metrics)
     await jobs.broker.startup()
+    sampling = asyncio.create_task(sample_queue(jobs.broker, services.metrics))
     try:
         yield
     finally:
+        sampling.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampling
         await stop_running_jobs(jobs)
         await bounded(jobs.broker.shutdown(), services.settings.redis_timeout, "the job broker")
 

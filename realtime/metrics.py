@@ -3,18 +3,27 @@
 Per-request figures are plain counters on the event-loop thread, turned into Prometheus
 families only when /metrics is scraped: prometheus_client's `labels().inc()` takes locks
 and costs more than the rest of a request's bookkeeping.
+
+Under `realtime serve --workers N` (PROMETHEUS_MULTIPROC_DIR set, prometheus-client's
+multiprocess mode) each process writes its metrics to files there and a scrape, whichever
+process takes it, answers the sum of all of them. The per-request counters are then folded
+into real Counter/Histogram children every sweep (about a second) and before a scrape, so
+the hot path stays a plain addition in both modes.
 """
 
 from __future__ import annotations
 
 import bisect
+import os
 from collections import defaultdict
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
+JOB_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 FIRST_BUCKET = LATENCY_BUCKETS[0]
 
@@ -81,18 +90,85 @@ class RequestStats(Collector):
             cumulative, buckets = 0, []
             for bound, count in zip((*LATENCY_BUCKETS, float("inf")), latency.buckets, strict=True):
                 cumulative += count
-                buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
+                # the bound as Histogram writes it ("1.0", "+Inf")
+                buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
             histogram.add_metric([package], buckets, latency.total)
         yield histogram
 
 
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class _Folded:
+    """The per-request tallies as multiprocess Counter/Histogram children: what each
+    tally had when last folded, so each fold adds only what came since."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "realtime_requests",
+            "Package calls answered",
+            ["package", "status", "transport"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "realtime_request_seconds",
+            "Package call latency (handler included)",
+            ["package"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.counts: dict[tuple[str, str, str], int] = {}
+        self.buckets: dict[str, list[int]] = {}
+        self.totals: dict[str, float] = {}
+
+    def fold(self, stats: RequestStats) -> None:
+        for key, tally in list(stats.tallies.items()):
+            delta = tally.count - self.counts.get(key, 0)
+            if delta:
+                self.requests.labels(*key).inc(delta)
+                self.counts[key] = tally.count
+        for package, latency in list(stats.latency.items()):
+            self._fold_latency(package, latency)
+
+    def _fold_latency(self, package: str, latency: _Latency) -> None:
+        before = self.buckets.setdefault(package, [0] * len(latency.buckets))
+        child = self.latency.labels(package)
+        # prometheus-client has no public "add n to a bucket": its children's value
+        # objects are what observe() itself increments (tests/test_metrics.py checks the
+        # exposition against the in-process one)
+        for index, count in enumerate(latency.buckets):
+            if count != before[index]:
+                child._buckets[index].inc(count - before[index])
+                before[index] = count
+        total = latency.total - self.totals.get(package, 0.0)
+        if total:
+            child._sum.inc(total)
+            self.totals[package] = latency.total
+
+
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, multiprocess: bool | None = None) -> None:
+        """`multiprocess`: whether to write to and scrape PROMETHEUS_MULTIPROC_DIR
+        (default: whether it is set)."""
+        if multiprocess is None:
+            multiprocess = bool(os.environ.get(MULTIPROCESS_DIR))
         self.registry = CollectorRegistry()
         self.requests = RequestStats()
-        self.registry.register(self.requests)
+        self._folded: _Folded | None = None
+        if multiprocess:
+            from prometheus_client import multiprocess as mp
+
+            self._folded = _Folded(self.registry)
+            self._scrape = CollectorRegistry()
+            mp.MultiProcessCollector(self._scrape)  # type: ignore[no-untyped-call]
+        else:
+            self.registry.register(self.requests)
+            self._scrape = self.registry
         self.connections = Gauge(
-            "realtime_connections", "Open WebSocket connections", registry=self.registry
+            "realtime_connections",
+            "Open WebSocket connections",
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.closes = Counter(
             "realtime_socket_closes",
@@ -106,6 +182,12 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self._job_metrics()
+        self.limiter_fallbacks = Counter(
+            "realtime_rate_limit_fallbacks",
+            "Times the shared (Redis) rate limits failed and this node's own took over",
+            registry=self.registry,
+        )
         self.inline_overruns = Counter(
             "realtime_inline_overruns",
             "Calls of inline=True handlers that held the event loop over the inline budget",
@@ -113,5 +195,52 @@ class Metrics:
             registry=self.registry,
         )
 
+    def _job_metrics(self) -> None:
+        # labels: the task's name (the tasks registered in code: a bounded set)
+        self.jobs_queued = Counter(
+            "realtime_jobs_queued", "Jobs queued", ["task"], registry=self.registry
+        )
+        self.jobs_started = Counter(
+            "realtime_jobs_started", "Job runs started", ["task"], registry=self.registry
+        )
+        self.jobs_finished = Counter(
+            "realtime_jobs_finished",
+            "Job runs finished, by outcome (ok: returned; error: raised)",
+            ["task", "outcome"],
+            registry=self.registry,
+        )
+        self.job_seconds = Histogram(
+            "realtime_job_seconds",
+            "Job run duration",
+            ["task"],
+            buckets=JOB_BUCKETS,
+            registry=self.registry,
+        )
+        # gauges of the shared queue: every process reads the same stream, so the most
+        # recent reading is the answer, not their sum
+        self.job_queue_length = Gauge(
+            "realtime_job_queue_length",
+            "Entries in the job queue's Redis stream",
+            registry=self.registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.job_queue_pending = Gauge(
+            "realtime_job_queue_pending",
+            "Jobs delivered to a worker and not yet acknowledged",
+            registry=self.registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.job_reclaims = Counter(
+            "realtime_job_reclaims",
+            "Jobs taken over from a worker that stopped (their claim timed out)",
+            registry=self.registry,
+        )
+
+    def fold(self) -> None:
+        """Multiprocess mode: write what the tallies counted since the last fold."""
+        if self._folded is not None:
+            self._folded.fold(self.requests)
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        self.fold()
+        return generate_latest(self._scrape)

@@ -168,10 +168,15 @@ class Package:
     inline: bool = False
     # every call is recorded in the audit log (realtime.audit): who, what, how, outcome
     audited: bool = False
+    # (requests per second, burst) per caller for this package, on top of the global
+    # REALTIME_RATE_LIMIT: for expensive operations; shared by the fleet with REDIS_URL
+    rate: tuple[float, int] | None = None
 
     def __post_init__(self) -> None:
         if self.inline and inspect.iscoroutinefunction(self.handler):
             raise ConfigError(f"package {self.name}: inline=True needs a plain `def` handler")
+        if self.rate is not None and not (self.rate[0] > 0 and self.rate[1] >= 1):
+            raise ConfigError(f"package {self.name}: rate is (requests per second > 0, burst >= 1)")
 
     @property
     def runs(self) -> str:

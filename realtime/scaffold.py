@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import ast
 import builtins
+import json
 import keyword
 import re
 import tomllib
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from realtime.exceptions import ConfigError
 from realtime.packages import SCAFFOLD_FIRST_ID, Catalog, application_id
+from realtime.types import Roles
 
 NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
@@ -62,6 +64,17 @@ class Project:
         for needed in (self.handlers / "__init__.py", self.schema, self.permissions):
             if not needed.exists():
                 raise ScaffoldError(f"{needed} is missing: run this in the project's root")
+        init = self.handlers / "__init__.py"
+        if "PACKAGES" in _top_level_names(init.read_text()):
+            # realtime.app then serves that list only, and a new module would not be
+            raise ScaffoldError(
+                f"{init} lists PACKAGES itself: remove the list (every module of "
+                f"{self.handlers_module}/ is then served) or add the package by hand"
+            )
+
+    def shown(self, path: Path) -> str:
+        """`path` as the report names it: relative to the project where it is inside."""
+        return str(path.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)
 
 
 @dataclass(frozen=True)
@@ -110,6 +123,10 @@ class Spec:
         return self.action.upper()
 
 
+# (methods or None for any, path) of every route the app serves besides packages'
+ServedRoute = tuple[frozenset[str] | None, str]
+
+
 def plan(
     catalog: Catalog,
     name: str,
@@ -118,6 +135,7 @@ def plan(
     paginated: bool = False,
     roles: str = "user",
     pkg_id: int | None = None,
+    served: Collection[ServedRoute] = (),
 ) -> Spec:
     """Check the request against the catalog; the package to write, or ScaffoldError."""
     if not NAME.match(name) or any(keyword.iskeyword(part) for part in name.split(".")):
@@ -126,28 +144,40 @@ def plan(
         raise ScaffoldError(f"package {name!r} exists (id {catalog.by_name[name].id})")
     route = Route.parse(rest) if rest else None
     if route is not None:
-        _check_route(catalog, route)
+        _check_route(catalog, route, served)
     chosen = _free_id(catalog) if pkg_id is None else pkg_id
     if not application_id(chosen):
         raise ScaffoldError(f"id {chosen} is not an application id (1-8999 except 42)")
     if chosen in catalog.by_id:
         raise ScaffoldError(f"id {chosen} is taken by {catalog.by_id[chosen].name}")
-    role_list = tuple(role.strip() for role in roles.split(",") if role.strip())
-    if not role_list:
-        raise ScaffoldError("--roles names no role (use * for any authenticated caller)")
-    return Spec(name, chosen, role_list, route, paginated)
+    return Spec(name, chosen, _roles(roles, "--roles"), route, paginated)
 
 
-def _check_route(catalog: Catalog, route: Route) -> None:
+def _check_route(catalog: Catalog, route: Route, served: Collection[ServedRoute]) -> None:
+    """Refuse a route another package or the framework serves, parameters' names aside
+    (`/projects/{pid}` is `/projects/{id}`)."""
+    wanted = _template(route.path)
     for package in catalog:
-        if package.rest and (package.rest.method, package.rest.path) == (route.method, route.path):
+        rest = package.rest
+        if rest and rest.method == route.method and _template(rest.path) == wanted:
             raise ScaffoldError(f"{route.method} {route.path} is the route of {package.name}")
+    for methods, path in served:
+        if _template(path) == wanted and (methods is None or route.method in methods):
+            raise ScaffoldError(f"{route.method} {route.path} is served already ({path})")
+
+
+def _template(path: str) -> str:
+    return re.sub(r"\{[^}]*\}", "{}", path)
+
+
+TEST_SUITE_IDS = range(900, 1000)
 
 
 def _free_id(catalog: Catalog) -> int:
     for first, last in catalog.free_ids():
-        if last >= SCAFFOLD_FIRST_ID:
-            return max(first, SCAFFOLD_FIRST_ID)
+        for pkg_id in range(max(first, SCAFFOLD_FIRST_ID), last + 1):
+            if pkg_id not in TEST_SUITE_IDS:
+                return pkg_id
     raise ScaffoldError("no application id is free")
 
 
@@ -164,6 +194,8 @@ def write(project: Project, spec: Spec) -> list[str]:
     schema_text = _schema_text(schema_file, spec)
     handler_text = _handler_text(handler_file, spec, function)
     permissions_text = _permissions_text(project.permissions, spec)
+    for path, text in ((schema_file, schema_text), (handler_file, handler_text)):
+        _fits(project, path, text)
     done = []
     for path, text in (
         (schema_file, schema_text),
@@ -171,11 +203,20 @@ def write(project: Project, spec: Spec) -> list[str]:
         (project.permissions, permissions_text),
         (test_file, _test_text(project, spec)),
     ):
-        verb = "changed" if path.exists() else "wrote"
+        done.append(f"{'changed' if path.exists() else 'wrote'} {project.shown(path)}")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-        done.append(f"{verb} {path.relative_to(project.root)}")
     return done
+
+
+def _fits(project: Project, path: Path, text: str) -> None:
+    """Every line written within the project's line length (ruff's E501), or nothing."""
+    before = set(path.read_text().splitlines()) if path.exists() else set()
+    if any(len(line) > LINE_LENGTH for line in text.splitlines() if line not in before):
+        raise ScaffoldError(
+            f"{project.shown(path)}: a line would exceed {LINE_LENGTH} characters: "
+            "choose a shorter name or path"
+        )
 
 
 # -- the handler module ---------------------------------------------------------------
@@ -196,6 +237,8 @@ def _top_level_names(source: str) -> set[str]:
             names.add(node.name)
         elif isinstance(node, ast.Assign):
             names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
         elif isinstance(node, ast.ImportFrom | ast.Import):
             names.update((a.asname or a.name).split(".")[0] for a in node.names)
     return names
@@ -270,29 +313,46 @@ def _add_to_packages(source: str, spec: Spec, function: str, handler_file: Path)
     without such a list, append both."""
     lines = source.splitlines(keepends=True)
     code = _handler_code(spec, function)
-    for node in ast.parse(source).body:
-        if _assigns(node, "PACKAGES"):
-            assert isinstance(node, ast.Assign)
-            value = node.value
-            closing = lines[(value.end_lineno or 0) - 1]
-            if isinstance(value, ast.List) and closing.strip() == "]":
-                end = (value.end_lineno or 0) - 1
-                lines.insert(end, _package_code(spec, function, "    "))
-            else:  # a list written otherwise: extend it after its statement
-                package = _package_code(spec, function, "    ")
-                lines.insert(node.end_lineno or 0, f"PACKAGES += [\n{package}]\n")
-            start = node.lineno - 1
-            lines.insert(start, code + "\n\n")
-            return "".join(lines)
+    node = _binding(source, "PACKAGES", handler_file)
+    if node is not None:
+        value = node.value
+        assert value is not None
+        closing = lines[(value.end_lineno or 0) - 1]
+        if isinstance(value, ast.List) and closing.strip() == "]":
+            end = (value.end_lineno or 0) - 1
+            lines.insert(end, _package_code(spec, function, "    "))
+        else:  # a list written otherwise: extend it after its statement
+            package = _package_code(spec, function, "    ")
+            lines.insert(node.end_lineno or 0, f"PACKAGES += [\n{package}]\n")
+        lines.insert(node.lineno - 1, code + "\n\n")
+        return "".join(lines)
     ending = "" if source.endswith("\n") else "\n"
     package = _package_code(spec, function, "    ")
     return source + ending + f"\n\n{code}\n\nPACKAGES = [\n{package}]\n"
 
 
-def _assigns(node: ast.stmt, name: str) -> bool:
-    return isinstance(node, ast.Assign) and any(
-        isinstance(target, ast.Name) and target.id == name for target in node.targets
-    )
+def _binding(source: str, name: str, path: Path) -> ast.Assign | ast.AnnAssign | None:
+    """The module's last top-level `name = ...` (or `name: T = ...`); None if it binds
+    no `name` at all. Bound some other way (an import, a loop), it cannot be extended
+    safely: a second `name = [...]` would silently replace the first."""
+    found: ast.Assign | ast.AnnAssign | None = None
+    for node in ast.parse(source).body:
+        if _binds(node, name):
+            assert isinstance(node, ast.Assign | ast.AnnAssign)
+            found = node
+    if found is None and name in _top_level_names(source):
+        raise ScaffoldError(f"{path} binds {name} in a way this cannot extend: add it by hand")
+    return found
+
+
+def _binds(node: ast.stmt, name: str) -> bool:
+    if isinstance(node, ast.Assign):
+        return any(_is_name(target, name) for target in node.targets)
+    return isinstance(node, ast.AnnAssign) and _is_name(node.target, name) and bool(node.value)
+
+
+def _is_name(node: ast.expr, name: str) -> bool:
+    return isinstance(node, ast.Name) and node.id == name
 
 
 # -- imports, as ruff's isort writes them ----------------------------------------------
@@ -429,7 +489,7 @@ def _example(spec: Spec) -> dict[str, int | str]:
 def _test_text(project: Project, spec: Spec) -> str:
     data = _example(spec)
     roles = [role for role in spec.roles if role != "*"] or ["user"]
-    answer = "[]" if spec.paginated else repr({"by": "alice", **data}).replace("'", '"')
+    answer = "[]" if spec.paginated else json.dumps({"by": "alice", **data})
     field = "data" if spec.paginated else None
     lines = [
         f'"""{spec.name} on both doors (written by `realtime new-package`: keep it true',
@@ -450,7 +510,7 @@ def _test_text(project: Project, spec: Spec) -> str:
         "from tests.helpers import auth_header, call",
         "",
         f"PKG_ID = {spec.pkg_id}",
-        f"DATA = {repr(data).replace(chr(39), chr(34))}",
+        f"DATA = {json.dumps(data)}",
         "",
         "",
         "@pytest.fixture",
@@ -465,7 +525,7 @@ def _test_text(project: Project, spec: Spec) -> str:
         "        audience=settings.keycloak_audience,",
         "        client_id=settings.keycloak_client_id,",
         "    )",
-        f'    token = issuer.mint("alice", {roles!r}, tenant="acme")'.replace("'", '"'),
+        f'    token = issuer.mint("alice", {json.dumps(roles)}, tenant="acme")',
         "    with TestClient(create_app(settings)) as client:",
         "        yield client, token",
         "",
@@ -487,9 +547,7 @@ def _test_text(project: Project, spec: Spec) -> str:
         "    client, _ = app",
         '    listed = {p["name"]: p for p in client.get("/packages").json()}',
         f'    assert listed["{spec.name}"]["pkg_id"] == PKG_ID',
-        f'    assert sorted(listed["{spec.name}"]["roles"]) == {sorted(spec.roles)!r}'.replace(
-            "'", '"'
-        ),
+        f'    assert sorted(listed["{spec.name}"]["roles"]) == {json.dumps(sorted(spec.roles))}',
         "",
     ]
     return "\n".join(lines)
@@ -559,6 +617,11 @@ class TopicSpec:
     def params(self) -> list[str]:
         return [p for p in PARAMETER.findall(self.pattern) if p not in ("sub", "tenant")]
 
+    @property
+    def slug(self) -> str:
+        """The test file's name part: notes.{id}.comments -> notes_id_comments."""
+        return re.sub(r"[^a-z0-9]+", "_", self.pattern.lower()).strip("_")
+
     def example(self) -> str:
         """A topic the pattern matches for the test's caller (alice of tenant acme)."""
         values = {"sub": "alice", "tenant": "acme"}
@@ -571,7 +634,7 @@ class TopicSpec:
 
 
 def plan_topic(
-    table: Collection[str],
+    table: Mapping[str, Mapping[str, Roles]],
     declared: Collection[str],
     pattern: str,
     *,
@@ -590,20 +653,54 @@ def plan_topic(
     if pattern in table or pattern in declared:
         raise ScaffoldError(f"topic {pattern!r} exists (permissions.toml or a TOPICS list)")
     subscribe = _roles(roles, "--roles")
-    return TopicSpec(pattern, subscribe, _roles(publish, "--publish") if publish else ())
+    spec = TopicSpec(pattern, subscribe, _roles(publish, "--publish") if publish else ())
+    shadow = _shadowing(table, spec)
+    if shadow is not None:
+        raise ScaffoldError(
+            f"{shadow!r} comes first in permissions.toml and matches {spec.example()!r}: "
+            f"{pattern!r} would never decide (patterns are tried in order)"
+        )
+    return spec
+
+
+def _shadowing(table: Mapping[str, Mapping[str, Roles]], spec: TopicSpec) -> str | None:
+    """An existing pattern that decides for the new one's example topic (the test's
+    caller, alice of acme), so the new table would never be reached."""
+    from realtime.auth.principal import Principal
+    from realtime.topics import TopicPermissions
+
+    caller = Principal(
+        sub="alice",
+        username=None,
+        email=None,
+        name=None,
+        realm_roles=frozenset(),
+        client_roles={},
+        tenant_id="acme",
+        expires_at=0,
+        raw_claims={},
+    )
+    existing = TopicPermissions({k: dict(v) for k, v in table.items()}, [])
+    return existing.first_pattern(caller, spec.example())
+
+
+ROLE = re.compile(r"^(\*|[A-Za-z0-9_.:@/-]{1,100})$")
 
 
 def _roles(text: str, option: str) -> tuple[str, ...]:
     found = tuple(role.strip() for role in text.split(",") if role.strip())
     if not found:
         raise ScaffoldError(f"{option} names no role (use * for any authenticated caller)")
+    for role in found:
+        if not ROLE.match(role):
+            raise ScaffoldError(f"{option}: {role!r} is not a role name (letters, digits, _.:@/-)")
     return found
 
 
 def write_topic(project: Project, spec: TopicSpec) -> list[str]:
     project.check()
     handler_file = project.handlers / f"{spec.domain}.py"
-    test_file = project.tests / f"test_topic_{spec.domain}.py"
+    test_file = project.tests / f"test_topic_{spec.slug}.py"
     if test_file.exists():
         raise ScaffoldError(f"{test_file} exists")
     taken = _top_level_names(handler_file.read_text()) if handler_file.exists() else set()
@@ -620,9 +717,9 @@ def write_topic(project: Project, spec: TopicSpec) -> list[str]:
         (project.permissions, permissions_text),
         (test_file, _topic_test_text(project, spec)),
     ):
-        verb = "changed" if path.exists() else "wrote"
+        done.append(f"{'changed' if path.exists() else 'wrote'} {project.shown(path)}")
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-        done.append(f"{verb} {path.relative_to(project.root)}")
     return done
 
 
@@ -651,12 +748,11 @@ def _topic_handler_text(handler_file: Path, spec: TopicSpec, function: str) -> s
         )
     source = _merge_import(handler_file.read_text(), "realtime", ["Context", "Topic"])
     lines = source.splitlines(keepends=True)
-    for node in ast.parse(source).body:
-        if _assigns(node, "TOPICS"):
-            assert isinstance(node, ast.Assign)
-            lines.insert(node.end_lineno or 0, f"TOPICS += [{entry}]\n")
-            lines.insert(node.lineno - 1, code + "\n\n")
-            return "".join(lines)
+    node = _binding(source, "TOPICS", handler_file)
+    if node is not None:
+        lines.insert(node.end_lineno or 0, f"TOPICS += [{entry}]\n")
+        lines.insert(node.lineno - 1, code + "\n\n")
+        return "".join(lines)
     ending = "" if source.endswith("\n") else "\n"
     return source + ending + f"\n\n{code}\n\nTOPICS = [{entry}]\n"
 
@@ -730,7 +826,7 @@ def _topic_test_text(project: Project, spec: TopicSpec) -> str:
             "        audience=settings.keycloak_audience,",
             "        client_id=settings.keycloak_client_id,",
             "    )",
-            f'    token = issuer.mint("alice", {roles!r}, tenant="acme")'.replace("'", '"'),
+            f'    token = issuer.mint("alice", {json.dumps(roles)}, tenant="acme")',
             "    with TestClient(create_app(settings)) as client:",
             "        yield client, token",
             "",
@@ -746,7 +842,7 @@ def _topic_test_text(project: Project, spec: TopicSpec) -> str:
 
 
 def topic_next_steps(spec: TopicSpec) -> list[str]:
-    test = f"tests/test_topic_{spec.domain}.py"
+    test = f"tests/test_topic_{spec.slug}.py"
     return [
         f"topic {spec.pattern}: subscribe and presence {', '.join(spec.subscribe)}, "
         + (f"publish {', '.join(spec.publish)}" if spec.publish else "publish: the server only"),

@@ -31,6 +31,10 @@ class Publisher(Protocol):
 
     async def presence(self, topic: str) -> list[dict[str, Any]]: ...
 
+    async def history(
+        self, topic: str, since: str | None, limit: int, reverse: bool = False
+    ) -> dict[str, Any]: ...
+
 
 class Services(Protocol):
     @property

@@ -151,6 +151,8 @@ class Settings:
     job_result_ttl: int = _env("REALTIME_JOB_RESULT_TTL", _int, 86400)
     job_queue: str = _env("REALTIME_JOB_QUEUE", _str, "realtime:jobs")
     worker_grace: float = _env("REALTIME_WORKER_GRACE", _float, 10.0)
+    # `realtime worker` serves its own /metrics on this port (0: not at all)
+    worker_metrics_port: int = _env("REALTIME_WORKER_METRICS_PORT", _int, 0)
     heartbeat_seconds: int = _env("REALTIME_HEARTBEAT_SECONDS", _int, 60)
     keycloak_issuer: str | None = _env("KEYCLOAK_ISSUER", _optional, None)
     keycloak_audience: str = _env("KEYCLOAK_AUDIENCE", _str, "realtime")
@@ -191,6 +193,10 @@ class Settings:
     # off by default: deflate costs CPU per socket and defeats "serialize once" fan-out
     ws_compression: bool = _env("REALTIME_WS_COMPRESSION", _bool, False)
     handler_timeout: float = _env("REALTIME_HANDLER_TIMEOUT", _float, 10.0)
+    # verified tokens remembered (by hash, until they expire); 0 checks every one
+    token_cache: int = _env("REALTIME_TOKEN_CACHE", _int, 10_000)
+    # threads for plain `def` handlers (those without inline=True), per process
+    handler_threads: int = _env("REALTIME_HANDLER_THREADS", _int, 16)
     rate_limit: float = _env("REALTIME_RATE_LIMIT", _float, 100.0)
     rate_burst: int = _env("REALTIME_RATE_BURST", _int, 200)
     max_invalid_frames: int = _env("REALTIME_MAX_INVALID_FRAMES", _int, 10)

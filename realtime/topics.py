@@ -107,6 +107,13 @@ class TopicPermissions:
         """Each topic pattern with the roles of its actions, in the order they are tried."""
         return {rule.pattern: rule.actions for rule in self._rules}
 
+    def first_pattern(self, principal: Principal, topic: str) -> str | None:
+        """The pattern that decides for `topic` (the first that matches), if any."""
+        for rule in self._rules:
+            if rule.match(topic, principal) is not None:
+                return rule.pattern
+        return None
+
     def check(self, principal: Principal, topic: str, action: str) -> None:
         """The roles of permissions.toml only (no authorizer): PermissionDenied unless
         they allow `action` on `topic`."""

@@ -47,3 +47,34 @@ PRESENCE = {
     },
     "required": ["topic", "presence"],
 }
+
+HISTORY_LIMIT = 100
+HISTORY = {
+    "type": "object",
+    "properties": {
+        "topic": TOPIC,
+        "since": OFFSET,
+        "limit": {"type": "integer", "minimum": 1, "maximum": HISTORY_LIMIT, "default": 20},
+        "reverse": {"type": "boolean", "default": False},
+    },
+    "required": ["topic"],
+    "additionalProperties": False,
+}
+HISTORY_PAGE = {
+    "type": "object",
+    "properties": {
+        "topic": TOPIC,
+        "offset": OFFSET,
+        "publications": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"offset": OFFSET, "event": {"type": "string"}, "data": {}},
+                "required": ["offset", "event", "data"],
+            },
+        },
+        "next": {"type": ["string", "null"], "maxLength": 100},
+        "more": {"type": "boolean"},
+    },
+    "required": ["topic", "offset", "publications", "next", "more"],
+}

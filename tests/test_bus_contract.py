@@ -159,6 +159,37 @@ async def test_trimmed_history_is_not_recovered(subject: Subject) -> None:
     assert seqs(recent.events) == list(range(TRIMMED - RETENTION + 1, TRIMMED + 1))
 
 
+async def test_page_forward_and_backward_from_a_cursor(subject: Subject) -> None:
+    offsets = await publish(subject.backend, "t", RETENTION - 1)  # all of it retained
+    await subject.backend.publish("t", b'{"step":5}', b"job.progress")
+    top, events = await subject.backend.page("t", None, 2, reverse=False)
+    assert top.seq == 5 and top.epoch == offsets[0].epoch and seqs(events) == [1, 2]
+    assert seqs((await subject.backend.page("t", 2, 2, reverse=False))[1]) == [3, 4]
+    assert seqs((await subject.backend.page("t", 3, 10, reverse=False))[1]) == [4, 5]
+    assert (await subject.backend.page("t", 5, 10, reverse=False))[1] == []
+    newest = (await subject.backend.page("t", None, 2, reverse=True))[1]
+    assert seqs(newest) == [5, 4]
+    assert (newest[0].data, newest[0].name) == (b'{"step":5}', b"job.progress")
+    assert seqs((await subject.backend.page("t", 4, 3, reverse=True))[1]) == [3, 2, 1]
+    assert seqs((await subject.backend.page("t", 2, 3, reverse=True))[1]) == [1]
+    assert (await subject.backend.page("t", 1, 3, reverse=True))[1] == []
+
+
+async def test_a_page_of_an_empty_topic_gives_it_its_epoch(subject: Subject) -> None:
+    top, events = await subject.backend.page("t", None, 5, reverse=True)
+    assert top.seq == 0 and events == []
+    assert (await subject.backend.publish("t", b"1")).epoch == top.epoch
+
+
+async def test_a_page_of_a_trimmed_topic_starts_at_the_oldest_retained(
+    subject: Subject,
+) -> None:
+    await publish(subject.backend, "t", TRIMMED)
+    top, events = await subject.backend.page("t", None, 1000, reverse=False)
+    assert top.seq == TRIMMED and len(events) >= RETENTION
+    assert seqs(events) == list(range(events[0].seq, TRIMMED + 1))  # no gap after the oldest
+
+
 async def test_an_offset_of_another_epoch_or_past_the_top_is_not_recovered(
     subject: Subject,
 ) -> None:

@@ -72,6 +72,9 @@ PERMISSIONS = """
 "jobs.list" = ["user"]
 "test.digest" = ["user"]   # the one line the new package needs
 
+[topics."project.{id}"]        # the shipped authorizer's pattern (handlers/projects.py)
+subscribe = ["user"]
+
 [grants]
 "jobs.any" = ["support"]
 """

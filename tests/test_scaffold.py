@@ -87,7 +87,7 @@ def test_the_projects_own_checks_pass_on_what_it_wrote(project: Path) -> None:
     mypy = _run(project, str(BIN / "mypy"), "--cache-dir", str(project / ".mypy_cache"))
     assert mypy.returncode == 0, mypy.stdout
     tests = [f"tests/test_{n}.py" for n in ("notes_add", "notes_list", "projects_archive")]
-    tests += ["tests/test_notes_ping.py", "tests/test_topic_notes.py", "tests/test_topic_room.py"]
+    tests += ["tests/test_notes_ping.py", "tests/test_topic_notes_id.py", "tests/test_topic_room_room.py"]
     pytest_run = _run(project, sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests)
     assert pytest_run.returncode == 0, pytest_run.stdout[-3000:]
     assert "14 passed" in pytest_run.stdout, pytest_run.stdout[-3000:]
@@ -170,3 +170,50 @@ def test_new_topic_writes_a_denying_authorizer_its_roles_and_a_test(project: Pat
     )
     bad = _realtime(project, "new-topic", "room.{a}.{a}")
     assert bad.returncode == 2 and "a placeholder is named twice" in bad.stderr
+
+
+def test_an_annotated_list_is_extended_not_replaced(tmp_path: Path) -> None:
+    """`PACKAGES: list[Package] = [...]` and `TOPICS: list[Topic] = [...]` keep what they
+    held: a second binding would drop a package, or silently open a topic."""
+    copy = _copy_project(tmp_path)
+    (copy / "handlers/ann.py").write_text(
+        "from realtime import Context, JSONObject, Package, Topic\n\n\n"
+        "async def one(ctx: Context, data: JSONObject) -> JSONObject:\n    return data\n\n\n"
+        "async def may(ctx: Context, params: dict[str, str]) -> bool:\n    return True\n\n\n"
+        'PACKAGES: list[Package] = [\n    Package(600, "ann.one", one),\n]\n'
+        'TOPICS: list[Topic] = [Topic("ann.{id}", may)]\n'
+    )
+    permissions = copy / "permissions.toml"
+    text = permissions.read_text().replace("[packages]\n", '[packages]\n"ann.one" = ["user"]\n')
+    permissions.write_text(text + '\n[topics."ann.{id}"]\nsubscribe = ["user"]\n')
+    assert _realtime(copy, "new-package", "ann.two").returncode == 0
+    assert _realtime(copy, "new-topic", "ann.{id}.more").returncode == 0
+    source = (copy / "handlers/ann.py").read_text()
+    assert source.count("PACKAGES") == 1 and source.count("TOPICS: list[Topic]") == 1
+    assert 'TOPICS += [Topic("ann.{id}.more", may_ann)]' in source
+    listed = _realtime(copy, "packages").stdout
+    assert " ann.one " in listed and " ann.two " in listed
+
+
+def test_what_cannot_be_written_safely_is_refused_in_one_line(tmp_path: Path) -> None:
+    copy = _copy_project(tmp_path)
+    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    cases = {
+        ("notes.health", "--rest", "GET /health"): "GET /health is served already (/health)",
+        ("projects.fetch", "--rest", "GET /projects/{pid}"): (
+            "GET /projects/{pid} is the route of projects.get"
+        ),
+        ("notes.add", "--roles", 'it"s'): "--roles: 'it\"s' is not a role name",
+        ("notes." + "a" * 90,): "a line would exceed 100 characters",
+    }
+    for args, message in cases.items():
+        done = _realtime(copy, "new-package", *args)
+        assert done.returncode == 2, (args, done.stdout)
+        assert message in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    shadowed = _realtime(copy, "new-topic", "project.*")
+    assert shadowed.returncode == 2
+    assert "'project.{id}' comes first in permissions.toml" in shadowed.stderr
+    assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
+    (copy / "handlers/__init__.py").write_text("PACKAGES: list[object] = []\n")
+    listed = _realtime(copy, "new-package", "notes.add")
+    assert listed.returncode == 2 and "lists PACKAGES itself" in listed.stderr

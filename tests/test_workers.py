@@ -24,7 +24,7 @@ import redis
 
 from tests.conftest import flush_redis, redis_url
 from tests.helpers import ws_call, ws_closed, ws_connect
-from tests.nodes import ROOT, Node, mint, node, process, worker
+from tests.nodes import ROOT, Node, free_port, mint, node, process, worker
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 START, STATUS, CANCEL, WATCH, FAILING = 20, 21, 22, 23, 915
@@ -60,7 +60,11 @@ class Jobs:
         return self.tokens[sub]
 
     def add_worker(self, name: str, **env: str) -> Node:
-        started = self.stack.enter_context(worker(self.tmp_path, name, **{**self.env, **env}))
+        """A worker; its address is where it serves its own /metrics."""
+        port = free_port()
+        env = {**self.env, "REALTIME_WORKER_METRICS_PORT": str(port), **env}
+        started = self.stack.enter_context(worker(self.tmp_path, name, **env))
+        started.address = f"127.0.0.1:{port}"
         self.workers.append(started)
         return started
 
@@ -257,6 +261,34 @@ async def test_a_failing_task_is_failure_with_a_safe_message(jobs: Jobs) -> None
     final = (await status(jobs, job_id)).json()
     assert final["state"] == "FAILURE" and final["error"] == "the job failed"
     assert "hunter2" not in json.dumps(events) + json.dumps(final)
+
+
+def _count(text: str, sample: str) -> float:
+    line = next((line for line in text.splitlines() if line.startswith(sample + " ")), None)
+    return float(line.split()[-1]) if line else 0.0
+
+
+async def test_jobs_are_counted_where_they_are_queued_and_run(jobs: Jobs) -> None:
+    """Queued on the server; started and finished where it runs: the server on the
+    embedded default, the worker (its own /metrics) on Redis."""
+    async with socket(jobs) as ws:
+        job_id = await start(ws, 2, 0.01)
+        assert done_of(await watch_until_done(ws, job_id))[0]["state"] == "SUCCESS"
+    runner = jobs.workers[0] if jobs.workers else jobs.nodes[0]
+    task = 'task="long_running_task"'
+    async with httpx.AsyncClient() as http:
+        async with asyncio.timeout(15):  # post_execute runs just after job.done is sent
+            while True:
+                ran = (await http.get(f"http://{runner.address}/metrics")).text
+                if _count(ran, f'realtime_jobs_finished_total{{outcome="ok",{task}}}') == 1:
+                    break
+                await asyncio.sleep(0.1)
+        served = (await http.get(f"http://{jobs.address}/metrics")).text
+    assert _count(served, f"realtime_jobs_queued_total{{{task}}}") == 1
+    assert _count(ran, f"realtime_jobs_started_total{{{task}}}") == 1
+    assert _count(ran, f"realtime_job_seconds_count{{{task}}}") == 1
+    if jobs.workers:  # the queue's gauges, read from the Redis stream by both processes
+        assert "realtime_job_queue_length " in ran and "realtime_job_queue_pending " in served
 
 
 # -- only with workers ----------------------------------------------------------------------

@@ -4,10 +4,20 @@ joserfc's `jwt.decode` checks only the signature, and its claims registry checks
 only when present: so the algorithms are always passed, `kid` is required, and `exp`,
 `iss`, `sub` are marked essential; the audience is checked here (Keycloak puts the
 client in `azp` and often `aud: account`).
+
+A token that verified is remembered by its SHA-256 (never the token itself), so the many
+sockets of a reconnect storm or of one user's tabs cost one signature check, not one
+each. An entry is used only while its token has not expired and while the key source
+still gives the very key that verified it (a rotated or refreshed key set verifies again),
+and the cache is bounded (least recently used out first). Failures are never cached.
 """
 
 from __future__ import annotations
 
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from joserfc import jws, jwt
@@ -33,8 +43,13 @@ class TokenVerifier:
         leeway: int,
         client_id: str,
         tenant_claim: str,
+        cache_size: int = 10_000,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._keys = keys
+        self._cache: OrderedDict[bytes, tuple[Principal, Any]] = OrderedDict()
+        self._cache_size = cache_size
+        self._clock = clock
         self.issuer = issuer
         self._audience = audience
         self._audience_in_azp = audience_in_azp
@@ -49,6 +64,26 @@ class TokenVerifier:
         key = await self._keys.get(kid)
         if key is None:
             raise AuthError("unknown signing key")
+        digest = hashlib.sha256(token.encode()).digest()
+        cached = self._cache.get(digest)
+        if cached is not None:
+            principal, verified_with = cached
+            if verified_with is key and self._clock() < principal.expires_at:
+                self._cache.move_to_end(digest)
+                return principal
+            del self._cache[digest]
+        principal = self._verify(token, key)
+        self._remember(digest, principal, key)
+        return principal
+
+    def _remember(self, digest: bytes, principal: Principal, key: Any) -> None:
+        if self._cache_size <= 0 or self._clock() >= principal.expires_at:
+            return  # accepted within the leeway only: not for later
+        self._cache[digest] = (principal, key)
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    def _verify(self, token: str, key: Any) -> Principal:
         try:
             claims = jwt.decode(token, key, algorithms=self._algorithms).claims
         except JoseError:
@@ -74,6 +109,7 @@ class TokenVerifier:
 
     def _check_claims(self, claims: dict[str, Any]) -> None:
         registry = JWTClaimsRegistry(
+            now=lambda: int(self._clock()),  # the cache's clock: one notion of "expired"
             leeway=self._leeway,
             iss={"essential": True, "value": self.issuer},
             sub={"essential": True},

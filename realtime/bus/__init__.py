@@ -1,7 +1,7 @@
 """The bus: topics with history, resume from an offset, presence.
 
-A backend is a small contract (`Backend`: publish, history, read, epoch, wake, presence,
-ping, close) with an in-process twin and a Redis-streams engine, chosen by the URL scheme
+A backend is a small contract (`Backend`: publish, history, page, read, epoch, wake,
+presence, ping, close) with an in-process twin and a Redis-streams engine, chosen by the URL scheme
 of `Settings.bus_url` (`from_url`). One `Hub` per node reads every stream its local
 sockets subscribe to and fans each event out as the same bytes. A new backend is a
 subclass of `Backend`, a scheme in `from_url`, and a factory in tests/test_bus_contract.py,
@@ -102,6 +102,16 @@ class Backend(abc.ABC):
         with recovered=True. Otherwise (`since` None, another epoch, trimmed) no events and
         recovered=False. An empty topic gets its epoch here, and its first publication
         keeps it, so an offset handed out before anything was published resumes."""
+
+    @abc.abstractmethod
+    async def page(
+        self, topic: str, cursor: int | None, limit: int, reverse: bool
+    ) -> tuple[Offset, list[Event]]:
+        """The topic's top (as `history` answers it, giving an empty topic its epoch) and
+        at most `limit` retained events, read together: forward (`reverse` False) those
+        whose seq is greater than `cursor` (None: from the oldest retained), oldest first;
+        backward those whose seq is less than `cursor` (None: from the newest), newest
+        first. Whatever the epoch: the caller compares its own with the top's."""
 
     @abc.abstractmethod
     async def read(self, positions: dict[str, int], block: float) -> list[Event]:

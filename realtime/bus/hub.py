@@ -21,8 +21,14 @@ import orjson
 
 from realtime import protocol
 from realtime.auth.principal import Principal
-from realtime.bus import Backend, BusOutcomeUnknown, BusUnavailable, Event, Offset
-from realtime.exceptions import Conflict, OutcomeUnknown, RequestError, Unavailable
+from realtime.bus import ANY_EPOCH, Backend, BusOutcomeUnknown, BusUnavailable, Event, Offset
+from realtime.exceptions import (
+    Conflict,
+    InvalidData,
+    OutcomeUnknown,
+    RequestError,
+    Unavailable,
+)
 
 logger = logging.getLogger("realtime.bus.hub")
 BLOCK = 1.0
@@ -71,6 +77,21 @@ def message_frame(topic: str, epoch: str, event: Event) -> EventFrame:
     frame = EventFrame(protocol.message_frame(topic, epoch, event.seq, event.name, event.data))
     frame.event = event
     return frame
+
+
+def _cursor(since: str | None) -> Offset | None:
+    if since is None:
+        return None
+    offset = Offset.parse(since)
+    if offset is None:
+        raise InvalidData(f"since {since!r} is not an offset")
+    return offset
+
+
+def _publication(epoch: str, event: Event) -> dict[str, Any]:
+    # the data as the publisher serialized it: written as it is, never parsed here
+    data = orjson.Fragment(event.data)
+    return {"offset": f"{epoch}:{event.seq}", "event": event.name.decode(), "data": data}
 
 
 class Hub:
@@ -144,6 +165,34 @@ class Hub:
     def _undelivered(self) -> bool:
         positions = self._positions
         return any(seq > positions.get(topic, seq) for topic, seq in self._published.items())
+
+    # -- history ---------------------------------------------------------------------
+
+    async def history(
+        self, topic: str, since: str | None, limit: int, reverse: bool = False
+    ) -> dict[str, Any]:
+        """A page of the topic's retained publications (`topics.history`): after `since`
+        oldest first, or (`reverse`) before it newest first; `next` is the `since` of the
+        following page, `more` whether it has anything, `offset` the topic's top when
+        the page was read (subscribe with it to go live after what was read)."""
+        cursor = _cursor(since)
+        try:
+            top, events = await self.backend.page(
+                topic, cursor.seq if cursor else None, limit + 1, reverse
+            )
+        except BusUnavailable as error:
+            raise bus_failure(error) from None
+        if cursor is not None and cursor.epoch not in (ANY_EPOCH, top.epoch):
+            raise Conflict(f"the topic's stream was reset: {since!r} is of another epoch")
+        page = [_publication(top.epoch, event) for event in events[:limit]]
+        following = page[-1]["offset"] if page else since
+        return {
+            "topic": topic,
+            "offset": str(top),
+            "publications": page,
+            "next": following,
+            "more": len(events) > limit,
+        }
 
     # -- subscribing -----------------------------------------------------------------
 

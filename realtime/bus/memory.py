@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import secrets
 from typing import Any
 
@@ -65,6 +66,18 @@ class MemoryBackend(Backend):
         if since.epoch != state.epoch or since.seq > state.seq or since.seq + 1 < oldest:
             return History(top, recovered=False)
         return History(top, True, [e for e in state.events if e.seq > since.seq])
+
+    async def page(
+        self, topic: str, cursor: int | None, limit: int, reverse: bool
+    ) -> tuple[Offset, list[Event]]:
+        state = self._topic(topic)
+        if reverse:
+            below = state.seq + 1 if cursor is None else cursor
+            found = itertools.islice((e for e in reversed(state.events) if e.seq < below), limit)
+        else:
+            above = 0 if cursor is None else cursor
+            found = itertools.islice((e for e in state.events if e.seq > above), limit)
+        return Offset(state.epoch, state.seq), list(found)
 
     async def read(self, positions: dict[str, int], block: float) -> list[Event]:
         events = self._after(positions)

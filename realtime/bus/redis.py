@@ -77,6 +77,25 @@ end
 return {epoch, seq, oldest, events}
 """
 
+# KEYS: stream, meta. ARGV: epoch candidate, ttl seconds, "rev" or "fwd", first stream id,
+# count. HISTORY's top and one XRANGE (or XREVRANGE), read together.
+PAGE = """
+local epoch = redis.call('HGET', KEYS[2], 'e')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[2], 'e', epoch)
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+end
+local seq = redis.call('HGET', KEYS[2], 's') or '0'
+local events
+if ARGV[3] == 'rev' then
+  events = redis.call('XREVRANGE', KEYS[1], ARGV[4], '-', 'COUNT', ARGV[5])
+else
+  events = redis.call('XRANGE', KEYS[1], ARGV[4], '+', 'COUNT', ARGV[5])
+end
+return {epoch, seq, events}
+"""
+
 # KEYS: zset (member -> expiry), hash (member -> info). ARGV: now.
 PRESENCE_LIST = """
 local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
@@ -148,6 +167,7 @@ class RedisBackend(Backend):
         self._publish_once = self._redis.register_script(PUBLISH_ONCE)
         self._presence_list = self._redis.register_script(PRESENCE_LIST)
         self._history = self._redis.register_script(HISTORY)
+        self._page = self._redis.register_script(PAGE)
         self._retention = retention
         self._ttl = ttl
         self._presence_ttl = presence_ttl
@@ -204,6 +224,22 @@ class RedisBackend(Backend):
             return History(top, recovered=False)  # trimmed: part of what followed is gone
         events = [_event(topic, i, dict(zip(f[::2], f[1::2], strict=True))) for i, f in entries]
         return History(top, True, events)
+
+    async def page(
+        self, topic: str, cursor: int | None, limit: int, reverse: bool
+    ) -> tuple[Offset, list[Event]]:
+        # stream ids are `<seq>-0`: "seq below the cursor" is the inclusive id cursor-1
+        if reverse:
+            first = "+" if cursor is None else f"{max(cursor - 1, 0)}-0"
+        else:
+            first = "-" if cursor is None else f"{cursor + 1}-0"
+        direction = "rev" if reverse else "fwd"
+        args: list[str | int] = [secrets.token_hex(4), self._ttl, direction, first, limit]
+        epoch, seq, entries = await self._call(
+            self._page(keys=[_stream(topic), _meta(topic)], args=args)
+        )
+        events = [_event(topic, i, dict(zip(f[::2], f[1::2], strict=True))) for i, f in entries]
+        return Offset(epoch.decode(), int(seq)), events
 
     async def read(self, positions: dict[str, int], block: float) -> list[Event]:
         streams: dict[Any, Any] = {_stream(t): f"{seq}-0" for t, seq in positions.items()}

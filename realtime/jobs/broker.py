@@ -98,6 +98,7 @@ class JobStreamBroker(RedisStreamBroker):
         self.owned: dict[str, int] = {}
         self._deliveries = 0
         self._cursor = "0-0"
+        self.reclaimed = 0
         self._holding = False
         self._keeper: asyncio.Task[None] | None = None
 
@@ -166,6 +167,7 @@ class JobStreamBroker(RedisStreamBroker):
         )
         self._cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
         claimed = await self._messages(redis, [(i, f) for i, f in entries if f])
+        self.reclaimed += len(claimed)  # realtime_job_reclaims_total
         for message in claimed:
             logger.warning("reclaimed a job from a worker that stopped: %s", message.data[:80])
         return claimed
@@ -183,6 +185,13 @@ class JobStreamBroker(RedisStreamBroker):
             self.owned[key] = self._deliveries
             messages.append(AckableMessage(data=data, ack=self._acker(key, self._deliveries)))
         return messages
+
+    async def depth(self) -> tuple[int, int]:
+        """(entries in the queue's stream, entries delivered and not yet acknowledged)."""
+        async with Redis(connection_pool=self.connection_pool) as redis:
+            length = await redis.xlen(self.queue_name)
+            pending = await redis.xpending(self.queue_name, self.consumer_group_name)
+        return int(length), int(pending["pending"])
 
     async def _prune(self, redis: Redis) -> None:
         """Forget consumers of stopped workers (each process joins under a new name):

@@ -26,7 +26,9 @@ from realtime.db import open_database
 from realtime.exceptions import ConfigError, Unavailable
 from realtime.jobs import Jobs, Task, TaskServices, broker_from_url, builtin_tasks
 from realtime.jobs.broker import JobStreamBroker, delivery
+from realtime.jobs.metrics import measure, sample_queue
 from realtime.lifespan import open_hub
+from realtime.metrics import Metrics
 from realtime.migrate import check_schema
 from realtime.settings import Settings
 
@@ -84,10 +86,13 @@ async def run_worker(settings: Settings, tasks: Sequence[Task], concurrency: int
     broker = _shared_broker(settings, "worker")
     broker.is_worker_process = True
     jobs = Jobs(broker, [*builtin_tasks(settings), *tasks])
-    async with _task_services(settings) as services:
+    metrics = Metrics(multiprocess=False)
+    measure(broker, metrics)
+    async with _task_services(settings) as services, _serving_metrics(settings, metrics):
         broker.state.services = services
         await broker.startup()
         sweeping = asyncio.create_task(_recover(services, jobs, tasks))
+        sampling = asyncio.create_task(sample_queue(broker, metrics))
         receiver = _Receiver(
             broker, max_async_tasks=concurrency, run_startup=False, propagate_exceptions=False
         )
@@ -103,10 +108,34 @@ async def run_worker(settings: Settings, tasks: Sequence[Task], concurrency: int
         stop.set()
         stopping.cancel()
         sweeping.cancel()
+        sampling.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeping
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampling
         await _stop_worker(broker, receiver, listening, settings.worker_grace)
     return 1 if failed else 0
+
+
+@contextlib.asynccontextmanager
+async def _serving_metrics(settings: Settings, metrics: Metrics) -> AsyncIterator[None]:
+    """The worker's own /metrics (REALTIME_WORKER_METRICS_PORT): its jobs and the queue,
+    served by prometheus-client's small HTTP server on a thread of its own."""
+    if not settings.worker_metrics_port:
+        yield
+        return
+    from prometheus_client import start_http_server
+
+    server, thread = start_http_server(
+        settings.worker_metrics_port, addr=settings.host, registry=metrics.registry
+    )
+    logger.info("worker metrics on http://%s:%s/metrics", settings.host, server.server_port)
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 async def _recover(services: TaskServices, jobs: Jobs, tasks: Sequence[Task]) -> None:

@@ -1,7 +1,7 @@
 """What a frame means on a socket: package requests (`/ws`), echo, or nothing.
 
 `Requests` is the package session of one socket: it parses, looks up, spawns the handler
-(inline for a plain `def`, a task otherwise, within the in-flight cap), answers, and
+(inline for an inline=True one, a task otherwise, within the in-flight cap), answers, and
 counts what closes a misbehaving client (invalid frames: 1008; a client that keeps going
 after RATE_LIMITED: 4429). The connection only moves frames.
 """
@@ -24,6 +24,7 @@ from realtime.exceptions import (
 )
 from realtime.packages import Context, Package
 from realtime.protocol import EnvelopeError, encode_error, encode_ok, parse_request
+from realtime.ratelimit import LeaseNeeded
 from realtime.types import JSONObject
 
 if TYPE_CHECKING:
@@ -52,13 +53,13 @@ class Requests:
         self._violations = 0
 
     # -- HOT PATH ----------------------------------------------------------------------
-    # `spawn` (a plain `def` handler, inline) and `_handle` (an `async def` one, in a task)
+    # `spawn` (an inline=True handler, inline) and `_handle` (any other, in a task)
     # are two copies of one sequence on purpose: the inline one saves a task and an await
     # per request, which the echo benchmark shows. tests/test_dispatch.py checks that both
     # give the same answers and the same metrics.
 
     def spawn(self, package: Package, req_id: str, data: JSONObject) -> None:
-        """Run one request. A plain `def` handler runs inline, here: no task, no await,
+        """Run one request. An inline=True handler runs here: no task, no await,
         as few calls as can be. Others run concurrently, within the socket's cap."""
         self._invalid_frames = 0
         if package.id not in self._inline:
@@ -72,6 +73,9 @@ class Requests:
             message = encode_ok(package.id, req_id, result, meta)
         except RequestError as error:
             self._failed(ctx, error)
+            return
+        except LeaseNeeded:  # the shared rate limit needs a Redis call: not inline, then
+            self._start(package, req_id, data)
             return
         except TypeError:  # orjson.JSONEncodeError: the handler returned something not JSON
             self._failed(ctx, not_json(package, req_id))

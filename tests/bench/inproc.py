@@ -69,8 +69,10 @@ def _settings(tmp: Path) -> Settings:
         permissions_file="permissions.toml",
         dev_users_file="dev-users.toml",
         migrations_dir="migrations",
-        rate_limit=1e9,
-        rate_burst=1e9,
+        rate_limit=float(os.environ.get("REALTIME_BENCH_RATE", 1e9)),
+        rate_burst=int(float(os.environ.get("REALTIME_BENCH_RATE", 1e9))),
+        # REALTIME_BENCH_REDIS=redis://...: the rate limits shared through Redis
+        redis_url=os.environ.get("REALTIME_BENCH_REDIS") or None,
     )
 
 
@@ -79,6 +81,10 @@ async def measure(n: int) -> float:
     catalog = Catalog([*BUILTIN_PACKAGES, *load_handlers(("handlers",))[0]])
     permissions = Permissions.load(settings.permissions_file)
     limiter = MemoryRateLimiter(settings.rate_limit, settings.rate_burst)
+    if settings.redis_url:
+        from realtime.ratelimit import SharedRateLimiter
+
+        limiter = SharedRateLimiter(settings.rate_limit, settings.rate_burst)  # type: ignore[assignment]
     router = Router(catalog, permissions, limiter, Metrics(), settings.handler_timeout)
     topics = TopicPermissions(permissions.topics)
     async with build_services(settings, router, topics, []) as services:

@@ -1,0 +1,40 @@
+"""The per-request tallies folded into prometheus-client's multiprocess files expose what
+the in-process collector exposes (realtime.metrics._Folded)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+RECORD = """
+import sys
+from realtime.metrics import Metrics
+metrics = Metrics()
+for seconds in (0.0001, 0.003, 0.003, 0.2, 20.0):
+    metrics.requests.record("echo", "OK", "ws", seconds)
+metrics.fold()  # folding twice adds nothing twice
+metrics.requests.record("echo", "NOT_FOUND", "rest", 0.04)
+sys.stdout.write(metrics.render().decode())
+"""
+
+
+def _exposition(multiprocess_dir: Path | None) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    if multiprocess_dir is not None:
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(multiprocess_dir)
+    done = subprocess.run(
+        [sys.executable, "-c", RECORD], env=env, capture_output=True, text=True, check=True
+    )
+    wanted = ("realtime_requests_total{", "realtime_request_seconds_")
+    return sorted(line for line in done.stdout.splitlines() if line.startswith(wanted))
+
+
+def test_the_folded_exposition_is_the_in_process_one(tmp_path: Path) -> None:
+    alone = _exposition(None)
+    folded = _exposition(tmp_path)
+    assert 'realtime_requests_total{package="echo",status="OK",transport="ws"} 5.0' in alone
+    assert 'realtime_request_seconds_bucket{le="0.005",package="echo"} 3.0' in alone
+    assert 'realtime_request_seconds_count{package="echo"} 6.0' in alone
+    assert folded == alone
