@@ -40,12 +40,11 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from realtime.db import translate
 from realtime.exceptions import Conflict, InvalidData, RealtimeError
@@ -135,8 +134,10 @@ class AuditLog:
         batch: int,
         interval: float,
         timeout: float,
+        metrics: AuditMetrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics
         self._db = database
         self._capacity = max(1, capacity)
         self._batch = max(1, batch)
@@ -176,7 +177,9 @@ class AuditLog:
             self._wake.set()
 
     def _drop(self, count: int) -> None:
-        self.dropped += count
+        self._count("dropped", count)
+        if self._metrics is not None:
+            self._metrics.waiting.set(len(self._pending))
         now = time.monotonic()
         if now - self._drop_logged >= DROP_LOG_EVERY:
             self._drop_logged = now
@@ -204,6 +207,13 @@ class AuditLog:
                     failed = True
                     break
             delay = min(delay * 2, AUDIT_BACKOFF_MAX) if failed else self._interval
+            if self._metrics is not None:
+                self._metrics.waiting.set(len(self._pending))
+
+    def _count(self, result: str, rows: int) -> None:
+        setattr(self, result, getattr(self, result) + rows)
+        if self._metrics is not None:
+            self._metrics.rows.labels(result).inc(rows)
 
     def stop(self) -> None:
         """End `run` after the write it is doing, if any (`close` writes the rest)."""
@@ -226,7 +236,7 @@ class AuditLog:
                 return await self._one_by_one(taken)
             self._requeue(taken, error)
             return False
-        self.written += len(taken)
+        self._count("written", len(taken))
         return True
 
     async def _one_by_one(self, taken: list[_Pending]) -> bool:
@@ -240,9 +250,9 @@ class AuditLog:
                     self._requeue(taken[index:], error)
                     return False
                 logger.error("audit log: a row of %s was refused (%s): dropped", row[3], error)
-                self.dropped += 1
+                self._count("dropped", 1)
                 continue
-            self.written += 1
+            self._count("written", 1)
         return True
 
     async def _write(self, pending: list[_Pending]) -> None:
@@ -268,6 +278,8 @@ class AuditLog:
 
     def _requeue(self, taken: list[_Pending], error: BaseException) -> None:
         self.failures += 1
+        if self._metrics is not None:
+            self._metrics.failures.inc()
         room = max(0, self._capacity - len(self._pending))
         kept = taken[:room]
         self._pending[:0] = kept
@@ -286,7 +298,7 @@ class AuditLog:
             if not await self.flush_once():
                 break
         if self._pending:
-            self.lost += len(self._pending)
+            self._count("lost", len(self._pending))
             logger.error(
                 "audit log: %d row(s) could not be written at shutdown and are lost",
                 len(self._pending),
@@ -295,31 +307,36 @@ class AuditLog:
         self._capacity = 0  # closed: a late row is dropped and counted, not left behind
 
 
-class AuditCollector(Collector):
-    """The audit log's counters, read when /metrics is scraped."""
+class AuditMetrics:
+    """The audit log's series, on the app's registry: real prometheus-client objects, so
+    that `realtime serve --workers N` sums them over its processes like the others. They
+    move per batch, per dropped row and per flusher turn, never per request."""
 
-    def __init__(self, log: AuditLog) -> None:
-        self._log = log
-
-    def collect(self) -> Iterator[Metric]:
-        log = self._log
-        rows = CounterMetricFamily(
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+        self.rows = Counter(
             "realtime_audit_rows",
-            "Audit rows by fate: written, dropped (queue full), lost (unwritten at shutdown)",
-            labels=["result"],
+            "Audit rows by fate: written, dropped (queue full or refused), lost (at shutdown)",
+            ["result"],
+            registry=registry,
         )
-        for result, count in (("written", log.written), ("dropped", log.dropped)):
-            rows.add_metric([result], count)
-        rows.add_metric(["lost"], log.lost)
-        yield rows
-        yield CounterMetricFamily(
+        self.failures = Counter(
             "realtime_audit_write_failures",
-            "Audit batch writes that failed (the rows were queued again)",
-            value=log.failures,
+            "Audit batch writes that failed (their rows were queued again)",
+            registry=registry,
         )
-        yield GaugeMetricFamily(
-            "realtime_audit_queue_rows", "Audit rows waiting to be written", value=log.waiting
+        self.waiting = Gauge(
+            "realtime_audit_queue_rows",
+            "Audit rows waiting to be written (as of the flusher's last turn or drop)",
+            registry=registry,
+            multiprocess_mode="livesum",
         )
+        for result in ("written", "dropped", "lost"):
+            self.rows.labels(result)  # exposed at 0 before the first row
+
+    def close(self) -> None:
+        for series in (self.rows, self.failures, self.waiting):
+            self._registry.unregister(series)
 
 
 @contextlib.asynccontextmanager
@@ -328,6 +345,7 @@ async def open_audit(
 ) -> AsyncIterator[AuditLog]:
     """The node's audit log and its flusher, for the app's lifetime; at the end, what is
     queued is written before the database closes."""
+    series = AuditMetrics(metrics.registry)
     log = AuditLog(
         store,
         database,
@@ -335,9 +353,8 @@ async def open_audit(
         batch=settings.audit_batch,
         interval=settings.audit_flush,
         timeout=settings.db_timeout,
+        metrics=series,
     )
-    collector = AuditCollector(log)
-    metrics.registry.register(collector)
     flusher = asyncio.create_task(log.run()) if store is not None else None
     try:
         yield log
@@ -349,4 +366,4 @@ async def open_audit(
             except Exception:
                 logger.exception("audit log: the flusher failed")
         await log.close()
-        metrics.registry.unregister(collector)
+        series.close()
