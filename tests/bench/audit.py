@@ -1,28 +1,33 @@
 """`projects.create` with and without the audit log, A/B in one run (issue 14).
 
-    python -m tests.bench.audit [--rounds 4] [--duration 8] [--connections 8] [--pipeline 8]
+    python -m tests.bench.audit [--duration 120] [--period 2]            # interleave
+    python -m tests.bench.audit --mode toggle [--rounds 12] [--duration 5]
+    python -m tests.bench.audit --mode processes [--rounds 10] [--duration 8]
 
-1. Creates the PostgreSQL database of `--database-url` if missing and migrates it with
-   `realtime migrate`.
-2. Starts two realtime servers on it, each on uvicorn (uvloop, httptools, one worker),
-   both pinned to CPU 0 (the load generator pins itself to CPU 1): `audited`, the app as
-   shipped (`projects.create` is `audited=True`), and `plain`, the same packages with
-   `audited=False` (`create_unaudited` below). Nothing else differs.
-3. After one unrecorded run on each server (pools, caches), each round empties `projects`, `project_counts` and `audit_log`, then runs both,
-   audited first in odd rounds and plain first in even ones (so neither always runs on
-   the larger table): `projects.create` (pkg_id 10) over /ws with the picows load
-   generator, `--connections` sockets with `--pipeline` requests in flight each.
-4. After each audited run, checks that the audit log holds one row per project created
-   (the rows are written ~0.2 s later, off the request path).
-5. Prints every run, the medians, and audited/plain for requests/s (target: at least
-   0.90, "auditing costs at most 10%"), server CPU per request and PostgreSQL CPU per
-   request (the backends of the bench database, found by their process titles).
-6. Measures the audit log's own work apart, steadier than any A/B on a shared machine:
-   `AuditLog.record` (what a request pays, on its path) per call, in this process; and
-   writing rows in batches of 500 through the shipped store (what the flusher pays,
-   off the path): this process's CPU and the PostgreSQL backends' CPU per row. Their sum
-   against the plain runs' server + PostgreSQL CPU per create is the cost auditing adds.
-   Nothing asserts a timing.
+The PostgreSQL database of `--database-url` is created if missing and migrated with
+`realtime migrate`. realtime runs on uvicorn (uvloop, httptools, one worker) pinned to CPU
+0, the load generator (picows, `--connections` sockets with `--pipeline` requests in
+flight each, `projects.create` over /ws) pinned to CPU 1. PostgreSQL's CPU is that of the
+bench database's backends, found by their process titles. Three ways to compare:
+
+- `interleave` (default): one server, one long run; auditing is switched off and on
+  every `--period` seconds (ABBA), and each period's wall time, server CPU, PostgreSQL
+  CPU and creates answered go to its state. The steadiest on a shared machine: a burst of
+  another program's work falls on both states alike.
+- `toggle`: one server, auditing switched between runs of `--duration` s, ABBA rounds.
+- `processes`: two servers, the shipped app and the same packages with `audited=False`.
+
+The switch (`POST /bench/audit/on|off`, this module's factory, no auth: a bench on
+127.0.0.1) empties or restores the router's set of audited packages. The tables are
+emptied before each run; after each audited run of `toggle` and `processes` the audit log
+must hold one row per project created (checked and printed).
+
+Then it measures the audit log's own work apart, which the machine's load moves little:
+`AuditLog.record` (what a request pays, on its path) per call, in this process; and
+writing 100,000 rows in batches of 500 through the shipped store (what the flusher pays,
+off the path): this process's CPU and the PostgreSQL backends' CPU per row, against the
+server + PostgreSQL CPU of a create without auditing. Target: auditing costs at most 10%.
+Nothing asserts a timing.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ from tests.bench.common.probes import ProcessCPU
 from tests.bench.common.runner import dev_tokens, pin_self, pinning
 from tests.bench.loadgen import LoadOptions, Workload, envelope, run_request_reply, status_ok
 from tests.bench.projects import database
-from tests.bench.projects.probes import PostgresCPU
+from tests.bench.projects.probes import PostgresCPU, backends
 from tests.bench.report import RunResult
 from tests.bench.server import bench_server
 
@@ -89,11 +94,18 @@ def create_toggled() -> Starlette:
     app = _app(audited=True)
 
     async def toggle(request: Request) -> PlainTextResponse:
+        """Switch; answers the state and, at the switch, this process's CPU seconds and
+        the projects.create answered so far (for --mode interleave)."""
         dispatcher = request.app.state.services.dispatcher
         state = request.path_params["state"]
         audited = frozenset(p.id for p in dispatcher.catalog if p.audited)
         dispatcher.audited = audited if state == "on" else frozenset()
-        return PlainTextResponse(state)
+        answered = sum(
+            tally.count
+            for (package, status, _), tally in dispatcher.metrics.requests.tallies.items()
+            if package == "projects.create" and status == "OK"
+        )
+        return PlainTextResponse(f"{state} {time.process_time()} {answered}")
 
     app.router.routes.append(Route("/bench/audit/{state:str}", toggle, methods=["POST"]))
     return app
@@ -115,11 +127,13 @@ def _parser() -> argparse.ArgumentParser:
     add("--no-pin", action="store_true", help="leave every process to the scheduler")
     add(
         "--mode",
-        choices=("toggle", "processes"),
-        default="toggle",
-        help="toggle (default): one server, auditing switched on and off between runs; "
-        "processes: two servers, one built with audited=False",
+        choices=("interleave", "toggle", "processes"),
+        default="interleave",
+        help="interleave (default): one long run on one server, auditing switched every "
+        "--period s; toggle: one server, switched between runs; processes: two servers, "
+        "one built with audited=False",
     )
+    add("--period", type=float, default=2.0, help="interleave: seconds per state")
     add(
         "--env",
         action="append",
@@ -164,16 +178,20 @@ def _env(url: str, key_file: str) -> dict[str, str]:
     }
 
 
-def _run(
-    name: str, port: int, pid: int, token: str, args: argparse.Namespace, round_: int
-) -> RunResult:
-    workload = Workload(
+def _workload(name: str, port: int, token: str) -> Workload:
+    return Workload(
         name,
         f"ws://127.0.0.1:{port}/ws",
         envelope(CREATE, {"name": "bench", "description": "audit A/B"}),
         status_ok,
         {"Authorization": f"Bearer {token}"},
     )
+
+
+def _run(
+    name: str, port: int, pid: int, token: str, args: argparse.Namespace, round_: int
+) -> RunResult:
+    workload = _workload(name, port, token)
     options = LoadOptions(
         connections=args.connections,
         pipeline=args.pipeline,
@@ -260,11 +278,15 @@ async def _components(url: str, rows: int = 100_000) -> dict[str, float]:
     return {"record": record_us, "write (server)": write_us, "write (postgres)": pg_us}
 
 
-def _cost(components: dict[str, float], results: list[RunResult]) -> None:
+def _plain_create(results: list[RunResult]) -> float:
+    """Server + PostgreSQL CPU per create without auditing (median of the plain runs)."""
     plain = [r for r in results if r.scenario == "plain"]
-    create = statistics.median(
+    return statistics.median(
         _per_request(r, SERVER_CPU) + _per_request(r, POSTGRES_CPU) for r in plain
     )
+
+
+def _cost(components: dict[str, float], create: float) -> None:
     added = sum(components.values())
     print("\nthe audit log's own work, CPU per row (this process, PostgreSQL's backends):")
     for name, us in components.items():
@@ -275,13 +297,70 @@ def _cost(components: dict[str, float], results: list[RunResult]) -> None:
     )
 
 
-def _toggle(port: int, name: str) -> None:
+def _toggle(port: int, name: str) -> tuple[float, int]:
+    """Switch the server to `name`; its (CPU seconds, creates answered) at the switch."""
     state = "on" if name == "audited" else "off"
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/bench/audit/{state}", b"", method="POST"
     )
     with urllib.request.urlopen(request, timeout=5) as answer:
-        assert answer.read().decode() == state
+        told, cpu, answered = answer.read().decode().split()
+    assert told == state
+    return float(cpu), int(answered)
+
+
+def _interleave(port: int, pid: int, token: str, args: argparse.Namespace) -> float:
+    """One long run; auditing switched every `--period` s; each period's wall time, the
+    server's CPU, PostgreSQL's CPU and the creates answered go to the state it was in."""
+    totals = {name: [0.0, 0.0, 0.0, 0] for name in ("audited", "plain")}  # wall, cpu, pg, n
+    pg = database.database_name(args.database_url)
+    periods = int(args.duration // args.period)
+
+    def sample(name: str) -> tuple[float, float, float, int]:
+        cpu, answered = _toggle(port, name)
+        return time.perf_counter(), cpu, sum(backends(pg).values()), answered
+
+    async def switching() -> None:
+        order = ("plain", "audited", "audited", "plain")  # ABBA: neither always follows
+        await asyncio.sleep(args.warmup)
+        last = await asyncio.to_thread(sample, order[0])
+        for index in range(periods):
+            await asyncio.sleep(args.period)
+            now = await asyncio.to_thread(sample, order[(index + 1) % 4])
+            total = totals[order[index % 4]]
+            for i in range(3):
+                total[i] += now[i] - last[i]
+            total[3] += now[3] - last[3]
+            last = now
+
+    async def both() -> RunResult:
+        options = LoadOptions(
+            connections=args.connections,
+            pipeline=args.pipeline,
+            warmup=args.warmup,
+            duration=args.warmup + periods * args.period + 1,
+        )
+        workload = _workload("interleave", port, token)
+        await asyncio.to_thread(_toggle, port, "plain")  # the warm-up is not audited
+        load = asyncio.create_task(run_request_reply(workload, options, {}, 0))
+        await switching()
+        return await load
+
+    result = asyncio.run(both())
+    print(f"interleave: {periods} periods of {args.period} s, errors {result.errors}")
+    print("state      periods s   req/s   server us/req   postgres us/req")
+    for name, (wall, cpu, pg_cpu, answered) in totals.items():
+        n = max(answered, 1)
+        print(
+            f"{name:8} {wall:10.1f} {answered / wall:7.0f} {cpu / n * 1e6:15.0f} "
+            f"{pg_cpu / n * 1e6:17.0f}"
+        )
+    (aw, ac, ap, an), (pw, pc, pp, pn) = totals["audited"], totals["plain"]
+    print(
+        f"audited/plain: req/s {an / aw / (pn / pw):.3f}, server CPU/req {ac / an / (pc / pn):.3f}, "
+        f"postgres CPU/req {ap / an / (pp / pn):.3f} (target: req/s >= {TARGET:.2f})"
+    )
+    return (pc + pp) / max(pn, 1) * 1e6
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -296,6 +375,18 @@ def main(argv: list[str] | None = None) -> int:
         token = dev_tokens(key_file, {"bench": ["user"]})["bench"]
         env = _env(args.database_url, key_file) | dict(e.split("=", 1) for e in args.env)
         cpu = 0 if pinned else None
+        if args.mode == "interleave":
+            pid, port = stack.enter_context(bench_server(env, cpu=cpu, factory=TOGGLED))
+            _run("warm-up", port, pid, token, args, 0)
+            _empty(args.database_url)
+            create = _interleave(port, pid, token, args)
+            time.sleep(1.0)
+            projects, rows = _counts(args.database_url)
+            print(f"projects {projects}, audit rows {rows} (the audited periods' creates)")
+            _empty(args.database_url)
+            _cost(asyncio.run(_components(args.database_url)), create)
+            _empty(args.database_url)
+            return 0
         if args.mode == "toggle":
             one = stack.enter_context(bench_server(env, cpu=cpu, factory=TOGGLED))
             servers = {"audited": one, "plain": one}
@@ -324,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(result)
     _summary(results)
     _empty(args.database_url)
-    _cost(asyncio.run(_components(args.database_url)), results)
+    _cost(asyncio.run(_components(args.database_url)), _plain_create(results))
     _empty(args.database_url)
     return 0
 
