@@ -120,7 +120,12 @@ def _parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--database-url", default=DEFAULT_URL, help=f"PostgreSQL (default {DEFAULT_URL})")
     add("--rounds", type=int, default=4)
-    add("--duration", type=float, default=8.0, help="seconds measured per run")
+    add(
+        "--duration",
+        type=float,
+        default=None,
+        help="seconds measured per run (default: 120 for interleave, 8 otherwise)",
+    )
     add("--warmup", type=float, default=2.0)
     add("--connections", type=int, default=8)
     add("--pipeline", type=int, default=8)
@@ -365,6 +370,8 @@ def _interleave(port: int, pid: int, token: str, args: argparse.Namespace) -> fl
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.duration is None:
+        args.duration = 120.0 if args.mode == "interleave" else 8.0
     pinned = pinning(args.no_pin)
     if pinned:
         pin_self(1)
