@@ -146,6 +146,8 @@ async def build_services(
             jobs,
             audit,
         )
+        # the socket counts (frames, bytes) are read from the live sockets at a scrape
+        services.metrics.traffic.live = lambda: services.connections
         async with (
             running_broker(jobs, services),
             watching_sends(services),

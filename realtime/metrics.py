@@ -16,7 +16,8 @@ from __future__ import annotations
 import bisect
 import os
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -96,6 +97,42 @@ class RequestStats(Collector):
         yield histogram
 
 
+class SocketTraffic(Collector):
+    """Frames received and sent and bytes sent by the sockets of this process, read at
+    scrape time from the counts each socket keeps anyway (nothing more on the hot path)
+    plus those of the sockets that have closed."""
+
+    NAMES = (
+        ("realtime_frames_received", "Text frames received on sockets (after authentication)"),
+        ("realtime_frames_sent", "Text frames sent on sockets"),
+        ("realtime_sent_bytes", "Bytes of text frames sent on sockets (UTF-8)"),
+    )
+
+    def __init__(self) -> None:
+        self.live: Callable[[], Iterable[Any]] = tuple
+        self.closed = [0, 0, 0]
+
+    def count(self, connection: Any) -> tuple[int, int, int]:
+        return connection.frames_received, connection.outbox.sent, connection.outbox.sent_bytes
+
+    def ended(self, connection: Any) -> None:
+        for index, value in enumerate(self.count(connection)):
+            self.closed[index] += value
+
+    def totals(self) -> list[int]:
+        totals = list(self.closed)
+        for connection in list(self.live()):
+            for index, value in enumerate(self.count(connection)):
+                totals[index] += value
+        return totals
+
+    def collect(self) -> Iterator[Metric]:
+        for (name, documentation), value in zip(self.NAMES, self.totals(), strict=True):
+            family = CounterMetricFamily(name, documentation)
+            family.add_metric([], value)
+            yield family
+
+
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -120,6 +157,15 @@ class _Folded:
         self.counts: dict[tuple[str, str, str], int] = {}
         self.buckets: dict[str, list[int]] = {}
         self.totals: dict[str, float] = {}
+        names = SocketTraffic.NAMES
+        self.traffic = [Counter(name, text, registry=registry) for name, text in names]
+        self.traffic_folded = [0, 0, 0]
+
+    def fold_traffic(self, traffic: SocketTraffic) -> None:
+        for index, total in enumerate(traffic.totals()):
+            if total > self.traffic_folded[index]:
+                self.traffic[index].inc(total - self.traffic_folded[index])
+                self.traffic_folded[index] = total
 
     def fold(self, stats: RequestStats) -> None:
         for key, tally in list(stats.tallies.items()):
@@ -154,6 +200,7 @@ class Metrics:
             multiprocess = bool(os.environ.get(MULTIPROCESS_DIR))
         self.registry = CollectorRegistry()
         self.requests = RequestStats()
+        self.traffic = SocketTraffic()
         self._folded: _Folded | None = None
         if multiprocess:
             from prometheus_client import multiprocess as mp
@@ -163,12 +210,16 @@ class Metrics:
             mp.MultiProcessCollector(self._scrape)  # type: ignore[no-untyped-call]
         else:
             self.registry.register(self.requests)
+            self.registry.register(self.traffic)
             self._scrape = self.registry
         self.connections = Gauge(
             "realtime_connections",
             "Open WebSocket connections",
             registry=self.registry,
             multiprocess_mode="livesum",
+        )
+        self.sockets_opened = Counter(
+            "realtime_sockets_opened", "WebSocket connections accepted", registry=self.registry
         )
         self.closes = Counter(
             "realtime_socket_closes",
@@ -240,6 +291,7 @@ class Metrics:
         """Multiprocess mode: write what the tallies counted since the last fold."""
         if self._folded is not None:
             self._folded.fold(self.requests)
+            self._folded.fold_traffic(self.traffic)
 
     def render(self) -> bytes:
         self.fold()

@@ -3,10 +3,15 @@ the in-process collector exposes (realtime.metrics._Folded)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from starlette.testclient import TestClient
+
+from tests.helpers import auth_header, call
 
 RECORD = """
 import sys
@@ -38,3 +43,30 @@ def test_the_folded_exposition_is_the_in_process_one(tmp_path: Path) -> None:
     assert 'realtime_request_seconds_bucket{le="0.005",package="echo"} 3.0' in alone
     assert 'realtime_request_seconds_count{package="echo"} 6.0' in alone
     assert folded == alone
+
+
+def _value(text: str, name: str) -> float:
+    import re
+
+    found = re.search(rf"^{name} (\S+)$", text, flags=re.M)
+    assert found is not None, name
+    return float(found.group(1))
+
+
+def test_socket_traffic_is_counted_for_open_and_closed_sockets(
+    client: TestClient, token: str
+) -> None:
+    with client.websocket_connect("/ws", headers=auth_header(token)) as ws:
+        answers = [call(ws, 40, {"n": "x" * 10}, f"e{n}") for n in range(3)]
+        live = client.get("/metrics").text
+    sent = sum(len(json.dumps(a, separators=(",", ":"))) for a in answers)
+    assert _value(live, "realtime_frames_received_total") == 3
+    assert _value(live, "realtime_frames_sent_total") == 3
+    assert _value(live, "realtime_sent_bytes_total") == sent
+    assert _value(live, "realtime_sockets_opened_total") == 1
+    with client.websocket_connect("/ws", headers=auth_header(token)) as ws:
+        call(ws, 40, {}, "again")
+    closed = client.get("/metrics").text  # both sockets closed: their counts stay
+    assert _value(closed, "realtime_frames_received_total") == 4
+    assert _value(closed, "realtime_frames_sent_total") == 4
+    assert _value(closed, "realtime_sockets_opened_total") == 2

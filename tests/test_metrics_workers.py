@@ -55,4 +55,5 @@ def test_a_scrape_counts_the_sockets_of_every_worker(tmp_path: Path) -> None:
     assert len(scrapes) == 8, "the two workers' echo counts never summed to 6"
     for text in scrapes:
         assert _sample(text, "realtime_connections") == SOCKETS
+        assert _sample(text, "realtime_frames_received_total") == SOCKETS  # one echo each
         assert "realtime_request_seconds_bucket" in text

@@ -171,6 +171,7 @@ class Connection:
         offered = self.websocket.scope.get("subprotocols", [])
         await self.websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
         self.services.metrics.connections.inc()
+        self.services.metrics.sockets_opened.inc()
         self.services.connections.add(self)
         writer = self.outbox.start()
         self._reader = asyncio.create_task(self._read_loop())
@@ -181,6 +182,7 @@ class Connection:
             self.services.connections.discard(self)
             await self._cleanup()
             self.services.metrics.connections.dec()
+            self.services.metrics.traffic.ended(self)
 
     def _joined_during_drain(self) -> None:
         """A socket opened while the node drains is told to go elsewhere as the others
@@ -244,6 +246,11 @@ class Connection:
         if callable(getattr(transport, "abort", None)):
             loop = asyncio.get_running_loop()
             loop.call_later(self.settings.close_timeout, _reset, transport)
+
+    @property
+    def frames_received(self) -> int:
+        """Text frames handled since authentication (the metrics read it at a scrape)."""
+        return self._frames
 
     # -- sending -----------------------------------------------------------------------
 

@@ -108,6 +108,8 @@ class Outbox:
         self.peer_gone = False
         self.direct = False
         self.closed = False
+        self.sent = 0  # frames and their bytes (UTF-8), for the metrics (read at a scrape)
+        self.sent_bytes = 0
 
     def start(self) -> asyncio.Task[None]:
         self.writer = asyncio.create_task(self._write_loop())
@@ -175,6 +177,8 @@ class Outbox:
         without suspending unless the transport is paused (the peer reads slowly); then
         the rest of that send runs in a task, under the send deadline, and later frames
         queue behind it."""
+        self.sent += 1
+        self.sent_bytes += len(message)
         try:
             send = self._send({"type": "websocket.send", "text": message.decode()})
             blocked = send.send(None)
@@ -251,6 +255,8 @@ class Outbox:
                 if type(frame) is _Replay:
                     self._replays -= 1
                 text = frame.decode()  # type: ignore[union-attr]
+                self.sent += 1
+                self.sent_bytes += len(frame)  # type: ignore[arg-type]
                 await self._send({"type": "websocket.send", "text": text})
                 frame = None
         except asyncio.CancelledError:
