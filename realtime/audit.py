@@ -249,7 +249,8 @@ class AuditLog:
                 if not _refused(error):
                     self._requeue(taken[index:], error)
                     return False
-                logger.error("audit log: a row of %s was refused (%s): dropped", row[3], error)
+                reason = type(error).__name__  # not its text: it may quote the row's values
+                logger.error("audit log: a row of %s was refused (%s): dropped", row[3], reason)
                 self._count("dropped", 1)
                 continue
             self._count("written", 1)
