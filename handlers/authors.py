@@ -52,5 +52,6 @@ PACKAGES = [
         response_schema=s.AUTHOR,
         rest=Rest("POST", "/authors", 201),
         description="Create an author (unique name).",
+        audited=True,
     ),
 ]

@@ -109,6 +109,7 @@ PACKAGES = [
         response_schema=s.STARTED,
         rest=Rest("POST", "/jobs", 202),
         description="Start a long-running job.",
+        audited=True,
     ),
     Package(
         21,
@@ -128,6 +129,7 @@ PACKAGES = [
         # a cancel keeps the record (GET answers it CANCELLED): an action, not a DELETE
         rest=Rest("POST", "/jobs/{job_id}/cancel"),
         description="Cancel a job (owner only); its record stays, in state CANCELLED.",
+        audited=True,
     ),
     Package(
         23,

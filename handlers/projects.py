@@ -110,6 +110,7 @@ PACKAGES = [
         response_schema=s.PROJECT,
         rest=Rest("POST", "/projects", 201),
         description="Create a project.",
+        audited=True,
     ),
     Package(
         11,
@@ -138,6 +139,7 @@ PACKAGES = [
         response_schema=s.PROJECT,
         rest=Rest("PATCH", "/projects/{id}"),
         description="Change name and/or description; with neither, the project as it is.",
+        audited=True,
     ),
     Package(
         14,
@@ -147,6 +149,7 @@ PACKAGES = [
         response_schema=s.PROJECT_DELETED,
         rest=Rest("DELETE", "/projects/{id}"),
         description="Soft delete; a second delete answers the same deleted_at.",
+        audited=True,
     ),
 ]
 TOPICS = [Topic("project.{id}", project_member)]

@@ -6,6 +6,7 @@ This module is the handler API: what a module of `handlers/` imports (with
 
 __version__ = "0.1.0"  # first: modules imported below read it
 
+from realtime.audit import AuditRow, AuditStore
 from realtime.bus import Offset
 from realtime.db import Prepared, contains, now, translate, utc
 from realtime.jobs.steps import StepJobs, job_topic
@@ -20,3 +21,5 @@ __all__ = ["Context", "Package", "Page", "Rest", "RestOnlyRoute", "Topic"]
 __all__ += ["Prepared", "contains", "now", "translate", "utc"]
 # what a job type and the jobs packages use (realtime.jobs.steps, realtime.jobs.stream)
 __all__ += ["JSONObject", "Offset", "StepJobs", "job_stream", "job_topic"]
+# the audit log's store (a handler module's AUDIT, realtime.audit)
+__all__ += ["AuditRow", "AuditStore"]

@@ -21,6 +21,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 from taskiq import AsyncBroker
 
+from realtime.audit import AuditStore
 from realtime.builtin import catalog as builtin_catalog
 from realtime.bus import Backend
 from realtime.dispatch import Dispatcher
@@ -60,6 +61,23 @@ def load_routes(modules: Sequence[str]) -> list[BaseRoute]:
 def load_topics(modules: Sequence[str]) -> list[Topic]:
     """The topic authorizers of handler modules (TOPICS), next to their packages."""
     return [topic for module in _modules(modules) for topic in getattr(module, "TOPICS", [])]
+
+
+def load_audit(modules: Sequence[str]) -> AuditStore | None:
+    """The audit log's store (AUDIT) a handler module declares; two stop start-up."""
+    stores = [module.AUDIT for module in _modules(modules) if hasattr(module, "AUDIT")]
+    if len(stores) > 1:
+        raise ConfigError("REALTIME_HANDLERS: more than one module declares AUDIT")
+    return stores[0] if stores else None
+
+
+def _check_audit(packages: Sequence[Package], store: AuditStore | None) -> None:
+    audited = [package.name for package in packages if package.audited]
+    if audited and store is None:
+        raise ConfigError(
+            f"package {audited[0]} is audited=True, but no module of REALTIME_HANDLERS "
+            "declares AUDIT (the audit log's store)"
+        )
 
 
 def _modules(modules: Sequence[str]) -> list[Any]:
@@ -121,13 +139,15 @@ def create_app(
         catalog, permissions, limiter, Metrics(), settings.handler_timeout, settings.handler_threads
     )
     topics = TopicPermissions(permissions.topics, load_topics(settings.handlers))
+    audit_store = load_audit(settings.handlers)
+    _check_audit(packages, audit_store)
     install_redaction()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         try:
             async with build_services(
-                settings, dispatcher, topics, tasks, bus=bus, broker=broker
+                settings, dispatcher, topics, tasks, bus=bus, broker=broker, audit_store=audit_store
             ) as services:
                 app.state.services = services
                 with _frozen_startup():

@@ -14,7 +14,7 @@ import math
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from time import monotonic, perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from realtime.db import translate
 from realtime.exceptions import (
@@ -31,6 +31,9 @@ from realtime.permissions import Permissions, allows
 from realtime.ratelimit import LEASE_SECONDS, LeaseNeeded, MemoryRateLimiter, SharedRateLimiter
 from realtime.types import JSONObject, Roles
 from realtime.validation import Validator
+
+if TYPE_CHECKING:
+    from realtime.services import Framework
 
 logger = logging.getLogger("realtime.dispatch")
 
@@ -78,6 +81,8 @@ class Dispatcher:
         self._threads = handler_threads
         self._executor: ThreadPoolExecutor | None = None
         self._overrun_logged: dict[int, float] = {}
+        # packages declared audited=True: each answered call goes to the audit log
+        self.audited = frozenset(p.id for p in catalog if p.audited)
         # roles -> the package ids they may call: a token's roles are fixed, so the check
         # is one set lookup per request (bounded: a handful of role sets in practice)
         self._permitted: dict[Roles, frozenset[int]] = {}
@@ -139,13 +144,15 @@ class Dispatcher:
                 result = await self._run(ctx, data)
             answer = _shape(ctx.package, result, data)
         except asyncio.CancelledError:
-            self._record(ctx, "CANCELLED", transport, started)  # the socket went away
+            self._record(ctx, "CANCELLED", transport, started, data)  # the socket went away
             raise
         except Exception as error:
             failure = self._failure(ctx, error)
-            self._record(ctx, failure.status.name, transport, started)
+            self._record(ctx, failure.status.name, transport, started, data)
             raise failure from None
         self._ok[transport][ctx.package.id].add(perf_counter() - started)
+        if ctx.package.id in self.audited:
+            self._audit(ctx, transport, "OK", answer[0], data)
         return answer
 
     def call_inline(self, ctx: Context, data: JSONObject) -> tuple[Any, JSONObject | None]:
@@ -161,12 +168,14 @@ class Dispatcher:
             raise  # the socket runs it as a task instead, which awaits the lease (`call`)
         except Exception as error:
             failure = self._failure(ctx, error)
-            self._record(ctx, failure.status.name, "ws", started)
+            self._record(ctx, failure.status.name, "ws", started, data)
             raise failure from None
         elapsed = perf_counter() - started
         self._ok_ws[package.id].add(elapsed)
         if elapsed > INLINE_BUDGET:
             self._overran(package, elapsed)
+        if package.id in self.audited:
+            self._audit(ctx, "ws", "OK", answer[0], data)
         return answer
 
     # -- END HOT PATH --------------------------------------------------------------------
@@ -290,9 +299,19 @@ class Dispatcher:
         )
         return failure
 
-    def _record(self, ctx: Context, outcome: str, transport: str, started: float) -> None:
+    def _record(
+        self, ctx: Context, outcome: str, transport: str, started: float, data: JSONObject
+    ) -> None:
         elapsed = perf_counter() - started
         self.metrics.requests.record(ctx.package.name, outcome, transport, elapsed)
+        # RATE_LIMITED calls are not audited: they changed nothing, and a flood of them
+        # would crowd the other callers' rows out of the bounded queue (they are counted)
+        if ctx.package.id in self.audited and outcome != "RATE_LIMITED":
+            self._audit(ctx, transport, outcome, None, data)
+
+    def _audit(self, ctx: Context, transport: str, outcome: str, answer: Any, data: Any) -> None:
+        """Queue the call's audit row (no await: realtime.audit writes it later)."""
+        cast("Framework", ctx.services).audit.record(ctx, transport, outcome, answer, data)
 
 
 def _in_thread(

@@ -15,6 +15,7 @@ import httpx
 from databases import Database
 from taskiq import AsyncBroker
 
+from realtime.audit import AuditLog, AuditStore, open_audit
 from realtime.auth.dev import DEV_ISSUER, DevIssuer, load_dev_users
 from realtime.auth.keys import JWKSKeys, KeySource, OIDCProvider
 from realtime.auth.login import DevLogin, KeycloakLogin, Login
@@ -65,6 +66,8 @@ class Services:
     hub: Hub
     topics: TopicPermissions
     jobs: Jobs
+    # the node's audit log (realtime.audit): rows of audited packages, written in batches
+    audit: AuditLog
     # the open sockets of this process, for the drain at shutdown
     connections: set[Any] = field(default_factory=set)
     drain_state: DrainState = field(default_factory=DrainState)
@@ -100,9 +103,11 @@ async def build_services(
     *,
     bus: Backend | None = None,
     broker: AsyncBroker | None = None,
+    audit_store: AuditStore | None = None,
 ) -> AsyncIterator[Services]:
     """Everything the app holds while it serves; `bus` and `broker` (injected) replace
-    the backends the settings name."""
+    the backends the settings name. The audit log is written to `audit_store` until the
+    end, and what it holds then is written before the database closes."""
     if settings.database_url is None:
         # the embedded default keeps its own SQLite file at the code's schema
         await anyio.to_thread.run_sync(upgrade, settings)
@@ -110,6 +115,7 @@ async def build_services(
         open_database(settings) as database,
         httpx.AsyncClient(timeout=settings.http_timeout) as http,
         open_hub(settings, bus) as hub,
+        open_audit(settings, database, audit_store, dispatcher.metrics) as audit,
     ):
         await check_schema(settings, database)
         keys, login, dev = _auth_backends(settings, http)
@@ -138,6 +144,7 @@ async def build_services(
             hub,
             topics,
             jobs,
+            audit,
         )
         # the socket counts (frames, bytes) are read from the live sockets at a scrape
         services.metrics.traffic.live = lambda: services.connections

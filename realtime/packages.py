@@ -166,6 +166,8 @@ class Package:
     timeout: float | None = None
     description: str = ""
     inline: bool = False
+    # every call is recorded in the audit log (realtime.audit): who, what, how, outcome
+    audited: bool = False
     # (requests per second, burst) per caller for this package, on top of the global
     # REALTIME_RATE_LIMIT: for expensive operations; shared by the fleet with REDIS_URL
     rate: tuple[float, int] | None = None

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from databases import Database
 
+    from realtime.audit import AuditLog
     from realtime.bus import Offset
     from realtime.bus.hub import Hub
     from realtime.jobs import Jobs
@@ -64,3 +65,6 @@ class Framework(Services, Protocol):
 
     @property
     def dispatcher(self) -> Grants: ...
+
+    @property
+    def audit(self) -> AuditLog: ...

@@ -107,6 +107,16 @@ def _algorithms(value: str) -> tuple[str, ...]:
     return algorithms
 
 
+AUDIT_BATCH_MAX = 1000  # rows per INSERT: 9 parameters each, within every engine's limit
+
+
+def _audit_batch(value: str) -> int:
+    number = _int(value)
+    if not 1 <= number <= AUDIT_BATCH_MAX:
+        raise ValueError(f"expected 1 to {AUDIT_BATCH_MAX}, got {value!r}")
+    return number
+
+
 def _env(name: str, parse: Callable[[str], Any], default: Any) -> Any:
     return field(default=default, metadata={"env": name, "parse": parse})
 
@@ -195,6 +205,11 @@ class Settings:
     header_timeout: float = _env("REALTIME_HEADER_TIMEOUT", _float, 10.0)
     # connections held at once by `realtime serve` (0: the descriptor limit less a reserve)
     max_connections: int = _env("REALTIME_MAX_CONNECTIONS", _int, 0)
+    # the audit log (realtime.audit): rows held in memory at most, written every
+    # `audit_flush` seconds or as soon as `audit_batch` are waiting
+    audit_queue: int = _env("REALTIME_AUDIT_QUEUE", _int, 10_000)
+    audit_batch: int = _env("REALTIME_AUDIT_BATCH", _audit_batch, 500)
+    audit_flush: float = _env("REALTIME_AUDIT_FLUSH", _float, 0.2)
 
     @property
     def database(self) -> str:

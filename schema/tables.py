@@ -88,3 +88,25 @@ jobs = sa.Table(
     # the caller's jobs, newest first
     sa.Index("ix_jobs_owner_created", "owner_sub", "created_at"),
 )
+
+AUDIT_TARGET_MAX = 64
+
+# who called which audited package, how and when, and how it ended (realtime.audit):
+# written in batches after the operations, read by audit.list (one tenant, newest first)
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("tenant_id", sa.String(255), nullable=False),
+    sa.Column("sub", sa.String(255), nullable=False),
+    sa.Column("package", sa.String(100), nullable=False),
+    # the id the call was about (a project's id, a job's id), where it had one
+    sa.Column("target", sa.String(AUDIT_TARGET_MAX), nullable=True),
+    sa.Column("transport", sa.String(8), nullable=False),  # ws or rest
+    sa.Column("req_id", sa.String(64), nullable=True),  # the socket request's; REST: none
+    sa.Column("node", sa.String(255), nullable=False),  # host:pid of the server process
+    sa.Column("outcome", sa.String(32), nullable=False),  # OK or the failure's status name
+    sa.Index("ix_audit_log_tenant_at", "tenant_id", "at"),
+    sa.Index("ix_audit_log_tenant_sub_at", "tenant_id", "sub", "at"),
+)

@@ -172,7 +172,7 @@ def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 async def _truncate(url: str) -> None:
     connection = await asyncpg.connect(url, timeout=5)
     try:
-        await connection.execute("TRUNCATE projects, authors, jobs RESTART IDENTITY")
+        await connection.execute("TRUNCATE projects, authors, jobs, audit_log RESTART IDENTITY")
     finally:
         await connection.close()
 

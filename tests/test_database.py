@@ -80,7 +80,7 @@ def test_server_refuses_a_schema_behind_then_serves_after_migrate(
     assert serve.returncode == 2
     assert serve.stderr.strip().splitlines()[-1] == (
         "realtime: configuration error: DATABASE_URL: the schema is at revision none, "
-        "the code needs 0005: run `realtime migrate`"
+        "the code needs 0006: run `realtime migrate`"
     )
     migrate = subprocess.run(
         [sys.executable, "-m", "realtime.cli", "migrate"],
