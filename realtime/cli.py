@@ -74,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     new.add_argument("--paginated", action="store_true", help="answer pages (Page, meta)")
     new.add_argument("--roles", default="user", help="comma-separated roles (default user)")
     new.add_argument("--id", type=int, dest="pkg_id", help="package id (default: lowest free)")
+    new.add_argument("--audited", action="store_true", help="record each call in the audit log")
     new.set_defaults(command=_new_package)
 
     topic = commands.add_parser(
@@ -314,8 +315,8 @@ def _packages(settings: Settings, args: argparse.Namespace) -> int:
 
     catalog = _catalog(settings)
     permissions = Permissions.load(settings.permissions_file)
-    row = "{:>4}  {:<24} {:<14} {:<8} {:<7} {:<9} {}"
-    print(row.format("id", "name", "roles", "transport", "runs", "paginated", "rest"))
+    row = "{:>4}  {:<24} {:<14} {:<8} {:<7} {:<9} {:<7} {}"
+    print(row.format("id", "name", "roles", "transport", "runs", "paginated", "audited", "rest"))
     unlisted = []
     for p in catalog:
         roles = ",".join(sorted(permissions.package_roles(p.name)))
@@ -324,7 +325,9 @@ def _packages(settings: Settings, args: argparse.Namespace) -> int:
         rest = f"{p.rest.method} {p.rest.path}" if p.rest else "-"
         transport = "ws+rest" if p.rest else "ws"
         paginated = "yes" if p.paginated else "-"
-        print(row.format(p.id, p.name, roles or "(nobody)", transport, p.runs, paginated, rest))
+        audited = "yes" if p.audited else "-"
+        roles = roles or "(nobody)"
+        print(row.format(p.id, p.name, roles, transport, p.runs, paginated, audited, rest))
     free = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in catalog.free_ids())
     print(f"\nfree application ids: {free} (9000-9999 and 42 are the framework's)")
     for name in unlisted:
@@ -347,6 +350,7 @@ def _new_package(settings: Settings, args: argparse.Namespace) -> int:
             roles=args.roles,
             pkg_id=args.pkg_id,
             served=_served_routes(settings),
+            audited=args.audited,
         )
         written = write(project, spec)
     except ScaffoldError as error:

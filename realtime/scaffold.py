@@ -117,6 +117,7 @@ class Spec:
     roles: tuple[str, ...]
     route: Route | None
     paginated: bool
+    audited: bool = False
 
     @property
     def domain(self) -> str:
@@ -144,6 +145,7 @@ def plan(
     roles: str = "user",
     pkg_id: int | None = None,
     served: Collection[ServedRoute] = (),
+    audited: bool = False,
 ) -> Spec:
     """Check the request against the catalog; the package to write, or ScaffoldError."""
     if not NAME.match(name) or any(keyword.iskeyword(part) for part in name.split(".")):
@@ -158,7 +160,7 @@ def plan(
         raise ScaffoldError(f"id {chosen} is not an application id (1-8999 except 42)")
     if chosen in catalog.by_id:
         raise ScaffoldError(f"id {chosen} is taken by {catalog.by_id[chosen].name}")
-    return Spec(name, chosen, _roles(roles, "--roles"), route, paginated)
+    return Spec(name, chosen, _roles(roles, "--roles"), route, paginated, audited)
 
 
 def _check_route(catalog: Catalog, route: Route, served: Collection[ServedRoute]) -> None:
@@ -282,6 +284,8 @@ def _package_code(spec: Spec, function: str, indent: str) -> str:
         lines.append(f'rest=Rest("{route.method}", "{route.path}", {route.status}),')
     if spec.paginated:
         lines.append("paginated=True,")
+    if spec.audited:
+        lines.append("audited=True,")
     lines.append(f'description="{spec.name}: say what it does.",')
     inner = indent + "    "
     return f"{indent}Package(\n" + "".join(f"{inner}{line}\n" for line in lines) + f"{indent}),\n"

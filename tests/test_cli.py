@@ -82,12 +82,14 @@ def test_packages_table(tmp_path: Path) -> None:
     done = realtime(tmp_path, "packages")
     assert done.returncode == 0
     lines = done.stdout.splitlines()
-    assert lines[0].split() == ["id", "name", "roles", "transport", "runs", "paginated", "rest"]
+    header = ["id", "name", "roles", "transport", "runs", "paginated", "audited", "rest"]
+    assert lines[0].split() == header
     rows = [line.split() for line in lines[1:]]
-    assert ["40", "echo", "user", "ws", "inline", "-", "-"] in rows
-    assert ["41", "me", "user", "ws+rest", "inline", "-", "GET", "/me"] in rows
-    assert ["42", "auth.refresh", "*", "ws", "task", "-", "-"] in rows
-    assert ["24", "jobs.list", "user", "ws+rest", "task", "yes", "GET", "/jobs"] in rows
+    assert ["40", "echo", "user", "ws", "inline", "-", "-", "-"] in rows
+    assert ["41", "me", "user", "ws+rest", "inline", "-", "-", "GET", "/me"] in rows
+    assert ["42", "auth.refresh", "*", "ws", "task", "-", "-", "-"] in rows
+    assert ["24", "jobs.list", "user", "ws+rest", "task", "yes", "-", "GET", "/jobs"] in rows
+    assert ["10", "projects.create", "user", "ws+rest", "task", "-", "yes", "POST", "/projects"] in rows
     assert any(line.startswith("free application ids: 4-9, 15-19") for line in lines)
     assert not any(line.startswith("not in ") for line in lines)  # every package has roles
 

@@ -55,7 +55,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for args in (
         ("notes.add", "--rest", "POST /notes"),
         ("notes.list", "--rest", "GET /notes", "--paginated", "--roles", "user,admin"),
-        ("projects.archive", "--rest", "POST /projects/{id}/archive 200"),
+        ("projects.archive", "--rest", "POST /projects/{id}/archive 200", "--audited"),
         ("notes.ping",),  # socket only
     ):
         done = _realtime(copy, "new-package", *args)
@@ -131,6 +131,7 @@ def test_the_table_shows_them_and_the_free_ids(project: Path) -> None:
     assert rows["notes.list"][:6] == ["101", "notes.list", "admin,user", "ws+rest", "task", "yes"]
     assert rows["notes.ping"][:4] == ["103", "notes.ping", "user", "ws"]
     assert rows["echo"][4] == "inline"
+    assert rows["projects.archive"][6] == "yes"  # --audited
     free = next(line for line in done.stdout.splitlines() if line.startswith("free"))
     assert free.endswith(" (9000-9999 and 42 are the framework's)")
     ranges = [r.split("-") for r in free.split(": ")[1].split(" (")[0].split(", ")]
