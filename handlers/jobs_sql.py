@@ -63,6 +63,12 @@ async def get(
     return _job(record) if record else None
 
 
+async def owner(db: Database, job_id: str) -> tuple[str, str] | None:
+    """Who started the job, (tenant, sub): their personal channel gets its `job.done`."""
+    found = await db.fetch_one(sa.select(t.c.tenant_id, t.c.owner_sub).where(t.c.id == job_id))
+    return None if found is None else (str(found["tenant_id"]), str(found["owner_sub"]))
+
+
 async def page(
     db: Database, owner: str, tenant: str, *, page: int, per_page: int
 ) -> tuple[list[dict[str, Any]], int]:

@@ -41,6 +41,12 @@ async def history(ctx: Context, data: JSONObject) -> dict[str, Any]:
     return await hub.history(data["topic"], data.get("since"), data["limit"], data["reverse"])
 
 
+async def channels(ctx: Context, data: JSONObject) -> dict[str, Any]:
+    # the server's own subscriptions of this socket: its personal channel, the connect
+    # hooks' topics, each with the offset to resume it from (?since.<topic>=<offset>)
+    return {"channels": ctx.services.hub.pinned(ctx.socket())}
+
+
 PACKAGES = [
     Package(
         30,
@@ -81,5 +87,13 @@ PACKAGES = [
         schema=s.HISTORY,
         response_schema=s.HISTORY_PAGE,
         description="A page of the topic's retained publications, with their offsets.",
+    ),
+    Package(
+        35,
+        "topics.channels",
+        channels,
+        schema=s.EMPTY,
+        response_schema=s.CHANNELS,
+        description="The socket's server-side subscriptions (its personal channel first).",
     ),
 ]

@@ -37,7 +37,7 @@ from realtime.permissions import Permissions
 from realtime.ratelimit import MemoryRateLimiter, SharedRateLimiter
 from realtime.settings import Settings
 from realtime.socket.connection import ASGIChannels, FrameHandler
-from realtime.topics import Topic, TopicPermissions
+from realtime.topics import ConnectHook, Topic, TopicPermissions
 from realtime.web import cors
 from realtime.web import routes as web_routes
 
@@ -78,6 +78,11 @@ def _check_audit(packages: Sequence[Package], store: AuditStore | None) -> None:
             f"package {audited[0]} is audited=True, but no module of REALTIME_HANDLERS "
             "declares AUDIT (the audit log's store)"
         )
+
+
+def load_connect_hooks(modules: Sequence[str]) -> list[ConnectHook]:
+    """What handler modules subscribe every socket to at connect (CONNECT)."""
+    return [hook for module in _modules(modules) for hook in getattr(module, "CONNECT", [])]
 
 
 def _modules(modules: Sequence[str]) -> list[Any]:
@@ -138,7 +143,8 @@ def create_app(
     dispatcher = Dispatcher(
         catalog, permissions, limiter, Metrics(), settings.handler_timeout, settings.handler_threads
     )
-    topics = TopicPermissions(permissions.topics, load_topics(settings.handlers))
+    hooks = load_connect_hooks(settings.handlers)
+    topics = TopicPermissions(permissions.topics, load_topics(settings.handlers), hooks)
     audit_store = load_audit(settings.handlers)
     _check_audit(packages, audit_store)
     install_redaction()

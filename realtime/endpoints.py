@@ -13,6 +13,7 @@ from starlette.websockets import WebSocket
 
 from realtime import __version__
 from realtime.asyncapi import document as asyncapi_document
+from realtime.channels import open_channels
 from realtime.db import ping
 from realtime.exceptions import AuthError, InvalidData, RequestError
 from realtime.openapi import SWAGGER_UI, document
@@ -35,8 +36,8 @@ def routes(catalog: Catalog, on_frame: FrameHandler | None = None) -> list[BaseR
     """`on_frame` replaces what a `/ws` frame means (the benchmarks' ablations only)."""
     frames = on_frame or package_frame
     return [
-        WebSocketRoute("/ws", socket(frames)),
-        WebSocketRoute("/web", socket(frames)),
+        WebSocketRoute("/ws", socket(frames, channels=True)),
+        WebSocketRoute("/web", socket(frames, channels=True)),
         WebSocketRoute("/ws/echo", socket(echo_frame)),
         Route("/health", health),
         Route("/ready", ready),
@@ -50,9 +51,15 @@ def routes(catalog: Catalog, on_frame: FrameHandler | None = None) -> list[BaseR
     ]
 
 
-def socket(on_frame: FrameHandler) -> Callable[[WebSocket], Awaitable[None]]:
+def socket(
+    on_frame: FrameHandler, channels: bool = False
+) -> Callable[[WebSocket], Awaitable[None]]:
+    """`channels`: the socket gets its server-side subscriptions once authenticated (the
+    personal channel, the connect hooks': realtime.channels)."""
+    on_open = open_channels if channels else None
+
     async def endpoint(websocket: WebSocket) -> None:
-        await Connection(websocket, services_of(websocket), on_frame).run()
+        await Connection(websocket, services_of(websocket), on_frame, on_open).run()
 
     return endpoint
 

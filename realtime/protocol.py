@@ -143,6 +143,17 @@ SERVER_DRAINING = "server.draining"
 SUBSCRIPTION_RECOVERED = "subscription.recovered"
 
 
+# every socket is subscribed by the server to its user's personal channel
+PERSONAL_PREFIX = "user."
+
+
+def personal_topic(tenant: str, sub: str) -> str:
+    """`user.<tenant>.<sub>`: one per caller, and the same `sub` in another tenant is
+    another caller (docs/protocol.md, Roles). A tenant id holding a `.` would make the
+    name ambiguous: such sockets get no personal channel (realtime.channels)."""
+    return f"{PERSONAL_PREFIX}{tenant}.{sub}"
+
+
 def encode_event(event: str, data: Any, **fields: Any) -> bytes:
     return orjson.dumps({"event": event, **fields, "data": data})
 

@@ -389,9 +389,7 @@ def _merge_import(source: str, module: str, names: list[str]) -> str:
     last import block in module order."""
     lines = source.splitlines(keepends=True)
     tree = ast.parse(source)
-    imports = [
-        n for n in tree.body if isinstance(n, ast.ImportFrom) and n.level == 0 and n.module
-    ]
+    imports = [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.level == 0 and n.module]
     for node in imports:
         if node.module == module and all(alias.asname is None for alias in node.names):
             present = [alias.name for alias in node.names]

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from realtime.bus import Offset
     from realtime.bus.hub import Hub
     from realtime.jobs import Jobs
+    from realtime.packages import Session
     from realtime.settings import Settings
     from realtime.topics import TopicPermissions
     from realtime.types import Roles
@@ -29,7 +30,13 @@ class Publisher(Protocol):
         self, topic: str, data: Any, event: str = "message", key: str | None = None
     ) -> Offset: ...
 
+    async def publish_user(
+        self, sub: str, event: str, data: Any, *, tenant: str, unless: str | None = None
+    ) -> Offset: ...
+
     async def presence(self, topic: str) -> list[dict[str, Any]]: ...
+
+    def pinned(self, subscriber: Session) -> list[dict[str, Any]]: ...
 
     async def history(
         self, topic: str, since: str | None, limit: int, reverse: bool = False

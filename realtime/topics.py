@@ -16,7 +16,7 @@ request's context and the named segments: roles first, then the authorizer.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -36,6 +36,8 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}|\*|[^{}*]+")
 # (the request's context, the pattern's named segments) -> allowed? An authorizer may also
 # raise a realtime.exceptions error (NotFound, Unavailable, ...), answered as that error.
 Authorizer = Callable[["Context", dict[str, str]], Awaitable[bool]]
+# (the socket's context) -> the topics the server subscribes it to at connect
+ConnectHook = Callable[["Context"], Awaitable[Iterable[str]]]
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,14 @@ class _Rule:
 class TopicPermissions:
     """The [topics] table of permissions.toml and the authorizers of its patterns."""
 
-    def __init__(self, table: dict[str, dict[str, Roles]], topics: Sequence[Topic] = ()) -> None:
+    def __init__(
+        self,
+        table: dict[str, dict[str, Roles]],
+        topics: Sequence[Topic] = (),
+        connect_hooks: Sequence[ConnectHook] = (),
+    ) -> None:
+        # what every /ws socket is subscribed to at connect (realtime.channels)
+        self.connect_hooks = tuple(connect_hooks)
         authorizers = _authorizers(table, topics)
         self._rules = [
             self._rule(pattern, actions, authorizers.get(pattern))

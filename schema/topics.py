@@ -78,3 +78,19 @@ HISTORY_PAGE = {
     },
     "required": ["topic", "offset", "publications", "next", "more"],
 }
+
+EMPTY = {"type": "object", "additionalProperties": False}
+CHANNELS = {
+    "type": "object",
+    "properties": {
+        "channels": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"topic": TOPIC, "offset": OFFSET},
+                "required": ["topic", "offset"],
+            },
+        }
+    },
+    "required": ["channels"],
+}

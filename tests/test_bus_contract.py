@@ -159,6 +159,15 @@ async def test_trimmed_history_is_not_recovered(subject: Subject) -> None:
     assert seqs(recent.events) == list(range(TRIMMED - RETENTION + 1, TRIMMED + 1))
 
 
+async def test_an_events_unless_topic_is_kept(subject: Subject) -> None:
+    await subject.backend.publish("t", b"1", b"job.done", unless="job:7")
+    await subject.backend.publish("t", b"2")
+    history = await subject.backend.history("t", Offset.start())
+    assert [e.unless for e in history.events] == ["job:7", None]
+    read = await read_until(subject.backend, {"t": 0}, 2)
+    assert [e.unless for e in read] == ["job:7", None]
+
+
 async def test_page_forward_and_backward_from_a_cursor(subject: Subject) -> None:
     offsets = await publish(subject.backend, "t", RETENTION - 1)  # all of it retained
     await subject.backend.publish("t", b'{"step":5}', b"job.progress")

@@ -21,6 +21,7 @@ from tests.proxy import running_proxy
 
 pytestmark = pytest.mark.anyio
 SUBSCRIBE, PUBLISH, PRESENCE, ECHO = 30, 32, 33, 40
+CHANNELS, JOBS_START, JOBS_CANCEL = 35, 20, 22
 UNLIMITED = {
     "REALTIME_RATE_LIMIT": "1000000",
     "REALTIME_RATE_BURST": "1000000",
@@ -50,6 +51,21 @@ async def receive(ws: Any, count: int, timeout: float = 20) -> list[dict[str, An
     return frames
 
 
+async def receive_on(ws: Any, topic: str, count: int) -> list[dict[str, Any]]:
+    """`count` frames of `topic`; the socket's personal channel (a subscription too) is
+    told `subscription.recovered` after an outage as well: those notices are skipped."""
+    frames: list[dict[str, Any]] = []
+    async with asyncio.timeout(20):
+        while len(frames) < count:
+            frame = json.loads(await ws.recv())
+            if frame.get("topic", topic) == topic:  # an answer has no topic: kept
+                frames.append(frame)
+            else:
+                assert frame["event"] == "subscription.recovered", frame
+                assert frame["topic"].startswith("user."), frame
+    return frames
+
+
 async def publish_many(ws: Any, topic: str, count: int) -> list[tuple[str, int]]:
     """Pipelined publications of 0..count-1; requests run concurrently, so the bus order
     is the order of the offsets they got: returns (offset, data) in that order."""
@@ -57,7 +73,8 @@ async def publish_many(ws: Any, topic: str, count: int) -> list[tuple[str, int]]
         await ws.send(
             json.dumps({"pkg_id": PUBLISH, "req_id": str(n), "data": {"topic": topic, "data": n}})
         )
-    answers = await receive(ws, count)
+    # the publisher's own personal channel may be told `subscription.recovered` meanwhile
+    answers = [f for f in await receive_on(ws, "-", count) if "req_id" in f]
     assert all(a["status_code"] == 0 for a in answers), answers[:3]
     published = [(a["data"]["offset"], int(a["req_id"])) for a in answers]
     return sorted(published, key=lambda p: int(p[0].rsplit(":", 1)[1]))
@@ -168,6 +185,54 @@ def own_redis(tmp_path: Path) -> Iterator[tuple[int, Any]]:
     state["process"].wait(10)
 
 
+async def test_a_users_channel_reaches_both_nodes_and_resumes_on_the_other(
+    cluster: tuple[Node, Node], tmp_path: Path
+) -> None:
+    """publish_user, here by a job's end: `jobs.cancel` on node b sends the owner's
+    job.done to every socket of that caller on both nodes (no worker runs, so the job
+    waits PENDING until cancelled), and to nobody else."""
+    a, b = cluster
+    alice, carl = mint(tmp_path, "alice"), mint(tmp_path, "carl")
+    on_a, on_b = (
+        await ws_connect(a.address, **bearer(alice)),
+        await ws_connect(b.address, **bearer(alice)),
+    )
+    stranger = await ws_connect(a.address, **bearer(carl))
+    for ws in (on_a, on_b, stranger):  # answered once the server's subscriptions are made
+        assert (await ws_call(ws, CHANNELS, {}))["status_code"] == 0
+
+    async def cancelled_job(starter: Any) -> tuple[str, dict[str, Any]]:
+        """A job started on `starter` and cancelled on b: its id and what on_b got of it (the
+        cancel's answer and the job.done come in either order)."""
+        started = await ws_call(starter, JOBS_START, {"total_steps": 1, "step_seconds": 0})
+        job_id = str(started["data"]["job_id"])
+        cancel = {"pkg_id": JOBS_CANCEL, "req_id": "cancel", "data": {"job_id": job_id}}
+        await on_b.send(json.dumps(cancel))
+        frames = await receive(on_b, 2)
+        [answer] = [f for f in frames if f.get("req_id") == "cancel"]
+        assert answer["data"] == {"job_id": job_id, "state": "CANCELLED"}
+        [event] = [f for f in frames if "event" in f]
+        return job_id, event
+
+    job, got_b = await cancelled_job(on_a)
+    [got_a] = await receive(on_a, 1)
+    expected = {"job_id": job, "state": "CANCELLED"}
+    assert got_a == got_b and got_a["data"] == expected
+    assert got_a["event"] == "job.done" and got_a["topic"] == "user.acme.alice"
+    assert (await ws_call(stranger, ECHO, {"x": 1}))["data"] == {"x": 1}  # nothing for carl
+
+    await on_a.close()
+    missed, seen_b = zip(*[await cancelled_job(on_b) for _ in range(2)], strict=True)
+    since = f"since.{got_a['topic']}={got_a['offset']}"
+    resumed = await ws_connect(a.address, path=f"/ws?{since}", **bearer(alice))
+    replayed = await receive(resumed, 2)
+    assert [m["data"]["job_id"] for m in replayed] == list(missed)
+    assert replayed == list(seen_b)  # the same events, offsets included
+    assert (await ws_call(resumed, ECHO, {"end": 1}))["data"] == {"end": 1}  # once each
+    for ws in (on_b, stranger, resumed):
+        await ws.close()
+
+
 async def test_redis_restarted_empty_resumes_with_recovered_false(
     tmp_path: Path, own_redis: tuple[int, Any]
 ) -> None:
@@ -181,9 +246,11 @@ async def test_redis_restarted_empty_resumes_with_recovered_false(
         published = await publish_many(pub, "broadcast", 3)
         assert [(m["offset"], m["data"]) for m in await receive(sub, 3)] == published
         restart()  # Redis comes back empty: the stream and its epoch are gone
-        notice = (await receive(sub, 1))[0]
-        assert notice["event"] == "subscription.recovered" and notice["topic"] == "broadcast"
-        assert notice["data"]["recovered"] is False
+        # each subscription is told, alice's personal channel too
+        notices = {n["topic"]: n for n in await receive(sub, 2)}
+        assert sorted(notices) == ["broadcast", "user.acme.alice"]
+        assert {n["event"] for n in notices.values()} == {"subscription.recovered"}
+        assert {n["data"]["recovered"] for n in notices.values()} == {False}
         assert (await ws_call(sub, ECHO, {"ok": 1}))["data"] == {"ok": 1}
         published = await publish_many(pub, "broadcast", 2)
         live = await receive(sub, 2)
@@ -218,7 +285,7 @@ async def test_redis_unreachable_then_back_loses_nothing(tmp_path: Path) -> None
                 assert (await ws_call(sub, ECHO, {"during": "outage"}))["status_code"] == 0
                 published = await publish_many(pub, "broadcast", 5)  # elsewhere, meanwhile
                 proxy.restore()
-                frames = await receive(sub, 6)
+                frames = await receive_on(sub, "broadcast", 6)
                 assert (await http.get("/ready")).status_code == 200
             assert frames[0]["event"] == "subscription.recovered"
             assert frames[0]["data"]["recovered"] is True

@@ -59,6 +59,10 @@ class Event:
     seq: int
     data: bytes
     name: bytes = b"message"  # the event name clients see ("message", "job.progress", ...)
+    # a topic whose subscribers already got this event another way: a socket subscribed
+    # to it is not sent this one (the owner's job.done on the personal channel, when that
+    # socket watches the job)
+    unless: str | None = None
 
 
 @dataclass(slots=True)
@@ -85,9 +89,15 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def publish(
-        self, topic: str, data: bytes, name: bytes = b"message", key: str | None = None
+        self,
+        topic: str,
+        data: bytes,
+        name: bytes = b"message",
+        key: str | None = None,
+        unless: str | None = None,
     ) -> Offset:
-        """Append one event (`data` and `name` kept as given) to the topic and return its
+        """Append one event (`data`, `name` and `unless` kept as given) to the topic and
+        return its
         offset: the topic's current epoch and the previous seq plus one (1 for the first
         publication of an epoch). At least the newest `retention` events stay retained.
         With an idempotency `key` the topic saw recently (at least: fewer than `retention`

@@ -26,6 +26,7 @@ from realtime.exceptions import (
     Conflict,
     InvalidData,
     OutcomeUnknown,
+    PermissionDenied,
     RequestError,
     Unavailable,
 )
@@ -63,6 +64,9 @@ class _Subscription:
     subscriber: Subscriber
     start: int
     pending: list[Event] | None = field(default_factory=list)
+    # made by the server (the personal channel, connect hooks): the client may resume it
+    # (subscribe again with `since`) but not unsubscribe it; it ends with the socket
+    pinned: bool = False
 
 
 class EventFrame(bytes):
@@ -140,18 +144,35 @@ class Hub:
     # -- publishing ------------------------------------------------------------------
 
     async def publish(
-        self, topic: str, data: Any, event: str = protocol.MESSAGE, key: str | None = None
+        self,
+        topic: str,
+        data: Any,
+        event: str = protocol.MESSAGE,
+        key: str | None = None,
+        unless: str | None = None,
     ) -> Offset:
         """Publish `data` (serialized once, here) on `topic`; usable outside requests too.
-        Subscribers receive it as `{"event": event, "topic", "offset", "data"}`. With an
+        Subscribers receive it as `{"event": event, "topic", "offset", "data"}`, but for
+        those also subscribed to the topic `unless` (they got it there). With an
         idempotency `key`, a retry publishes nothing and answers the first offset."""
         try:
-            offset = await self.backend.publish(topic, orjson.dumps(data), event.encode(), key)
+            name = event.encode()
+            offset = await self.backend.publish(topic, orjson.dumps(data), name, key, unless)
         except BusUnavailable as error:
             raise bus_failure(error) from None
         if topic in self._positions:
             self._published[topic] = offset.seq
         return offset
+
+    async def publish_user(
+        self, sub: str, event: str, data: Any, *, tenant: str, unless: str | None = None
+    ) -> Offset:
+        """Publish on the personal channel of user `sub` of `tenant` (`user.<tenant>.<sub>`):
+        every socket of that caller, on every node, gets `{"event": event, "topic",
+        "offset", "data"}` (but a socket subscribed to `unless`); usable outside requests
+        (jobs) too."""
+        topic = protocol.personal_topic(tenant, sub)
+        return await self.publish(topic, data, event, unless=unless)
 
     async def settle(self, limit: float) -> None:
         """Wait, at most `limit` seconds, until what this node published on topics it has
@@ -197,13 +218,22 @@ class Hub:
     # -- subscribing -----------------------------------------------------------------
 
     async def subscribe(
-        self, subscriber: Subscriber, topic: str, since: str | Offset | None
+        self,
+        subscriber: Subscriber,
+        topic: str,
+        since: str | Offset | None,
+        *,
+        pinned: bool = False,
     ) -> tuple[dict[str, Any], Callable[[], None], Callable[[], None]]:
         """Returns the answer, the callback that delivers history then goes live, and the
         one that cancels this subscription (and no later one on the topic) if the
-        request that made it fails. `since=Offset.start()` replays the whole history."""
-        subscription = _Subscription(subscriber, start=0)
-        self._subs.setdefault(topic, {})[subscriber.id] = subscription
+        request that made it fails. `since=Offset.start()` replays the whole history.
+        `pinned`: the server's own subscription (a resume of one stays pinned)."""
+        subs = self._subs.setdefault(topic, {})
+        replaced = subs.get(subscriber.id)
+        pinned = pinned or (replaced is not None and replaced.pinned)
+        subscription = _Subscription(subscriber, start=0, pinned=pinned)
+        subs[subscriber.id] = subscription
         offset = Offset.parse(since) if isinstance(since, str) else since
         try:
             history = await self.backend.history(topic, offset)
@@ -228,18 +258,24 @@ class Hub:
         def go_live() -> None:
             epoch = history.top.epoch
             for event in history.events:
-                subscriber.enqueue(message_frame(topic, epoch, event), replay=True)
+                if not self._already_told(event, subscriber):
+                    subscriber.enqueue(message_frame(topic, epoch, event), replay=True)
             buffered, subscription.pending = subscription.pending or [], None
             for event in buffered:
                 if event.seq > subscription.start:
-                    subscriber.enqueue(message_frame(topic, epoch, event))
+                    if not self._already_told(event, subscriber):
+                        subscriber.enqueue(message_frame(topic, epoch, event))
                     subscription.start = event.seq
 
         def cancel() -> None:
             if self._current(topic, subscriber, subscription):
-                self.unsubscribe(subscriber, topic)
+                self._leave(subscriber, topic)
 
         return answer, go_live, cancel
+
+    def _already_told(self, event: Event, subscriber: Subscriber) -> bool:
+        """Is the socket subscribed to the event's `unless` topic (it got it there)?"""
+        return event.unless is not None and subscriber.id in self._subs.get(event.unless, ())
 
     def _current(self, topic: str, subscriber: Subscriber, subscription: _Subscription) -> bool:
         """Still the socket's live subscription? (an unsubscribe may have run meanwhile)"""
@@ -253,15 +289,37 @@ class Hub:
         await self.backend.wake()
 
     def unsubscribe(self, subscriber: Subscriber, topic: str) -> bool:
+        """A client's unsubscribe; False if the socket was not subscribed. The server's
+        own subscriptions (pinned) are refused: PERMISSION_DENIED."""
+        subscription = self._subs.get(topic, {}).get(subscriber.id)
+        if subscription is not None and subscription.pinned:
+            raise PermissionDenied(
+                f"topic {topic!r} is subscribed by the server until the socket closes"
+            )
+        return self._leave(subscriber, topic)
+
+    def _leave(self, subscriber: Subscriber, topic: str) -> bool:
         if not self._remove(topic, subscriber.id):
             return False
         self._spawn(self._presence_leave(topic, subscriber.id))
         return True
 
     def drop(self, subscriber: Subscriber) -> None:
-        """The socket is gone: forget all its subscriptions (presence in the background)."""
+        """The socket is gone: forget all its subscriptions, the server's own included
+        (presence in the background)."""
         for topic in [t for t, subs in self._subs.items() if subscriber.id in subs]:
-            self.unsubscribe(subscriber, topic)
+            self._leave(subscriber, topic)
+
+    def pinned(self, subscriber: Subscriber) -> list[dict[str, Any]]:
+        """The socket's server-made subscriptions, each with the offset of the last event
+        queued to it (so an answer queued now follows everything before that offset)."""
+        found = []
+        for topic, subs in self._subs.items():
+            subscription = subs.get(subscriber.id)
+            if subscription is not None and subscription.pinned:
+                offset = f"{self._epochs.get(topic) or '-'}:{subscription.start}"
+                found.append({"topic": topic, "offset": offset})
+        return sorted(found, key=lambda channel: channel["topic"])
 
     def _remove(self, topic: str, member: str) -> bool:
         subs = self._subs.get(topic, {})
@@ -328,7 +386,8 @@ class Hub:
                 subscription.pending.append(event)
             elif event.seq > subscription.start:
                 subscription.start = event.seq
-                subscription.subscriber.enqueue(frame)
+                if event.unless is None or not self._already_told(event, subscription.subscriber):
+                    subscription.subscriber.enqueue(frame)
 
     async def _check_epochs(self, *, tell_unchanged: bool) -> None:
         """After an outage (or periodically): a stream that was reset cannot be resumed."""

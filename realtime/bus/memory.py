@@ -38,7 +38,12 @@ class MemoryBackend(Backend):
         return self._topics[name]
 
     async def publish(
-        self, topic: str, data: bytes, name: bytes = b"message", key: str | None = None
+        self,
+        topic: str,
+        data: bytes,
+        name: bytes = b"message",
+        key: str | None = None,
+        unless: str | None = None,
     ) -> Offset:
         state = self._topic(topic)
         if key is not None and key in state.keys:
@@ -47,7 +52,7 @@ class MemoryBackend(Backend):
         # an exact-size copy: orjson's output keeps the buffer it grew into (4 KiB for a
         # tiny payload, ~250 KiB for 30 KB), and the history keeps `retention` of them
         # per topic (a 30 KB flood held ~250 MiB instead of ~30 MiB); the copy is a memcpy
-        state.events.append(Event(topic, state.seq, bytes(memoryview(data)), name))
+        state.events.append(Event(topic, state.seq, bytes(memoryview(data)), name, unless))
         if key is not None:
             state.keys[key] = state.seq
             if len(state.keys) > self._retention:

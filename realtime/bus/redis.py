@@ -31,7 +31,8 @@ from realtime.bus import (
     Offset,
 )
 
-# KEYS: stream, meta. ARGV: epoch candidate, maxlen, ttl seconds, data, event name.
+# KEYS: stream, meta. ARGV: epoch candidate, maxlen, ttl seconds, data, event name,
+# `unless` topic ('' for none).
 PUBLISH = """
 local seq = redis.call('HINCRBY', KEYS[2], 's', 1)
 local epoch = redis.call('HGET', KEYS[2], 'e')
@@ -39,7 +40,12 @@ if not epoch then
   epoch = ARGV[1]
   redis.call('HSET', KEYS[2], 'e', epoch)
 end
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'd', ARGV[4], 'e', ARGV[5])
+local fields = {'d', ARGV[4], 'e', ARGV[5]}
+if ARGV[6] ~= '' then
+  table.insert(fields, 'u')
+  table.insert(fields, ARGV[6])
+end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], seq .. '-0', unpack(fields))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 return {epoch, seq}
@@ -122,7 +128,9 @@ def _presence(topic: str) -> tuple[str, str]:
 
 
 def _event(topic: str, stream_id: bytes, fields: dict[bytes, bytes]) -> Event:
-    return Event(topic, _seq(stream_id), fields[b"d"], fields.get(b"e", b"message"))
+    unless = fields.get(b"u")
+    name = fields.get(b"e", b"message")
+    return Event(topic, _seq(stream_id), fields[b"d"], name, unless.decode() if unless else None)
 
 
 def _never_sent(error: BaseException) -> bool:
@@ -191,7 +199,12 @@ class RedisBackend(Backend):
             raise BusUnavailable(type(error).__name__) from None
 
     async def publish(
-        self, topic: str, data: bytes, name: bytes = b"message", key: str | None = None
+        self,
+        topic: str,
+        data: bytes,
+        name: bytes = b"message",
+        key: str | None = None,
+        unless: str | None = None,
     ) -> Offset:
         keys = [_stream(topic), _meta(topic)]
         script = self._publish
@@ -204,6 +217,7 @@ class RedisBackend(Backend):
             self._ttl,
             data,
             name,
+            unless or "",
         ]
         epoch, seq = await self._call(script(keys=keys, args=args), write=True)
         return Offset(epoch.decode(), int(seq))

@@ -70,14 +70,27 @@ class Publisher(Protocol):
         self, topic: str, data: Any, event: str = "message", key: str | None = None
     ) -> Offset: ...
 
+    async def publish_user(
+        self, sub: str, event: str, data: Any, *, tenant: str, unless: str | None = None
+    ) -> Offset: ...
+
 
 def job_topic(job_id: str) -> str:
     return f"job:{job_id}"
 
 
-async def announce_done(hub: Publisher, job_id: str, state: str, **outcome: Any) -> None:
-    """Publish the job's one `job.done`: call it only as the writer that ended the job."""
-    await hub.publish(job_topic(job_id), {"job_id": job_id, "state": state, **outcome}, event=DONE)
+async def announce_done(
+    hub: Publisher, job_id: str, state: str, owner: tuple[str, str] | None = None, **outcome: Any
+) -> None:
+    """Publish the job's one `job.done` on its topic, then on its `owner`'s (tenant, sub)
+    personal channel, for the owner's sockets that do not watch it ("your export is
+    ready" needs no watch): call it only as the writer that ended the job."""
+    data = {"job_id": job_id, "state": state, **outcome}
+    topic = job_topic(job_id)
+    await hub.publish(topic, data, event=DONE)
+    if owner is not None:  # a socket watching the job has just been told: not twice
+        tenant, sub = owner
+        await hub.publish_user(sub, DONE, data, tenant=tenant, unless=topic)
 
 
 def outage(error: BaseException) -> bool:
@@ -135,9 +148,11 @@ class StepJobs:
     async def cancel(self, ctx: Context, job_id: str) -> bool:
         """End a live job CANCELLED and announce it; False if it had ended already. The
         run notices at its next step (the lease is gone) and stops."""
-        if not await self.store.finish(ctx.services.database, job_id, "CANCELLED"):
+        db = ctx.services.database
+        if not await self.store.finish(db, job_id, "CANCELLED"):
             return False
-        await announce_done(ctx.services.hub, job_id, "CANCELLED")
+        owner = await self.store.owner(db, job_id)
+        await announce_done(ctx.services.hub, job_id, "CANCELLED", owner)
         return True
 
     # -- running -----------------------------------------------------------------------
@@ -211,8 +226,10 @@ class StepJobs:
     async def _end(
         self, services: TaskServices, job_id: str, runner: str, state: str, **outcome: Any
     ) -> None:
-        if await self.store.finish(services.database, job_id, state, runner=runner, **outcome):
-            await announce_done(services.hub, job_id, state, **outcome)
+        db = services.database
+        if await self.store.finish(db, job_id, state, runner=runner, **outcome):
+            owner = await self.store.owner(db, job_id)
+            await announce_done(services.hub, job_id, state, owner, **outcome)
 
     async def _failed(
         self, services: TaskServices, job_id: str, runner: str, error: Exception
@@ -270,4 +287,5 @@ class StepJobs:
             await jobs.kick(task, job_id=job_id, **job["params"])
         elif await self.store.give_up(db, job_id, before, LOST_TOO_OFTEN):
             logger.warning("job %s lost from the queue too often: FAILURE", job_id)
-            await announce_done(services.hub, job_id, "FAILURE", error=LOST_TOO_OFTEN)
+            owner = await self.store.owner(db, job_id)
+            await announce_done(services.hub, job_id, "FAILURE", owner, error=LOST_TOO_OFTEN)

@@ -37,6 +37,9 @@ class JobStore(Protocol):
     ) -> JobRecord | None:
         """The job, if it is in `tenant` and (when given) belongs to `owner`."""
 
+    async def owner(self, db: Database, job_id: str) -> tuple[str, str] | None:
+        """The job's owner as (tenant, sub); None if there is no such job."""
+
     async def claim(self, db: Database, job_id: str, runner: str) -> tuple[int, int] | None:
         """Take the lease (PENDING or STARTED -> STARTED by `runner`, one more attempt):
         (last recorded step, attempts including this one); None if already final."""
