@@ -270,6 +270,9 @@ export class RealtimeClient {
     this._queue = new PendingQueue(o.maxPending ?? 100);
     this._inflight = new Map(); // req_id -> call record, sent and not answered
     this._subs = new Map(); // topic -> Subscription
+    // topic -> last offset seen, of the server's own subscriptions (the personal channel,
+    // connect hooks): resumed at the next connect with ?since.<topic>=<offset>
+    this._serverOffsets = new Map();
     this._watches = new Map(); // job_id -> watch
     this._handlers = { state: new Set(), event: new Set(), error: new Set() };
     this._waiters = []; // ready() promises waiting for "open"
@@ -485,8 +488,8 @@ export class RealtimeClient {
     try {
       ws =
         this._authMode === "subprotocol"
-          ? new this._WebSocket(this._url, ["realtime.v1", `bearer.${token}`])
-          : new this._WebSocket(this._url);
+          ? new this._WebSocket(this._resumeUrl(), ["realtime.v1", `bearer.${token}`])
+          : new this._WebSocket(this._resumeUrl());
     } catch {
       // The constructor's own message may quote the subprotocols, hence the token.
       this._emit("error", clientError(STATUS.DISCONNECTED, "could not open the socket"));
@@ -711,6 +714,7 @@ export class RealtimeClient {
   // -- events --------------------------------------------------------------------------
 
   _onEvent(conn, msg) {
+    this._noteServerOffset(msg);
     this._emit("event", msg);
     switch (msg.event) {
       case "message":
@@ -725,6 +729,26 @@ export class RealtimeClient {
       case "server.draining":
         return this._drain(conn);
     }
+  }
+
+  /**
+   * An event on a topic this client did not subscribe to (nor watches) comes from one of
+   * the server's own subscriptions: remember where it is, to resume it at the next connect.
+   */
+  _noteServerOffset(msg) {
+    if (typeof msg.topic !== "string" || typeof msg.offset !== "string") return;
+    if (this._subs.has(msg.topic) || msg.topic.startsWith("job:")) return;
+    this._serverOffsets.set(msg.topic, msg.offset);
+  }
+
+  /** The socket's URL, asking the server to resume its own subscriptions where we were. */
+  _resumeUrl() {
+    if (this._serverOffsets.size === 0) return this._url;
+    const url = new URL(this._url);
+    for (const [topic, offset] of this._serverOffsets) {
+      url.searchParams.set(`since.${topic}`, offset);
+    }
+    return url.toString();
   }
 
   _onMessage(msg) {

@@ -669,6 +669,27 @@ test("messages reach the handler; a reconnect resubscribes from the last deliver
   assert.deepEqual(ws3.framesOf("topics.subscribe")[0].data, { topic: "broadcast", since: "e:8" });
 });
 
+test("the server's own subscriptions resume at the next connect from their last offset", async () => {
+  const h = harness();
+  const ws1 = await h.open();
+  assert.equal(ws1.url, "ws://host:8000/ws", "nothing to resume yet");
+  const events = [];
+  h.client.on("event", (e) => events.push(e));
+  const personal = { event: "job.done", topic: "user.acme.u1", offset: "e:3", data: { job_id: "j" } };
+  ws1.receive(personal);
+  ws1.receive({ ...personal, offset: "e:4" });
+  ws1.receive({ event: "job.progress", topic: "job:j", offset: "x:1", data: { job_id: "j" } });
+  ws1.receive({ event: "message", topic: "projects.acme", offset: "p:9", data: {} });
+  assert.deepEqual(events.map((e) => e.offset), ["e:3", "e:4", "x:1", "p:9"]);
+  ws1.drop(1006);
+  await h.clock.advance(250);
+  const ws2 = await h.open();
+  const query = new URL(ws2.url).searchParams;
+  assert.equal(query.get("since.user.acme.u1"), "e:4");
+  assert.equal(query.get("since.projects.acme"), "p:9");
+  assert.equal(query.get("since.job:j"), null, "a job's topic is the watch's to resume");
+});
+
 test("with nothing delivered, the resubscribe uses the answer's offset", async () => {
   const h = harness();
   const ws1 = await h.open();
