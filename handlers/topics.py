@@ -12,9 +12,16 @@ from schema import topics as s
 
 
 async def subscribe(ctx: Context, data: JSONObject) -> dict[str, Any]:
-    ctx.socket()  # topics are served on a socket only: INVALID_DATA over REST, first
-    await ctx.services.topics.authorize(ctx, data["topic"], "subscribe")
-    return await ctx.subscribe(data["topic"], data.get("since"))
+    session = ctx.socket()  # topics are served on a socket only: INVALID_DATA over REST
+    topic = data["topic"]
+    await ctx.services.topics.authorize(ctx, topic, "subscribe")
+    if not data.get("presence"):
+        return await ctx.subscribe(topic, data.get("since"))
+    await ctx.services.topics.authorize(ctx, topic, "presence")  # who may see who is here
+    answer = await ctx.subscribe(topic, data.get("since"))
+    # the snapshot in the answer; presence.join/leave events once the answer is out
+    members, capped = await ctx.services.hub.watch_presence(session, topic)
+    return {**answer, "presence": members, "presence_capped": capped}
 
 
 async def unsubscribe(ctx: Context, data: JSONObject) -> dict[str, Any]:

@@ -141,6 +141,8 @@ JOB_DONE = "job.done"
 AUTH_EXPIRING = "auth.expiring"
 SERVER_DRAINING = "server.draining"
 SUBSCRIPTION_RECOVERED = "subscription.recovered"
+PRESENCE_JOIN = "presence.join"
+PRESENCE_LEAVE = "presence.leave"
 
 
 # every socket is subscribed by the server to its user's personal channel
@@ -188,6 +190,7 @@ _JOB_STATES = ["PENDING", "STARTED", "SUCCESS", "FAILURE", "CANCELLED"]
 # name -> (JSON Schema of `data`, the frame's fields beside `event` and `data`). The
 # AsyncAPI document and the generated client types are made from this table.
 _ON_TOPIC = ("topic", "offset")
+_MEMBER = _object({"sub": {"type": "string"}, "name": {"type": ["string", "null"]}}, ["sub"])
 EVENTS: dict[str, tuple[JSONObject, tuple[str, ...]]] = {
     MESSAGE: ({"description": "what was published on the topic"}, _ON_TOPIC),
     JOB_PROGRESS: (
@@ -217,6 +220,8 @@ EVENTS: dict[str, tuple[JSONObject, tuple[str, ...]]] = {
     ),
     AUTH_EXPIRING: (_object({"expires_in": {"type": "integer"}}, ["expires_in"]), ()),
     SERVER_DRAINING: (_object({}, []), ()),
+    PRESENCE_JOIN: (_MEMBER, ("topic",)),
+    PRESENCE_LEAVE: (_MEMBER, ("topic",)),
     SUBSCRIPTION_RECOVERED: (
         _object({"recovered": {"type": "boolean"}, "offset": _OFFSET}, ["recovered", "offset"]),
         ("topic",),

@@ -38,6 +38,10 @@ class Publisher(Protocol):
 
     def pinned(self, subscriber: Session) -> list[dict[str, Any]]: ...
 
+    async def watch_presence(
+        self, subscriber: Session, topic: str
+    ) -> tuple[list[dict[str, Any]], bool]: ...
+
     async def history(
         self, topic: str, since: str | None, limit: int, reverse: bool = False
     ) -> dict[str, Any]: ...

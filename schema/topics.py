@@ -7,13 +7,26 @@ OFFSET = {"type": "string", "maxLength": 100}
 
 SUBSCRIBE = {
     "type": "object",
-    "properties": {"topic": TOPIC, "since": OFFSET},
+    "properties": {"topic": TOPIC, "since": OFFSET, "presence": {"type": "boolean"}},
     "required": ["topic"],
     "additionalProperties": False,
 }
+MEMBERS = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "properties": {"sub": {"type": "string"}, "name": {"type": ["string", "null"]}},
+    },
+}
 SUBSCRIBED = {
     "type": "object",
-    "properties": {"topic": TOPIC, "offset": OFFSET, "recovered": {"type": "boolean"}},
+    "properties": {
+        "topic": TOPIC,
+        "offset": OFFSET,
+        "recovered": {"type": "boolean"},
+        "presence": MEMBERS,  # with `presence: true` only
+        "presence_capped": {"type": "boolean"},
+    },
     "required": ["topic", "offset", "recovered"],
 }
 TOPIC_ONLY = {

@@ -124,6 +124,25 @@ async def test_presence_spans_nodes_and_a_killed_node_drops_out(
     await on_b.close()
 
 
+async def test_pushed_presence_spans_nodes_and_a_killed_nodes_users_leave(
+    cluster: tuple[Node, Node], tmp_path: Path
+) -> None:
+    a, b = cluster
+    watcher = await ws_connect(b.address, **bearer(mint(tmp_path, "carl")))
+    answer = await ws_call(watcher, SUBSCRIBE, {"topic": "broadcast.acme", "presence": True})
+    assert [m["sub"] for m in answer["data"]["presence"]] == ["carl"]
+    tabs = [await ws_connect(a.address, **bearer(mint(tmp_path, "alice"))) for _ in range(2)]
+    for tab in tabs:  # two tabs on node a: one join
+        assert (await ws_call(tab, SUBSCRIBE, {"topic": "broadcast.acme"}))["status_code"] == 0
+    [joined] = await receive(watcher, 1)
+    assert (joined["event"], joined["data"]["sub"]) == ("presence.join", "alice")
+    a.kill()  # her entries expire with node a's heartbeat (REALTIME_PRESENCE_TTL 2 s)
+    [left] = await receive(watcher, 1)
+    assert (left["event"], left["data"]["sub"]) == ("presence.leave", "alice")
+    assert (await ws_call(watcher, ECHO, {"end": 1}))["data"] == {"end": 1}  # one leave
+    await watcher.close()
+
+
 async def test_project_changes_reach_lists_open_on_another_node(
     cluster: tuple[Node, Node], tmp_path: Path
 ) -> None:

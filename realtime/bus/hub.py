@@ -22,6 +22,7 @@ import orjson
 from realtime import protocol
 from realtime.auth.principal import Principal
 from realtime.bus import ANY_EPOCH, Backend, BusOutcomeUnknown, BusUnavailable, Event, Offset
+from realtime.bus.presence import PresenceFeed
 from realtime.exceptions import (
     Conflict,
     InvalidData,
@@ -111,12 +112,14 @@ class Hub:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._recheck = False
         self.healthy = True
+        self.presence_feed = PresenceFeed(self)
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
         self._spawn(self._read_loop())
         self._spawn(self._heartbeat_loop())
+        self._spawn(self.presence_feed.run())
 
     async def stop(self, bound: float) -> None:
         """Cancel the reader and heartbeat; wait for them at most `bound` seconds. A read
@@ -299,6 +302,7 @@ class Hub:
         return self._leave(subscriber, topic)
 
     def _leave(self, subscriber: Subscriber, topic: str) -> bool:
+        self.presence_feed.forget(topic, subscriber.id)
         if not self._remove(topic, subscriber.id):
             return False
         self._spawn(self._presence_leave(topic, subscriber.id))
@@ -309,6 +313,20 @@ class Hub:
         (presence in the background)."""
         for topic in [t for t, subs in self._subs.items() if subscriber.id in subs]:
             self._leave(subscriber, topic)
+
+    def subscription_state(self, topic: str, member: str) -> str:
+        """ "live", "pending" (its history not delivered yet) or "gone"."""
+        subscription = self._subs.get(topic, {}).get(member)
+        if subscription is None:
+            return "gone"
+        return "pending" if subscription.pending is not None else "live"
+
+    async def watch_presence(
+        self, subscriber: Subscriber, topic: str
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Push `presence.join`/`presence.leave` of `topic` to the socket (subscribed to
+        it) after the returned snapshot; see realtime.bus.presence."""
+        return await self.presence_feed.watch(subscriber, topic)
 
     def pinned(self, subscriber: Subscriber) -> list[dict[str, Any]]:
         """The socket's server-made subscriptions, each with the offset of the last event
