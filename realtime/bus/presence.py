@@ -59,7 +59,11 @@ class PresenceFeed:
         while True:
             await asyncio.sleep(WINDOW)
             for topic in list(self._views):
-                await self._compare(topic)
+                try:
+                    await self._compare(topic)
+                except Exception:
+                    # a bug must not silently stop presence events on this node
+                    logger.exception("presence of %s not compared", topic)
 
     async def _compare(self, topic: str) -> None:
         try:
