@@ -78,3 +78,20 @@ def test_presence_events_need_the_presence_role(
         assert denied["status_code"] == 3
         assert denied["error"]["message"] == "you may not presence on topic 'broadcast'"
         assert call(ws, SUBSCRIBE, {"topic": "broadcast"})["status_code"] == 0
+
+
+def test_every_watcher_of_a_node_gets_the_same_events(
+    bus_client: TestClient, tokens: dict[str, str]
+) -> None:
+    with (
+        bus_client.websocket_connect("/ws", headers=auth_header(tokens["carl"])) as one,
+        bus_client.websocket_connect("/ws", headers=auth_header(tokens["carl"])) as two,
+    ):
+        join(one, "chat.many", presence=True)
+        join(two, "chat.many", presence=True)
+        with bus_client.websocket_connect("/ws", headers=auth_header(tokens["alice"])) as ws:
+            join(ws, "chat.many")
+            got = [one.receive_json(), two.receive_json()]
+        gone = [one.receive_json(), two.receive_json()]
+    assert [e["event"] for e in got] == ["presence.join"] * 2 and got[0] == got[1]
+    assert [e["event"] for e in gone] == ["presence.leave"] * 2 and gone[0] == gone[1]

@@ -40,6 +40,8 @@ class PresenceFeed:
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
         self._views: dict[str, dict[str, _View]] = {}
+        # each topic's list at its last comparison (what its synced watchers were told)
+        self._last: dict[str, dict[str, dict[str, Any]]] = {}
 
     async def watch(self, subscriber: Subscriber, topic: str) -> tuple[list[dict[str, Any]], bool]:
         """The snapshot (sorted by sub, at most CAP) and whether it was capped; diffs
@@ -54,6 +56,7 @@ class PresenceFeed:
         views = self._views.get(topic)
         if views is not None and views.pop(member, None) is not None and not views:
             del self._views[topic]
+            self._last.pop(topic, None)
 
     async def run(self) -> None:
         while True:
@@ -71,22 +74,32 @@ class PresenceFeed:
         except RequestError:
             return  # the bus is down: compared again once it is back
         now = {member["sub"]: member for member in members}
+        last = self._last.get(topic)
+        # the watchers told up to the last comparison share one diff, its frames built once
+        shared = _frames(topic, last, now) if last is not None else []
         for member, view in list(self._views.get(topic, {}).items()):
             state = self._hub.subscription_state(topic, member)
             if state == "gone":
                 self.forget(topic, member)  # unsubscribed while the snapshot was read
             elif state == "live" and view.known is not None:
-                self._tell(topic, view, now)
+                if len(now) > CAP:
+                    view.known = None  # too many to follow: the snapshot said so
+                    continue
+                frames = shared if view.known is last else _frames(topic, view.known, now)
+                for frame in frames:
+                    view.subscriber.enqueue(frame)
+                view.known = now
+        if topic in self._views:
+            self._last[topic] = now
 
-    @staticmethod
-    def _tell(topic: str, view: _View, now: dict[str, dict[str, Any]]) -> None:
-        known = view.known
-        assert known is not None
-        if len(now) > CAP:
-            view.known = None  # too many to follow: the snapshot said so, nothing more
-            return
-        for sub in sorted(now.keys() - known.keys()):
-            view.subscriber.enqueue(encode_event(PRESENCE_JOIN, now[sub], topic=topic))
-        for sub in sorted(known.keys() - now.keys()):
-            view.subscriber.enqueue(encode_event(PRESENCE_LEAVE, known[sub], topic=topic))
-        view.known = now
+
+def _frames(topic: str, known: dict[str, Any], now: dict[str, Any]) -> list[bytes]:
+    joins = [
+        encode_event(PRESENCE_JOIN, now[sub], topic=topic)
+        for sub in sorted(now.keys() - known.keys())
+    ]
+    leaves = [
+        encode_event(PRESENCE_LEAVE, known[sub], topic=topic)
+        for sub in sorted(known.keys() - now.keys())
+    ]
+    return joins + leaves
