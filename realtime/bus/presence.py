@@ -26,6 +26,7 @@ logger = logging.getLogger("realtime.bus.presence")
 
 WINDOW = 1.0  # seconds: how often the lists are compared (the coalescing window)
 CAP = 1000  # members: a list longer than this is sent capped and then not followed
+YIELD_EVERY = 16  # watchers told between turns given to the rest of the node
 
 
 @dataclass(slots=True)
@@ -42,21 +43,39 @@ class PresenceFeed:
         self._views: dict[str, dict[str, _View]] = {}
         # each topic's list at its last comparison (what its synced watchers were told)
         self._last: dict[str, dict[str, dict[str, Any]]] = {}
+        # each topic's latest snapshot read, (when, the read), shared within a window
+        self._fresh: dict[str, tuple[float, asyncio.Future[list[dict[str, Any]]]]] = {}
 
     async def watch(self, subscriber: Subscriber, topic: str) -> tuple[list[dict[str, Any]], bool]:
         """The snapshot (sorted by sub, at most CAP) and whether it was capped; diffs
         follow once the socket's subscription to `topic` is live."""
-        members = await self._hub.presence(topic)
+        members = await self._snapshot(topic)
         capped = len(members) > CAP
         known = None if capped else {member["sub"]: member for member in members}
         self._views.setdefault(topic, {})[subscriber.id] = _View(subscriber, known)
         return members[:CAP], capped
+
+    async def _snapshot(self, topic: str) -> list[dict[str, Any]]:
+        """The topic's list, read at most once per window for all the watches that start
+        meanwhile (a burst of N watchers is N reads of N entries otherwise); what changed
+        since comes as events at the next comparison."""
+        loop = asyncio.get_running_loop()
+        fresh = self._fresh.get(topic)
+        if fresh is None or loop.time() - fresh[0] > WINDOW or fresh[1].cancelled():
+            fresh = (loop.time(), asyncio.ensure_future(self._hub.presence(topic)))
+            self._fresh[topic] = fresh
+        try:
+            return await asyncio.shield(fresh[1])
+        except RequestError:
+            self._fresh.pop(topic, None)  # not kept: the next watch reads again
+            raise
 
     def forget(self, topic: str, member: str) -> None:
         views = self._views.get(topic)
         if views is not None and views.pop(member, None) is not None and not views:
             del self._views[topic]
             self._last.pop(topic, None)
+            self._fresh.pop(topic, None)
 
     async def run(self) -> None:
         while True:
@@ -75,9 +94,14 @@ class PresenceFeed:
             return  # the bus is down: compared again once it is back
         now = {member["sub"]: member for member in members}
         last = self._last.get(topic)
-        # the watchers told up to the last comparison share one diff, its frames built once
-        shared = _frames(topic, last, now) if last is not None else []
-        for member, view in list(self._views.get(topic, {}).items()):
+        frames = _Frames(topic, now)
+        # the watchers told up to the last comparison share one diff
+        shared = frames.diff(last) if last is not None else []
+        for count, (member, view) in enumerate(list(self._views.get(topic, {}).items()), 1):
+            if count % YIELD_EVERY == 0:
+                # after a burst each new watcher has a diff of its own (up to CAP frames):
+                # let the node answer its sockets in between
+                await asyncio.sleep(0)
             state = self._hub.subscription_state(topic, member)
             if state == "gone":
                 self.forget(topic, member)  # unsubscribed while the snapshot was read
@@ -85,21 +109,31 @@ class PresenceFeed:
                 if len(now) > CAP:
                     view.known = None  # too many to follow: the snapshot said so
                     continue
-                frames = shared if view.known is last else _frames(topic, view.known, now)
-                for frame in frames:
+                for frame in shared if view.known is last else frames.diff(view.known):
                     view.subscriber.enqueue(frame)
                 view.known = now
         if topic in self._views:
             self._last[topic] = now
 
 
-def _frames(topic: str, known: dict[str, Any], now: dict[str, Any]) -> list[bytes]:
-    joins = [
-        encode_event(PRESENCE_JOIN, now[sub], topic=topic)
-        for sub in sorted(now.keys() - known.keys())
-    ]
-    leaves = [
-        encode_event(PRESENCE_LEAVE, known[sub], topic=topic)
-        for sub in sorted(known.keys() - now.keys())
-    ]
-    return joins + leaves
+class _Frames:
+    """The join and leave frames of one comparison, each built once however many
+    watchers it goes to (a burst of joins is N events to each of N watchers)."""
+
+    def __init__(self, topic: str, now: dict[str, dict[str, Any]]) -> None:
+        self._topic, self._now = topic, now
+        self._built: dict[tuple[str, str], bytes] = {}
+
+    def diff(self, known: dict[str, dict[str, Any]]) -> list[bytes]:
+        now = self._now
+        joins = [self._frame(PRESENCE_JOIN, now[sub]) for sub in sorted(now.keys() - known.keys())]
+        leaves = [
+            self._frame(PRESENCE_LEAVE, known[sub]) for sub in sorted(known.keys() - now.keys())
+        ]
+        return joins + leaves
+
+    def _frame(self, event: str, member: dict[str, Any]) -> bytes:
+        key = (event, member["sub"])
+        if key not in self._built:
+            self._built[key] = encode_event(event, member, topic=self._topic)
+        return self._built[key]
