@@ -96,9 +96,10 @@ class Context:
         recovered}`. The events come after this request's answer (history first, then
         live, nothing twice); if the handler fails after this call, the subscription is
         dropped (a failed request subscribes to nothing). Who may subscribe is the
-        handler's to check first (`ctx.services.topics.check(ctx.principal, topic,
-        "subscribe")` for a topic of permissions.toml): this subscribes what it is asked
-        to, as jobs.watch does for a job its caller may see."""
+        handler's to check first (`await ctx.services.topics.authorize(ctx, topic,
+        "subscribe")` for a topic of permissions.toml: its roles, then its authorizer):
+        this subscribes what it is asked to, as jobs.watch does for a job its caller may
+        see."""
         session = self.socket()
         answer, go_live, cancel = await self._framework().hub.subscribe(session, topic, since)
         if self.live is None:
