@@ -248,8 +248,7 @@ async def running_broker(jobs: Jobs, services: Services) -> AsyncIterator[None]:
         yield
     finally:
         sampling.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sampling
+        await asyncio.wait({sampling}, timeout=services.settings.redis_timeout)
         await stop_running_jobs(jobs)
         await bounded(jobs.broker.shutdown(), services.settings.redis_timeout, "the job broker")
 

@@ -56,12 +56,18 @@ async def sample_queue(broker: Any, metrics: Metrics, every: float = SAMPLE_EVER
     from redis.exceptions import RedisError  # a Redis broker only (the embedded default: none)
 
     reclaimed = 0
+    me = asyncio.current_task()
+    assert me is not None
     while True:
         with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
             async with asyncio.timeout(every):
                 length, pending = await broker.depth()
             metrics.job_queue_length.set(length)
             metrics.job_queue_pending.set(pending)
+        if me.cancelling():
+            # a cancel that arrived inside the Redis call can come out of it as one of
+            # the errors above (seen: the worker's stop then waited on this loop forever)
+            raise asyncio.CancelledError()
         now = getattr(broker, "reclaimed", 0)
         if now > reclaimed:
             metrics.job_reclaims.inc(now - reclaimed)

@@ -111,8 +111,7 @@ async def run_worker(settings: Settings, tasks: Sequence[Task], concurrency: int
         sampling.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeping
-        with contextlib.suppress(asyncio.CancelledError):
-            await sampling
+        await asyncio.wait({sampling}, timeout=settings.redis_timeout)  # bounded, whatever
         await _stop_worker(broker, receiver, listening, settings.worker_grace)
     return 1 if failed else 0
 
