@@ -59,11 +59,12 @@ class Jobs:
             self.tokens[sub] = mint(self.tmp_path, sub)
         return self.tokens[sub]
 
-    def add_worker(self, name: str, **env: str) -> Node:
-        """A worker; its address is where it serves its own /metrics."""
+    def add_worker(self, name: str, metrics: bool = False, **env: str) -> Node:
+        """A worker; with `metrics`, its address is where it serves its own /metrics."""
         port = free_port()
-        env = {**self.env, "REALTIME_WORKER_METRICS_PORT": str(port), **env}
-        started = self.stack.enter_context(worker(self.tmp_path, name, **env))
+        if metrics:
+            env = {"REALTIME_WORKER_METRICS_PORT": str(port), **env}
+        started = self.stack.enter_context(worker(self.tmp_path, name, **{**self.env, **env}))
         started.address = f"127.0.0.1:{port}"
         self.workers.append(started)
         return started
@@ -118,7 +119,7 @@ def jobs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Jobs]:
     a real `realtime worker`."""
     if request.param == "worker":
         redis_jobs = request.getfixturevalue("redis_jobs")
-        redis_jobs.add_worker("worker-1")
+        redis_jobs.add_worker("worker-1", metrics=True)
         yield redis_jobs
         return
     env = {

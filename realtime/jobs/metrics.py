@@ -9,7 +9,6 @@ few seconds; a scrape never waits on Redis.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -49,6 +48,11 @@ def measure(broker: AsyncBroker, metrics: Metrics) -> None:
     broker.add_middlewares(JobMetrics(metrics))
 
 
+def _quietly(probe: asyncio.Future[Any]) -> None:
+    if not probe.cancelled():
+        probe.exception()  # retrieved, so that asyncio does not log it
+
+
 async def sample_queue(broker: Any, metrics: Metrics, every: float = SAMPLE_EVERY) -> None:
     """Keep the queue gauges current (a Redis broker only: `depth()`), until cancelled."""
     if not hasattr(broker, "depth"):
@@ -56,18 +60,26 @@ async def sample_queue(broker: Any, metrics: Metrics, every: float = SAMPLE_EVER
     from redis.exceptions import RedisError  # a Redis broker only (the embedded default: none)
 
     reclaimed = 0
-    me = asyncio.current_task()
-    assert me is not None
     while True:
-        with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
-            async with asyncio.timeout(every):
-                length, pending = await broker.depth()
-            metrics.job_queue_length.set(length)
-            metrics.job_queue_pending.set(pending)
-        if me.cancelling():
-            # a cancel that arrived inside the Redis call can come out of it as one of
-            # the errors above (seen: the worker's stop then waited on this loop forever)
-            raise asyncio.CancelledError()
+        # the Redis call runs in a task of its own that this loop never cancels: a cancel
+        # delivered inside redis-py could be swallowed there, and this loop, cancelled at
+        # the worker's stop, then ran on forever; waiting on the probe is cancel-safe
+        probe = asyncio.ensure_future(broker.depth())
+        try:
+            done, _ = await asyncio.wait({probe}, timeout=every)
+        except asyncio.CancelledError:
+            probe.add_done_callback(_quietly)
+            raise
+        if probe in done and not probe.cancelled():
+            error = probe.exception()
+            if error is None:
+                length, pending = probe.result()
+                metrics.job_queue_length.set(length)
+                metrics.job_queue_pending.set(pending)
+            elif not isinstance(error, RedisError | OSError):
+                raise error
+        else:
+            probe.add_done_callback(_quietly)  # late: its outcome is not needed
         now = getattr(broker, "reclaimed", 0)
         if now > reclaimed:
             metrics.job_reclaims.inc(now - reclaimed)

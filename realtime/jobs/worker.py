@@ -92,7 +92,9 @@ async def run_worker(settings: Settings, tasks: Sequence[Task], concurrency: int
         broker.state.services = services
         await broker.startup()
         sweeping = asyncio.create_task(_recover(services, jobs, tasks))
-        sampling = asyncio.create_task(sample_queue(broker, metrics))
+        # the queue's depth only where someone can scrape it
+        sampled = sample_queue(broker, metrics) if settings.worker_metrics_port else _idle()
+        sampling = asyncio.create_task(sampled)
         receiver = _Receiver(
             broker, max_async_tasks=concurrency, run_startup=False, propagate_exceptions=False
         )
@@ -114,6 +116,10 @@ async def run_worker(settings: Settings, tasks: Sequence[Task], concurrency: int
         await asyncio.wait({sampling}, timeout=settings.redis_timeout)  # bounded, whatever
         await _stop_worker(broker, receiver, listening, settings.worker_grace)
     return 1 if failed else 0
+
+
+async def _idle() -> None:
+    """No metrics port: nothing to sample."""
 
 
 @contextlib.asynccontextmanager
