@@ -180,7 +180,10 @@ class RedisBackend(Backend):
         self._ttl = ttl
         self._presence_ttl = presence_ttl
         self._wake_key = f"rt:wake:{secrets.token_hex(8)}"
-        self._wake_id = b"$"
+        # A concrete id, not "$": a wake sent before the reader's first XREAD (a topic
+        # subscribed right after start) is still seen, instead of waiting out a block.
+        # The key is this node's own, so what it holds is only this node's wakes.
+        self._wake_id = b"0-0"
 
     async def _call(self, coro: Any, *, write: bool = False) -> Any:
         """One call, retries included, within REALTIME_REDIS_TIMEOUT. A `write` whose
