@@ -290,9 +290,10 @@ class _FoldedBus:
 
     def _add(self, counter: Counter, attribute: str, counts: Mapping[str, int]) -> None:
         for value, count in list(counts.items()):
+            child = counter.labels(value)  # every label's series, 0 included, as in-process
             delta = count - self.seen.get((attribute, value), 0)
             if delta:
-                counter.labels(value).inc(delta)
+                child.inc(delta)
                 self.seen[attribute, value] = count
 
     def _fold_lag(self, value: str, buckets: Buckets) -> None:
