@@ -114,7 +114,7 @@ async def build_services(
     async with (
         open_database(settings) as database,
         httpx.AsyncClient(timeout=settings.http_timeout) as http,
-        open_hub(settings, bus) as hub,
+        open_hub(settings, bus, dispatcher.metrics) as hub,
         open_audit(settings, database, audit_store, dispatcher.metrics) as audit,
     ):
         await check_schema(settings, database)
@@ -239,7 +239,11 @@ def _check_stalls(connections: set[Any], now: float) -> None:
 async def running_broker(jobs: Jobs, services: Services) -> AsyncIterator[None]:
     # what tasks receive through TaskiqState; only the in-process broker runs them here
     jobs.broker.state.services = TaskServices(
-        services.settings, services.database, services.hub, redelivered=False
+        services.settings,
+        services.database,
+        services.hub,
+        redelivered=False,
+        metrics=services.metrics,
     )
     measure(jobs.broker, services.metrics)
     await jobs.broker.startup()
@@ -271,11 +275,13 @@ async def stop_running_jobs(jobs: Jobs) -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_hub(settings: Settings, backend: Backend | None = None) -> AsyncIterator[Hub]:
-    """The node's hub on `backend`, else on the bus `settings.bus_url` names; the hub owns
-    the backend and closes it."""
+async def open_hub(
+    settings: Settings, backend: Backend | None = None, metrics: Metrics | None = None
+) -> AsyncIterator[Hub]:
+    """The node's hub on `backend`, else on the bus `settings.bus_url` names, counting
+    into `metrics`; the hub owns the backend and closes it."""
     backend = backend or from_url(settings.bus_url, settings)
-    hub = Hub(backend, settings.presence_ttl)
+    hub = Hub(backend, settings.presence_ttl, metrics.bus if metrics else None)
     await hub.start()
     try:
         yield hub

@@ -16,15 +16,24 @@ from __future__ import annotations
 import bisect
 import os
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from realtime.bus.stats import LAG_BUCKETS, Buckets, BusStats
+from realtime.protocol import JOB_FINAL_STATES
+
 JOB_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
+ATTEMPT_BUCKETS = (1, 2, 3, 5, 10)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 FIRST_BUCKET = LATENCY_BUCKETS[0]
 
@@ -133,6 +142,66 @@ class SocketTraffic(Collector):
             yield family
 
 
+def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
+    """A histogram's buckets as the text format writes them (cumulative, "1.0", "+Inf")."""
+    cumulative, buckets = 0, list[tuple[str, float]]()
+    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
+        cumulative += count
+        buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
+    return buckets
+
+
+# (name, help, label) of BusStats' counters, by attribute
+BUS_COUNTERS = {
+    "published": ("realtime_bus_publications", "Publications on the bus, by topic kind", "kind"),
+    "delivered": (
+        "realtime_bus_deliveries",
+        "Frames of publications queued to this node's sockets, by topic kind",
+        "kind",
+    ),
+    "replayed": (
+        "realtime_bus_replayed",
+        "History frames sent to sockets that subscribed with since, by topic kind",
+        "kind",
+    ),
+    "unrecovered": (
+        "realtime_bus_unrecovered",
+        "recovered: false told to sockets (history lost past their offset), by where",
+        "at",
+    ),
+}
+BUS_LAG = ("realtime_bus_lag_seconds", "Publish-to-deliver lag, once per publication and node")
+BUS_ERRORS = ("realtime_bus_errors", "Bus calls that failed (Redis unreachable or timed out)")
+SUBSCRIPTIONS = ("realtime_subscriptions", "Open topic subscriptions on this node, by kind")
+
+
+class BusCollector(Collector):
+    """The hub's counts (realtime.bus.stats), read at a scrape."""
+
+    def __init__(self, stats: BusStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.stats
+        for attribute, (name, documentation, label) in BUS_COUNTERS.items():
+            counter = CounterMetricFamily(name, documentation, labels=[label])
+            for value, count in list(getattr(stats, attribute).items()):
+                counter.add_metric([value], count)
+            yield counter
+        lag = HistogramMetricFamily(*BUS_LAG, labels=["kind"])
+        for value, buckets in list(stats.lag.items()):
+            lag.add_metric([value], _cumulative(buckets.bounds, buckets.counts), buckets.total)
+        yield lag
+        errors = CounterMetricFamily(*BUS_ERRORS, labels=["operation"])
+        for operation, count in list(stats.failures().items()):
+            errors.add_metric([operation], count)
+        yield errors
+        gauge = GaugeMetricFamily(*SUBSCRIPTIONS, labels=["kind"])
+        for value, count in list(stats.subscriptions.items()):
+            gauge.add_metric([value], count)
+        yield gauge
+
+
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -160,6 +229,7 @@ class _Folded:
         names = SocketTraffic.NAMES
         self.traffic = [Counter(name, text, registry=registry) for name, text in names]
         self.traffic_folded = [0, 0, 0]
+        self.bus = _FoldedBus(registry)
 
     def fold_traffic(self, traffic: SocketTraffic) -> None:
         for index, total in enumerate(traffic.totals()):
@@ -192,6 +262,54 @@ class _Folded:
             self.totals[package] = latency.total
 
 
+class _FoldedBus:
+    """BusStats as multiprocess children: counters by their delta since the last fold,
+    the lag as histogram buckets, the subscriptions as a gauge summed over live
+    processes."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.counters = {
+            attribute: Counter(name, text, [label], registry=registry)
+            for attribute, (name, text, label) in BUS_COUNTERS.items()
+        }
+        self.errors = Counter(*BUS_ERRORS, ["operation"], registry=registry)
+        self.lag = Histogram(*BUS_LAG, ["kind"], buckets=LAG_BUCKETS, registry=registry)
+        self.subscriptions = Gauge(
+            *SUBSCRIPTIONS, ["kind"], registry=registry, multiprocess_mode="livesum"
+        )
+        self.seen: dict[tuple[str, str], float] = {}
+
+    def fold(self, stats: BusStats) -> None:
+        for attribute, counter in self.counters.items():
+            self._add(counter, attribute, getattr(stats, attribute))
+        self._add(self.errors, "errors", stats.failures())
+        for value, buckets in stats.lag.items():
+            self._fold_lag(value, buckets)
+        for value, count in stats.subscriptions.items():
+            self.subscriptions.labels(value).set(count)
+
+    def _add(self, counter: Counter, attribute: str, counts: Mapping[str, int]) -> None:
+        for value, count in list(counts.items()):
+            child = counter.labels(value)  # every label's series, 0 included, as in-process
+            delta = count - self.seen.get((attribute, value), 0)
+            if delta:
+                child.inc(delta)
+                self.seen[attribute, value] = count
+
+    def _fold_lag(self, value: str, buckets: Buckets) -> None:
+        child = self.lag.labels(value)
+        # as _Folded._fold_latency: add to the children's own bucket values
+        for index, count in enumerate(buckets.counts):
+            delta = count - self.seen.get((f"lag{index}", value), 0)
+            if delta:
+                child._buckets[index].inc(delta)
+                self.seen[f"lag{index}", value] = count
+        total = buckets.total - self.seen.get(("lag", value), 0.0)
+        if total:
+            child._sum.inc(total)
+            self.seen["lag", value] = buckets.total
+
+
 class Metrics:
     def __init__(self, multiprocess: bool | None = None) -> None:
         """`multiprocess`: whether to write to and scrape PROMETHEUS_MULTIPROC_DIR
@@ -201,6 +319,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.requests = RequestStats()
         self.traffic = SocketTraffic()
+        self.bus = BusStats()  # the hub's (realtime.bus.stats)
         self._folded: _Folded | None = None
         if multiprocess:
             from prometheus_client import multiprocess as mp
@@ -211,6 +330,7 @@ class Metrics:
         else:
             self.registry.register(self.requests)
             self.registry.register(self.traffic)
+            self.registry.register(BusCollector(self.bus))
             self._scrape = self.registry
         self.connections = Gauge(
             "realtime_connections",
@@ -286,12 +406,37 @@ class Metrics:
             "Jobs taken over from a worker that stopped (their claim timed out)",
             registry=self.registry,
         )
+        # counted by the one writer that moves a job to its final state (the run, a
+        # cancel, the sweep): where it ended, not where it ran
+        self.jobs_ended = Counter(
+            "realtime_jobs_ended",
+            "Jobs that reached a final state (SUCCESS, FAILURE, CANCELLED), by state",
+            ["state"],
+            registry=self.registry,
+        )
+        self.job_attempts = Histogram(
+            "realtime_job_attempts",
+            "Runs a job took, observed when a run ended it, by final state",
+            ["state"],
+            buckets=ATTEMPT_BUCKETS,
+            registry=self.registry,
+        )
+        for state in JOB_FINAL_STATES:  # every state's series from the start (rate() of 0)
+            self.jobs_ended.labels(state)
+
+    def job_ended(self, state: str, attempts: int = 0) -> None:
+        """A job reached `state` (final); `attempts`: the runs it took, when a run ended
+        it (0: ended by a cancel or the sweep, not observed)."""
+        self.jobs_ended.labels(state).inc()
+        if attempts:
+            self.job_attempts.labels(state).observe(attempts)
 
     def fold(self) -> None:
         """Multiprocess mode: write what the tallies counted since the last fold."""
         if self._folded is not None:
             self._folded.fold(self.requests)
             self._folded.fold_traffic(self.traffic)
+            self._folded.bus.fold(self.bus)
 
     def render(self) -> bytes:
         self.fold()

@@ -147,6 +147,8 @@ PRESENCE_LEAVE = "presence.leave"
 
 # every socket is subscribed by the server to its user's personal channel
 PERSONAL_PREFIX = "user."
+# a job's progress and end are published on job:<id> (realtime.jobs.steps.job_topic)
+JOB_TOPIC_PREFIX = "job:"
 
 
 def personal_topic(tenant: str, sub: str) -> str:
@@ -184,7 +186,9 @@ def _object(properties: dict[str, Any], required: list[str]) -> JSONObject:
 
 
 _OFFSET = {"type": "string", "description": "opaque position in the topic's stream"}
-_JOB_STATES = ["PENDING", "STARTED", "SUCCESS", "FAILURE", "CANCELLED"]
+# a job's states (realtime.jobs.store); the last three are final, told once by job.done
+JOB_FINAL_STATES = ("SUCCESS", "FAILURE", "CANCELLED")
+_JOB_STATES = ["PENDING", "STARTED", *JOB_FINAL_STATES]
 
 # The data of every event the server pushes (PROTOCOL.md 2.4, docs/protocol.md Events):
 # name -> (JSON Schema of `data`, the frame's fields beside `event` and `data`). The
@@ -210,7 +214,7 @@ EVENTS: dict[str, tuple[JSONObject, tuple[str, ...]]] = {
         _object(
             {
                 "job_id": {"type": "string"},
-                "state": {"enum": _JOB_STATES[2:]},
+                "state": {"enum": list(JOB_FINAL_STATES)},
                 "result": {},
                 "error": {"type": "string"},
             },

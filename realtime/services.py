@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from realtime.bus import Offset
     from realtime.bus.hub import Hub
     from realtime.jobs import Jobs
+    from realtime.metrics import Metrics
     from realtime.packages import Session
     from realtime.settings import Settings
     from realtime.topics import TopicPermissions
@@ -79,3 +80,6 @@ class Framework(Services, Protocol):
 
     @property
     def audit(self) -> AuditLog: ...
+
+    @property
+    def metrics(self) -> Metrics: ...

@@ -5,6 +5,7 @@ factory, so a new backend passes or fails the same ones. A factory is a URL for
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,6 +167,18 @@ async def test_an_events_unless_topic_is_kept(subject: Subject) -> None:
     assert [e.unless for e in history.events] == ["job:7", None]
     read = await read_until(subject.backend, {"t": 0}, 2)
     assert [e.unless for e in read] == ["job:7", None]
+
+
+async def test_an_event_carries_the_time_it_was_published(subject: Subject) -> None:
+    before = time.time()
+    await publish(subject.backend, "t", 2)
+    after = time.time()
+    history = await subject.backend.history("t", Offset.start())
+    read = await read_until(subject.backend, {"t": 0}, 2)
+    _, page = await subject.backend.page("t", None, 10, reverse=False)
+    for events in (history.events, read, page):
+        assert len(events) == 2
+        assert all(before <= event.at <= after for event in events), events
 
 
 async def test_page_forward_and_backward_from_a_cursor(subject: Subject) -> None:

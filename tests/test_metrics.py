@@ -21,6 +21,16 @@ for seconds in (0.0001, 0.003, 0.003, 0.2, 20.0):
     metrics.requests.record("echo", "OK", "ws", seconds)
 metrics.fold()  # folding twice adds nothing twice
 metrics.requests.record("echo", "NOT_FOUND", "rest", 0.04)
+bus = metrics.bus
+bus.published["topic"] += 2
+bus.delivered["topic"] += 2000
+bus.subscriptions["personal"] = 7
+for seconds in (0.0002, 0.004, 30.0):
+    bus.lag["job"].observe(seconds)
+metrics.fold()
+bus.delivered["topic"] += 1000
+bus.unrecovered["subscribe"] += 1
+bus.subscriptions["personal"] -= 2
 sys.stdout.write(metrics.render().decode())
 """
 
@@ -32,7 +42,12 @@ def _exposition(multiprocess_dir: Path | None) -> list[str]:
     done = subprocess.run(
         [sys.executable, "-c", RECORD], env=env, capture_output=True, text=True, check=True
     )
-    wanted = ("realtime_requests_total{", "realtime_request_seconds_")
+    wanted = (
+        "realtime_requests_total{",
+        "realtime_request_seconds_",
+        "realtime_bus_",
+        "realtime_subscriptions{",
+    )
     return sorted(line for line in done.stdout.splitlines() if line.startswith(wanted))
 
 
@@ -42,6 +57,11 @@ def test_the_folded_exposition_is_the_in_process_one(tmp_path: Path) -> None:
     assert 'realtime_requests_total{package="echo",status="OK",transport="ws"} 5.0' in alone
     assert 'realtime_request_seconds_bucket{le="0.005",package="echo"} 3.0' in alone
     assert 'realtime_request_seconds_count{package="echo"} 6.0' in alone
+    assert 'realtime_bus_deliveries_total{kind="topic"} 3000.0' in alone
+    assert 'realtime_bus_lag_seconds_bucket{kind="job",le="0.005"} 2.0' in alone
+    assert 'realtime_bus_lag_seconds_count{kind="job"} 3.0' in alone
+    assert 'realtime_bus_unrecovered_total{at="subscribe"} 1.0' in alone
+    assert 'realtime_subscriptions{kind="personal"} 5.0' in alone
     assert folded == alone
 
 

@@ -15,7 +15,7 @@ expired), so a stale offset is detected and answered `recovered: false`.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +63,9 @@ class Event:
     # to it is not sent this one (the owner's job.done on the personal channel, when that
     # socket watches the job)
     unless: str | None = None
+    # when it was published (Unix seconds, the publishing node's clock); 0.0 unknown:
+    # the hub's publish-to-deliver lag metric
+    at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -96,13 +99,12 @@ class Backend(abc.ABC):
         key: str | None = None,
         unless: str | None = None,
     ) -> Offset:
-        """Append one event (`data`, `name` and `unless` kept as given) to the topic and
-        return its
-        offset: the topic's current epoch and the previous seq plus one (1 for the first
-        publication of an epoch). At least the newest `retention` events stay retained.
-        With an idempotency `key` the topic saw recently (at least: fewer than `retention`
-        publications ago and within the stream TTL), append nothing and return the offset
-        that key's publication got."""
+        """Append one event (`data`, `name` and `unless` kept as given, `at` the time of
+        the call) to the topic and return its offset: the topic's current epoch and the
+        previous seq plus one (1 for the first publication of an epoch). At least the
+        newest `retention` events stay retained. With an idempotency `key` the topic saw
+        recently (at least: fewer than `retention` publications ago and within the stream
+        TTL), append nothing and return the offset that key's publication got."""
 
     @abc.abstractmethod
     async def history(self, topic: str, since: Offset | None) -> History:
@@ -157,6 +159,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def ping(self) -> bool:
         """True when the backend answers (within its timeout); False, never an error."""
+
+    def failures(self) -> Mapping[str, int]:
+        """How many calls failed (could not reach the backend, or timed out), by
+        operation (`publish`, `read`, ...), since the backend was made: the metrics read
+        it at a scrape. A backend in process memory cannot fail: nothing."""
+        return {}
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -23,6 +24,7 @@ from realtime import protocol
 from realtime.auth.principal import Principal
 from realtime.bus import ANY_EPOCH, Backend, BusOutcomeUnknown, BusUnavailable, Event, Offset
 from realtime.bus.presence import PresenceFeed
+from realtime.bus.stats import READER, SUBSCRIBE, BusStats, kind
 from realtime.exceptions import (
     Conflict,
     InvalidData,
@@ -100,8 +102,13 @@ def _publication(epoch: str, event: Event) -> dict[str, Any]:
 
 
 class Hub:
-    def __init__(self, backend: Backend, presence_ttl: float) -> None:
+    def __init__(
+        self, backend: Backend, presence_ttl: float, stats: BusStats | None = None
+    ) -> None:
+        """`stats`: where to count for the metrics (the app's `Metrics.bus`)."""
         self.backend = backend
+        self.stats = stats if stats is not None else BusStats()
+        self.stats.failures = backend.failures
         self.node = secrets.token_hex(4)
         self._presence_ttl = presence_ttl
         self._subs: dict[str, dict[str, _Subscription]] = {}
@@ -163,6 +170,7 @@ class Hub:
             offset = await self.backend.publish(topic, orjson.dumps(data), name, key, unless)
         except BusUnavailable as error:
             raise bus_failure(error) from None
+        self.stats.published[kind(topic)] += 1
         if topic in self._positions:
             self._published[topic] = offset.seq
         return offset
@@ -237,6 +245,9 @@ class Hub:
         pinned = pinned or (replaced is not None and replaced.pinned)
         subscription = _Subscription(subscriber, start=0, pinned=pinned)
         subs[subscriber.id] = subscription
+        stats = self.stats
+        if replaced is None:
+            stats.subscriptions[kind(topic)] += 1
         offset = Offset.parse(since) if isinstance(since, str) else since
         try:
             history = await self.backend.history(topic, offset)
@@ -257,18 +268,24 @@ class Hub:
             raise
         subscription.start = history.top.seq
         answer = {"topic": topic, "offset": str(history.top), "recovered": history.recovered}
+        if since is not None and not history.recovered:
+            stats.unrecovered[SUBSCRIBE] += 1  # asked to resume, and could not
 
         def go_live() -> None:
-            epoch = history.top.epoch
+            epoch, replayed, delivered = history.top.epoch, 0, 0
             for event in history.events:
                 if not self._already_told(event, subscriber):
                     subscriber.enqueue(message_frame(topic, epoch, event), replay=True)
+                    replayed += 1
             buffered, subscription.pending = subscription.pending or [], None
             for event in buffered:
                 if event.seq > subscription.start:
                     if not self._already_told(event, subscriber):
                         subscriber.enqueue(message_frame(topic, epoch, event))
+                        delivered += 1
                     subscription.start = event.seq
+            stats.replayed[kind(topic)] += replayed
+            stats.delivered[kind(topic)] += delivered
 
         def cancel() -> None:
             if self._current(topic, subscriber, subscription):
@@ -342,6 +359,8 @@ class Hub:
     def _remove(self, topic: str, member: str) -> bool:
         subs = self._subs.get(topic, {})
         removed = subs.pop(member, None) is not None
+        if removed:
+            self.stats.subscriptions[kind(topic)] -= 1
         if not subs:
             self._subs.pop(topic, None)
             self._positions.pop(topic, None)
@@ -399,6 +418,7 @@ class Hub:
         if self._epochs.get(topic) is None:
             self._epochs[topic] = await self.backend.epoch(topic)
         frame = message_frame(topic, self._epochs[topic] or "-", event)
+        delivered = 0  # counted here, added once: the loop is the hot path
         for subscription in list(self._subs.get(topic, {}).values()):
             if subscription.pending is not None:
                 subscription.pending.append(event)
@@ -406,6 +426,16 @@ class Hub:
                 subscription.start = event.seq
                 if event.unless is None or not self._already_told(event, subscription.subscriber):
                     subscription.subscriber.enqueue(frame)
+                    delivered += 1
+        self._count_delivery(event, delivered)
+
+    def _count_delivery(self, event: Event, delivered: int) -> None:
+        """One publication fanned out on this node: its deliveries and its lag, once."""
+        stats, topic_kind = self.stats, kind(event.topic)
+        stats.delivered[topic_kind] += delivered
+        if event.at:  # (unknown for an entry written before the stamp)
+            # another node's clock may be a little ahead of ours: no negative lag
+            stats.lag[topic_kind].observe(max(time.time() - event.at, 0.0))
 
     async def _check_epochs(self, *, tell_unchanged: bool) -> None:
         """After an outage (or periodically): a stream that was reset cannot be resumed."""
@@ -425,7 +455,10 @@ class Hub:
         position = self._positions.get(topic, 0)
         offset = f"{self._epochs.get(topic) or '-'}:{position}"
         frame = protocol.recovered_frame(topic, recovered, offset)
-        for subscription in self._subs.get(topic, {}).values():
+        subs = self._subs.get(topic, {})
+        if not recovered:
+            self.stats.unrecovered[READER] += len(subs)
+        for subscription in subs.values():
             if reset:
                 subscription.start = 0
             subscription.subscriber.enqueue(frame)

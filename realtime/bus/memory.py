@@ -7,6 +7,7 @@ import collections
 import contextlib
 import itertools
 import secrets
+import time
 from typing import Any
 
 from realtime.bus import ANY_EPOCH, Backend, Event, History, Offset
@@ -52,7 +53,9 @@ class MemoryBackend(Backend):
         # an exact-size copy: orjson's output keeps the buffer it grew into (4 KiB for a
         # tiny payload, ~250 KiB for 30 KB), and the history keeps `retention` of them
         # per topic (a 30 KB flood held ~250 MiB instead of ~30 MiB); the copy is a memcpy
-        state.events.append(Event(topic, state.seq, bytes(memoryview(data)), name, unless))
+        state.events.append(
+            Event(topic, state.seq, bytes(memoryview(data)), name, unless, time.time())
+        )
         if key is not None:
             state.keys[key] = state.seq
             if len(state.keys) > self._retention:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -32,7 +33,7 @@ from realtime.bus import (
 )
 
 # KEYS: stream, meta. ARGV: epoch candidate, maxlen, ttl seconds, data, event name,
-# `unless` topic ('' for none).
+# `unless` topic ('' for none), the publisher's time (Unix seconds: the lag metric).
 PUBLISH = """
 local seq = redis.call('HINCRBY', KEYS[2], 's', 1)
 local epoch = redis.call('HGET', KEYS[2], 'e')
@@ -40,7 +41,7 @@ if not epoch then
   epoch = ARGV[1]
   redis.call('HSET', KEYS[2], 'e', epoch)
 end
-local fields = {'d', ARGV[4], 'e', ARGV[5]}
+local fields = {'d', ARGV[4], 'e', ARGV[5], 't', ARGV[7]}
 if ARGV[6] ~= '' then
   table.insert(fields, 'u')
   table.insert(fields, ARGV[6])
@@ -115,6 +116,21 @@ return redis.call('HMGET', KEYS[2], unpack(live))
 """
 
 
+# what `failures` counts by (the metrics' `operation` label)
+OPERATIONS = (
+    "publish",
+    "history",
+    "page",
+    "read",
+    "epoch",
+    "wake",
+    "presence_set",
+    "presence_remove",
+    "presence_list",
+    "ping",
+)
+
+
 def _stream(topic: str) -> str:
     return f"rt:{{{topic}}}:s"
 
@@ -130,7 +146,10 @@ def _presence(topic: str) -> tuple[str, str]:
 def _event(topic: str, stream_id: bytes, fields: dict[bytes, bytes]) -> Event:
     unless = fields.get(b"u")
     name = fields.get(b"e", b"message")
-    return Event(topic, _seq(stream_id), fields[b"d"], name, unless.decode() if unless else None)
+    at = float(fields.get(b"t", 0.0))  # an entry written before the stamp: unknown
+    return Event(
+        topic, _seq(stream_id), fields[b"d"], name, unless.decode() if unless else None, at
+    )
 
 
 def _never_sent(error: BaseException) -> bool:
@@ -184,18 +203,25 @@ class RedisBackend(Backend):
         # subscribed right after start) is still seen, instead of waiting out a block.
         # The key is this node's own, so what it holds is only this node's wakes.
         self._wake_id = b"0-0"
+        self._failures = dict.fromkeys(OPERATIONS, 0)
 
-    async def _call(self, coro: Any, *, write: bool = False) -> Any:
+    def failures(self) -> Mapping[str, int]:
+        return self._failures
+
+    async def _call(self, operation: str, coro: Any, *, write: bool = False) -> Any:
         """One call, retries included, within REALTIME_REDIS_TIMEOUT. A `write` whose
-        answer did not come in time may have been applied: BusOutcomeUnknown."""
+        answer did not come in time may have been applied: BusOutcomeUnknown. A failure
+        is counted under `operation` (the metrics)."""
         try:
             async with asyncio.timeout(self._timeout):
                 return await coro
         except (TimeoutError, RedisTimeoutError) as error:
+            self._failures[operation] += 1
             if write:
                 raise BusOutcomeUnknown(type(error).__name__) from None
             raise BusUnavailable(type(error).__name__) from None
         except (RedisError, OSError) as error:
+            self._failures[operation] += 1
             if write and not _never_sent(error):
                 # the connection failed after the command went out: it may have run
                 raise BusOutcomeUnknown(type(error).__name__) from None
@@ -221,15 +247,16 @@ class RedisBackend(Backend):
             data,
             name,
             unless or "",
+            repr(time.time()),  # the shortest exact text of the float
         ]
-        epoch, seq = await self._call(script(keys=keys, args=args), write=True)
+        epoch, seq = await self._call("publish", script(keys=keys, args=args), write=True)
         return Offset(epoch.decode(), int(seq))
 
     async def history(self, topic: str, since: Offset | None) -> History:
         first = since.seq + 1 if since else -1
         args: list[str | int] = [secrets.token_hex(4), self._ttl, first]
         epoch, seq, oldest, entries = await self._call(
-            self._history(keys=[_stream(topic), _meta(topic)], args=args)
+            "history", self._history(keys=[_stream(topic), _meta(topic)], args=args)
         )
         top = Offset(epoch.decode(), int(seq))
         if since is not None and since.epoch == ANY_EPOCH:
@@ -253,7 +280,7 @@ class RedisBackend(Backend):
         direction = "rev" if reverse else "fwd"
         args: list[str | int] = [secrets.token_hex(4), self._ttl, direction, first, limit]
         epoch, seq, entries = await self._call(
-            self._page(keys=[_stream(topic), _meta(topic)], args=args)
+            "page", self._page(keys=[_stream(topic), _meta(topic)], args=args)
         )
         events = [_event(topic, i, dict(zip(f[::2], f[1::2], strict=True))) for i, f in entries]
         return Offset(epoch.decode(), int(seq)), events
@@ -268,6 +295,7 @@ class RedisBackend(Backend):
                     streams, block=int(block * 1000) or 1, count=1000
                 )
         except (RedisError, OSError, TimeoutError) as error:
+            self._failures["read"] += 1
             raise BusUnavailable(type(error).__name__) from None
         events: list[Event] = []
         for key, entries in answer or []:
@@ -279,7 +307,7 @@ class RedisBackend(Backend):
         return events
 
     async def epoch(self, topic: str) -> str | None:
-        value = await self._call(self._redis.hget(_meta(topic), "e"))
+        value = await self._call("epoch", self._redis.hget(_meta(topic), "e"))
         return value.decode() if value else None
 
     async def wake(self) -> None:
@@ -287,7 +315,7 @@ class RedisBackend(Backend):
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.xadd(self._wake_key, {"w": 1}, maxlen=10)
             pipe.expire(self._wake_key, 3600)
-            await self._call(pipe.execute())
+            await self._call("wake", pipe.execute())
 
     async def presence_set(self, topic: str, member: str, info: dict[str, Any]) -> None:
         zset, table = _presence(topic)
@@ -296,18 +324,18 @@ class RedisBackend(Backend):
             pipe.hset(table, member, orjson.dumps(info))
             pipe.expire(zset, int(self._presence_ttl * 4))
             pipe.expire(table, int(self._presence_ttl * 4))
-            await self._call(pipe.execute())
+            await self._call("presence_set", pipe.execute())
 
     async def presence_remove(self, topic: str, member: str) -> None:
         zset, table = _presence(topic)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.zrem(zset, member)
             pipe.hdel(table, member)
-            await self._call(pipe.execute())
+            await self._call("presence_remove", pipe.execute())
 
     async def presence_list(self, topic: str) -> list[dict[str, Any]]:
         values = await self._call(
-            self._presence_list(keys=list(_presence(topic)), args=[time.time()])
+            "presence_list", self._presence_list(keys=list(_presence(topic)), args=[time.time()])
         )
         return [orjson.loads(value) for value in values if value]
 
@@ -316,6 +344,7 @@ class RedisBackend(Backend):
             async with asyncio.timeout(self._timeout):
                 return bool(await self._redis.ping())
         except (RedisError, OSError, TimeoutError):
+            self._failures["ping"] += 1
             return False
 
     async def close(self) -> None:

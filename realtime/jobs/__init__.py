@@ -16,7 +16,7 @@ import socket
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from databases import Database
 from taskiq import AsyncBroker, InMemoryBroker, SimpleRetryMiddleware, TaskiqDepends, TaskiqState
@@ -27,6 +27,9 @@ from realtime.bus import MEMORY_SCHEME, REDIS_SCHEMES, scheme
 from realtime.bus.hub import Hub
 from realtime.exceptions import ConfigError, Unavailable
 from realtime.settings import Settings
+
+if TYPE_CHECKING:
+    from realtime.metrics import Metrics
 
 logger = logging.getLogger("realtime.jobs")
 HEARTBEAT_TOPIC = "system.heartbeat"
@@ -63,6 +66,8 @@ class TaskServices:
     worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     # the bodies of the jobs running in this process (`stoppable`): what a stop cancels
     bodies: set[asyncio.Task[Any]] = field(default_factory=set, compare=False)
+    # this process's metrics (how jobs end); None: not counted
+    metrics: Metrics | None = field(default=None, compare=False)
 
 
 async def stoppable(services: TaskServices, body: Coroutine[Any, Any, T]) -> T | None:

@@ -31,7 +31,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from databases import Database
 
@@ -42,10 +42,12 @@ from realtime.exceptions import Unavailable
 from realtime.jobs import Jobs, Task, TaskServices, stoppable
 from realtime.jobs.delivery import run_again
 from realtime.jobs.store import JobRecord, JobStore
-from realtime.protocol import JOB_DONE, JOB_PROGRESS
+from realtime.protocol import JOB_DONE, JOB_PROGRESS, JOB_TOPIC_PREFIX
 
 if TYPE_CHECKING:
+    from realtime.metrics import Metrics
     from realtime.packages import Context
+    from realtime.services import Framework
 
 logger = logging.getLogger("realtime.jobs.steps")
 
@@ -76,7 +78,7 @@ class Publisher(Protocol):
 
 
 def job_topic(job_id: str) -> str:
-    return f"job:{job_id}"
+    return f"{JOB_TOPIC_PREFIX}{job_id}"
 
 
 async def announce_done(
@@ -91,6 +93,26 @@ async def announce_done(
     if owner is not None:  # a socket watching the job has just been told: not twice
         tenant, sub = owner
         await hub.publish_user(sub, DONE, data, tenant=tenant, unless=topic)
+
+
+@dataclass(slots=True)
+class _Run:
+    """One run of a job: its lease (`runner`) and, once claimed, which attempt it is."""
+
+    runner: str
+    attempts: int = 0
+
+
+def _ended(metrics: Metrics | None, state: str, attempts: int = 0) -> None:
+    """Count a job that reached `state`, by its one final writer."""
+    if metrics is not None:
+        metrics.job_ended(state, attempts)
+
+
+def _metrics(ctx: Context) -> Metrics:
+    # a package's services are the app's (realtime.lifespan.Services): the framework's
+    # view of them has the metrics, which the handler's view does not show
+    return cast("Framework", ctx.services).metrics
 
 
 def outage(error: BaseException) -> bool:
@@ -126,7 +148,8 @@ class StepJobs:
         except Unavailable:
             # UNAVAILABLE means not done: end the record, so that no sweep queues it later
             # (requeue_lost) and a message that did reach the queue finds it final
-            await self.store.finish(db, job_id, "FAILURE", error=NOT_QUEUED)
+            if await self.store.finish(db, job_id, "FAILURE", error=NOT_QUEUED):
+                _ended(_metrics(ctx), "FAILURE")
             raise
         return {"job_id": job_id}
 
@@ -151,6 +174,7 @@ class StepJobs:
         db = ctx.services.database
         if not await self.store.finish(db, job_id, "CANCELLED"):
             return False
+        _ended(_metrics(ctx), "CANCELLED")
         owner = await self.store.owner(db, job_id)
         await announce_done(ctx.services.hub, job_id, "CANCELLED", owner)
         return True
@@ -175,35 +199,35 @@ class StepJobs:
         self, services: TaskServices, job_id: str, total_steps: int, work: Work
     ) -> Result | None:
         """The body of `run`, which a stop cancels: it records how the job ended."""
-        runner = secrets.token_hex(8)
+        run = _Run(secrets.token_hex(8))
         try:
-            return await self._steps(services, job_id, runner, total_steps, work)
+            return await self._steps(services, job_id, run, total_steps, work)
         except asyncio.CancelledError:
             if services.redelivered:  # handed back at a graceful stop: not an attempt
-                await self._hand_back(services, job_id, runner)
+                await self._hand_back(services, job_id, run.runner)
             else:  # in-process: nothing will resume it
-                await self._end(services, job_id, runner, "FAILURE", error=INTERRUPTED)
+                await self._end(services, job_id, run, "FAILURE", error=INTERRUPTED)
             raise
         except Exception as error:
-            await self._failed(services, job_id, runner, error)
+            await self._failed(services, job_id, run, error)
             raise
 
     async def _steps(
-        self, services: TaskServices, job_id: str, runner: str, total_steps: int, work: Work
+        self, services: TaskServices, job_id: str, run: _Run, total_steps: int, work: Work
     ) -> Result | None:
-        claimed = await self.store.claim(services.database, job_id, runner)
+        claimed = await self.store.claim(services.database, job_id, run.runner)
         if claimed is None:
             return None  # already final: cancelled, or finished by an earlier run
-        done, attempts = claimed
-        if attempts > services.settings.job_max_attempts:
-            await self._end(services, job_id, runner, "FAILURE", error=TOO_OFTEN)
+        done, run.attempts = claimed
+        if run.attempts > services.settings.job_max_attempts:
+            await self._end(services, job_id, run, "FAILURE", error=TOO_OFTEN)
             return None
         for step in range(done + 1, total_steps + 1):
             await work(step)
-            if not await self._step(services, job_id, runner, step, total_steps):
+            if not await self._step(services, job_id, run.runner, step, total_steps):
                 return None  # cancelled, or another run took over
         result = {"steps": total_steps}
-        await self._end(services, job_id, runner, "SUCCESS", result=result)
+        await self._end(services, job_id, run, "SUCCESS", result=result)
         return result
 
     async def _step(
@@ -224,15 +248,16 @@ class StepJobs:
         return True
 
     async def _end(
-        self, services: TaskServices, job_id: str, runner: str, state: str, **outcome: Any
+        self, services: TaskServices, job_id: str, run: _Run, state: str, **outcome: Any
     ) -> None:
         db = services.database
-        if await self.store.finish(db, job_id, state, runner=runner, **outcome):
+        if await self.store.finish(db, job_id, state, runner=run.runner, **outcome):
+            _ended(services.metrics, state, run.attempts)
             owner = await self.store.owner(db, job_id)
             await announce_done(services.hub, job_id, state, owner, **outcome)
 
     async def _failed(
-        self, services: TaskServices, job_id: str, runner: str, error: Exception
+        self, services: TaskServices, job_id: str, run: _Run, error: Exception
     ) -> None:
         """A run raised: on a worker an outage runs it again later (the message is not
         acknowledged); anything else ends the job FAILURE, worded safely. The caller
@@ -242,7 +267,7 @@ class StepJobs:
             return
         logger.exception("job %s failed", job_id, exc_info=error)
         try:
-            await self._end(services, job_id, runner, "FAILURE", error=FAILED)
+            await self._end(services, job_id, run, "FAILURE", error=FAILED)
         except Exception as failure:
             if not (outage(failure) and run_again()):
                 raise
@@ -287,5 +312,6 @@ class StepJobs:
             await jobs.kick(task, job_id=job_id, **job["params"])
         elif await self.store.give_up(db, job_id, before, LOST_TOO_OFTEN):
             logger.warning("job %s lost from the queue too often: FAILURE", job_id)
+            _ended(services.metrics, "FAILURE")
             owner = await self.store.owner(db, job_id)
             await announce_done(services.hub, job_id, "FAILURE", owner, error=LOST_TOO_OFTEN)

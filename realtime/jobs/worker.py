@@ -75,10 +75,10 @@ def _stop_event() -> asyncio.Event:
 
 
 @contextlib.asynccontextmanager
-async def _task_services(settings: Settings) -> AsyncIterator[TaskServices]:
-    async with open_database(settings) as database, open_hub(settings) as hub:
+async def _task_services(settings: Settings, metrics: Metrics) -> AsyncIterator[TaskServices]:
+    async with open_database(settings) as database, open_hub(settings, None, metrics) as hub:
         await check_schema(settings, database)
-        yield TaskServices(settings, database, hub, redelivered=True)
+        yield TaskServices(settings, database, hub, redelivered=True, metrics=metrics)
 
 
 async def run_worker(settings: Settings, tasks: Sequence[Task], concurrency: int) -> int:
@@ -88,7 +88,7 @@ async def run_worker(settings: Settings, tasks: Sequence[Task], concurrency: int
     jobs = Jobs(broker, [*builtin_tasks(settings), *tasks])
     metrics = Metrics(multiprocess=False)
     measure(broker, metrics)
-    async with _task_services(settings) as services, _serving_metrics(settings, metrics):
+    async with _task_services(settings, metrics) as services, _serving_metrics(settings, metrics):
         broker.state.services = services
         await broker.startup()
         sweeping = asyncio.create_task(_recover(services, jobs, tasks))
