@@ -167,7 +167,7 @@ test("backoffDelay stays within [0, min(max, base * 2**attempt)] with full jitte
 });
 
 test("close codes: reconnect or terminal", () => {
-  for (const code of [1000, 1001, 1006, 1011, 1012, 1013, 4429, 4000, 1005]) {
+  for (const code of [1000, 1001, 1006, 1011, 1012, 1013, 4409, 4429, 4000, 1005]) {
     assert.equal(closeAction(code), "reconnect", String(code));
   }
   for (const code of [4401, 4403, 1008, 1003, 1009]) {
