@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from realtime.bus.hub import Hub
     from realtime.jobs import Jobs
     from realtime.packages import Session
+    from realtime.sessions import Sessions
     from realtime.settings import Settings
     from realtime.topics import TopicPermissions
     from realtime.types import Roles
@@ -79,3 +80,6 @@ class Framework(Services, Protocol):
 
     @property
     def audit(self) -> AuditLog: ...
+
+    @property
+    def sessions(self) -> Sessions: ...

@@ -1,9 +1,15 @@
 """Who is connected: each user's sockets on this node and, with REDIS_URL, on the fleet.
 
-Built on it: the cap on concurrent sockets per user (REALTIME_MAX_SOCKETS_PER_USER). A
-socket is admitted once authenticated and before anything is sent on it; the one over
-the cap (the newest) is closed with 4409 and the user's other sockets stay. A user is
-(tenant, sub): the same sub in another tenant is another user.
+Built on it:
+
+- the cap on concurrent sockets per user (REALTIME_MAX_SOCKETS_PER_USER). A socket is
+  admitted once authenticated and before anything is sent on it; the one over the cap
+  (the newest) is closed with 4409 and the user's other sockets stay;
+- `sessions.list`: a tenant's sockets, each with its sub, node, connected_at, remote
+  address and path (never a token);
+- `sessions.disconnect`: every socket of one user, on every node, closed with 4410.
+
+A user is (tenant, sub): the same sub in another tenant is another user.
 
 On the embedded default the node is the fleet: `Sessions` counts in this process. With
 REDIS_URL, `RedisSessions` keeps every socket as an entry in Redis that its node
@@ -13,7 +19,16 @@ node that died stop counting once their entries expire (the TTL), never forever.
 Redis down or hung (no answer within REALTIME_REDIS_TIMEOUT): for FALLBACK_SECONDS the
 cap is checked against this node's own sockets of the user (logged, counted in
 `realtime_socket_cap_fallbacks_total`), so an outage never refuses every socket; the
-sockets admitted meanwhile are written to Redis by the next refresh.
+sockets admitted meanwhile are written to Redis by the next refresh. `sessions.list`
+answers UNAVAILABLE then, and so does `sessions.disconnect` (nothing closed; a publication
+sent and unanswered: TIMEOUT, outcome unknown).
+
+A disconnect travels over Redis pub/sub (`PUBLISH` on the database's channel, so two
+deployments on one Redis server but different databases never close each other's
+sockets): every node listening closes its own sockets of the user and tells the asking
+node how many on that node's own channel. The asker waits at most REPLY_WAIT for as many
+answers as PUBLISH says nodes heard it, and answers what it knows: the sockets closed on
+the nodes that answered, how many nodes heard it, how many did not answer in time.
 """
 
 from __future__ import annotations
@@ -32,7 +47,13 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 import orjson
 
 from realtime.audit import node_name
-from realtime.exceptions import CloseError, TooManySockets
+from realtime.exceptions import (
+    CloseError,
+    Disconnected,
+    OutcomeUnknown,
+    TooManySockets,
+    Unavailable,
+)
 
 if TYPE_CHECKING:
     from starlette.websockets import WebSocket
@@ -49,6 +70,9 @@ LOG_EVERY = 60.0  # seconds between two warnings of the same kind
 BATCH = 500  # sockets per refresh pipeline
 GONE_MAX = 10_000  # removals kept for a retry while Redis is down (the rest expire)
 KEY_PREFIX = "realtime:sessions:"
+REPLY_WAIT = 1.0  # seconds a disconnect waits for the other nodes' counts
+RETRY_AFTER = 2
+CLOSE_REASON_BYTES = 123  # what a WebSocket close frame can carry
 
 # KEYS: the user's zset (member -> expiry), the tenant's zset, the tenant's hash (member ->
 # info). ARGV: now, expiry, cap (0: none), member, info, key ttl. 1: admitted, 0: over cap.
@@ -66,6 +90,40 @@ for i = 1, 3 do
 end
 return 1
 """
+
+
+# KEYS: the tenant's zset and hash, and (for one sub) the user's zset. ARGV: now, the sub
+# or ''. Drops the tenant's expired entries (a dead node's), answers the live ones' info.
+LIST = """
+local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+for i = 1, #stale, 1000 do
+  redis.call('HDEL', KEYS[2], unpack(stale, i, math.min(i + 999, #stale)))
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local live
+if ARGV[2] ~= '' then
+  live = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. ARGV[1], '+inf')
+else
+  live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf')
+end
+local found = {}
+for i = 1, #live, 1000 do
+  local infos = redis.call('HMGET', KEYS[2], unpack(live, i, math.min(i + 999, #live)))
+  for _, info in ipairs(infos) do
+    if info then
+      table.insert(found, info)
+    end
+  end
+end
+return found
+"""
+
+
+def close_reason(reason: str) -> str:
+    """The 4410 close's reason: what the administrator gave, within a close frame."""
+    text = f"disconnected by an administrator: {reason}" if reason else ""
+    encoded = text.encode()[:CLOSE_REASON_BYTES]
+    return encoded.decode(errors="ignore")  # a character cut in two is dropped
 
 
 class Socket(Protocol):
@@ -164,16 +222,39 @@ class Sessions:
             del self._users[key]
         return entry
 
-    def local(self, key: UserKey) -> list[_Entry]:
-        """This node's sockets of a user."""
-        return list(self._users.get(key, {}).values())
+    # -- sessions.list, sessions.disconnect --------------------------------------------
+
+    async def listing(self, tenant: str, sub: str | None) -> list[dict[str, Any]]:
+        """The sockets of `tenant` (of its user `sub` only, when given), in no order."""
+        return [
+            entry.info
+            for (owner, user), sockets in self._users.items()
+            if owner == tenant and sub in (None, user)
+            for entry in sockets.values()
+        ]
+
+    async def disconnect(self, tenant: str, sub: str, reason: str) -> dict[str, Any]:
+        """Close every socket of the user with 4410; what was done (see RedisSessions)."""
+        closed = self.close_local(tenant, sub, reason)
+        return {"sub": sub, "closed": closed, "nodes": 1, "unanswered_nodes": 0}
+
+    def close_local(self, tenant: str, sub: str, reason: str) -> int:
+        """Close this node's sockets of the user with 4410; how many."""
+        entries = list(self._users.get((tenant, sub), {}).values())
+        for entry in entries:
+            entry.socket.close(Disconnected(close_reason(reason) or None))
+        if entries:
+            logger.info("disconnected %d socket(s) of %s (tenant %s)", len(entries), sub, tenant)
+        return len(entries)
 
 
 class RedisSessions(Sessions):
     """The fleet's sockets in Redis (REDIS_URL): see the module's docstring."""
 
     def __init__(self, cap: int, metrics: Metrics, redis: Any, *, ttl: float, timeout: float):
-        from redis.exceptions import RedisError  # (the embedded default never loads redis)
+        # (the embedded default never loads redis)
+        from redis.exceptions import RedisError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
 
         super().__init__(cap, metrics)
         self._redis = redis
@@ -183,7 +264,15 @@ class RedisSessions(Sessions):
         self._errors = (RedisError, OSError, TimeoutError)
         self._id = secrets.token_hex(8)  # this node's entries: <id>:<socket id>
         self._admit_script = redis.register_script(ADMIT)
+        self._list_script = redis.register_script(LIST)
+        self._timeouts: tuple[type[BaseException], ...] = (TimeoutError, RedisTimeoutError)
+        # pub/sub channels are not per database: the database is in their names
+        db = redis.connection_pool.connection_kwargs.get("db", 0)
+        self._channel = f"{KEY_PREFIX}{db}"
+        self._inbox = f"{self._channel}:{self._id}"  # other nodes' answers to this one
+        self._asked: dict[str, _Answers] = {}
         self._gone: list[_Entry] = []
+        self._added: list[_Entry] = []  # admitted without a cap: written in the background
         self._wake = asyncio.Event()
         self._down_until = 0.0
         self._logged: dict[str, float] = {}
@@ -191,6 +280,7 @@ class RedisSessions(Sessions):
 
     async def start(self) -> None:
         self._spawn(self._keep())
+        self._spawn(self._listen())
 
     async def stop(self, bound: float) -> None:
         """Cancel the background tasks; wait for them at most `bound` seconds (a call
@@ -215,7 +305,7 @@ class RedisSessions(Sessions):
             async with asyncio.timeout(self._timeout):
                 return await coro
         except self._errors as error:
-            raise _Down(type(error).__name__) from None
+            raise _Down(type(error).__name__, isinstance(error, self._timeouts)) from None
 
     def _warn(self, kind: str, message: str, *args: Any) -> None:
         now = time.monotonic()
@@ -226,6 +316,11 @@ class RedisSessions(Sessions):
     # -- admission -------------------------------------------------------------------
 
     async def _admit(self, entry: _Entry) -> None:
+        if not self.cap:
+            # nothing to check: the socket opens at once, its entry is written meanwhile
+            self._added.append(entry)
+            self._wake.set()
+            return
         if time.monotonic() < self._down_until:
             self._admit_locally(entry)
             return
@@ -268,6 +363,93 @@ class RedisSessions(Sessions):
             self._gone.append(entry)
         self._wake.set()
 
+    # -- sessions.list ------------------------------------------------------------------
+
+    async def listing(self, tenant: str, sub: str | None) -> list[dict[str, Any]]:
+        _, tenant_set, table = user_keys((tenant, ""))
+        keys = [tenant_set, table]
+        if sub is not None:
+            keys.append(user_keys((tenant, sub))[0])
+        try:
+            found = await self._call(self._list_script(keys=keys, args=[time.time(), sub or ""]))
+        except _Down:
+            raise Unavailable(RETRY_AFTER, "the sessions registry (Redis) is unavailable") from None
+        return [orjson.loads(info) for info in found]
+
+    # -- sessions.disconnect: over pub/sub -----------------------------------------------
+
+    async def disconnect(self, tenant: str, sub: str, reason: str) -> dict[str, Any]:
+        """Every node that hears it (this one too) closes its sockets of the user and
+        answers how many; `closed` counts those of the nodes that answered in time."""
+        request = secrets.token_hex(8)
+        answers = self._asked[request] = _Answers()
+        order = {"op": "disconnect", "id": request, "from": self._id}
+        message = orjson.dumps({**order, "tenant": tenant, "sub": sub, "reason": reason})
+        try:
+            heard = int(await self._call(self._redis.publish(self._channel, message)))
+            await answers.wait(heard, REPLY_WAIT)
+        except _Down as error:
+            if error.timed_out:
+                raise OutcomeUnknown(
+                    "Redis did not answer in time: some sockets may have been closed"
+                ) from None
+            raise Unavailable(RETRY_AFTER, "Redis is unavailable: no socket was closed") from None
+        finally:
+            del self._asked[request]
+        unanswered = max(0, heard - answers.nodes)
+        return {
+            "sub": sub,
+            "closed": answers.closed,
+            "nodes": heard,
+            "unanswered_nodes": unanswered,
+        }
+
+    async def _listen(self) -> None:
+        """This node's subscription to the disconnects and to the answers it is owed,
+        subscribed again (with a backoff) whenever its connection fails."""
+        backoff = 0.1
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await self._call(pubsub.subscribe(self._channel, self._inbox))
+                backoff = 0.1
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        self._heard(message["data"])
+            except (_Down, *self._errors) as error:
+                self._warn("listen", "sessions: pub/sub failed (%r); subscribing again", error)
+            finally:
+                with contextlib.suppress(*self._errors):
+                    async with asyncio.timeout(self._timeout):
+                        await pubsub.aclose()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    def _heard(self, data: bytes) -> None:
+        try:
+            message = orjson.loads(data)
+            op = _field(message, "op", str)
+            request = _field(message, "id", str)
+            if op == "closed":
+                answers = self._asked.get(request)
+                if answers is not None:
+                    answers.add(_field(message, "closed", int))
+                return
+            if op == "disconnect":
+                tenant, sub = _field(message, "tenant", str), _field(message, "sub", str)
+                closed = self.close_local(tenant, sub, _field(message, "reason", str))
+                self._spawn(self._answer(_field(message, "from", str), request, closed))
+        except (ValueError, TypeError):
+            logger.warning("sessions: an unusable message on %s ignored", self._channel)
+
+    async def _answer(self, asker: str, request: str, closed: int) -> None:
+        message = orjson.dumps({"op": "closed", "id": request, "closed": closed})
+        try:
+            await self._call(self._redis.publish(f"{self._channel}:{asker}", message))
+        except _Down as error:  # the asker counts this node as not answered
+            self._warn("answer", "sessions: a disconnect's count not sent (%s)", error)
+
     # -- the writer: removals as they come, every socket's entry every TTL/3 -----------
 
     async def _keep(self) -> None:
@@ -282,11 +464,14 @@ class RedisSessions(Sessions):
                     await self._wake.wait()
             self._wake.clear()
             try:
+                if self._added:
+                    added, self._added = self._added, []
+                    await self._write(added)  # lost on failure: the refresh writes it
                 if self._gone:
                     await self._remove()
                 if loop.time() >= refresh_at:
                     refresh_at = loop.time() + period
-                    await self._refresh()
+                    await self._write([e for user in self._users.values() for e in user.values()])
             except _Down as error:
                 self._warn("keep", "sessions: Redis failed (%s); retrying", error)
             except Exception:
@@ -310,8 +495,8 @@ class RedisSessions(Sessions):
             self._gone = (gone + self._gone)[:GONE_MAX]
             raise
 
-    async def _refresh(self) -> None:
-        entries = [entry for sockets in list(self._users.values()) for entry in sockets.values()]
+    async def _write(self, entries: list[_Entry]) -> None:
+        """Write (or refresh) the entries of these sockets."""
         expiry = time.time() + self._ttl
         for start in range(0, len(entries), BATCH):
             keys: set[str] = set()
@@ -329,7 +514,41 @@ class RedisSessions(Sessions):
 
 
 class _Down(Exception):
-    """A Redis call failed or did not answer in time."""
+    """A Redis call failed or did not answer in time (`timed_out`: it may have run)."""
+
+    def __init__(self, reason: str, timed_out: bool = False) -> None:
+        super().__init__(reason)
+        self.timed_out = timed_out
+
+
+class _Answers:
+    """The other nodes' answers to one disconnect."""
+
+    def __init__(self) -> None:
+        self.nodes = self.closed = 0
+        self.expected: int | None = None
+        self._all = asyncio.Event()
+
+    def add(self, closed: int) -> None:
+        self.nodes += 1
+        self.closed += closed
+        if self.expected is not None and self.nodes >= self.expected:
+            self._all.set()
+
+    async def wait(self, expected: int, limit: float) -> None:
+        self.expected = expected
+        if self.nodes >= expected:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(limit):
+                await self._all.wait()
+
+
+def _field(message: dict[str, Any], name: str, kind: type) -> Any:
+    value = message.get(name)
+    if not isinstance(value, kind):
+        raise ValueError(f"{name} is not a {kind.__name__}")
+    return value
 
 
 @contextlib.asynccontextmanager

@@ -21,6 +21,7 @@ from realtime.exceptions import (
     CloseError,
     ConfigError,
     Conflict,
+    Disconnected,
     ForbiddenOrigin,
     FrameTooLarge,
     GoingAway,
@@ -124,6 +125,7 @@ def test_close_codes_are_protocol_md_2_5() -> None:
         AuthError: 4401,
         ForbiddenOrigin: 4403,
         TooManySockets: 4409,
+        Disconnected: 4410,
         SustainedRateLimit: 4429,
     }
     assert SlowConsumer().code == 1013 and CloseError().code == 1011

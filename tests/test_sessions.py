@@ -149,6 +149,21 @@ def test_redis_failing_falls_back_to_the_nodes_own_count(tmp_path: Path, fault: 
                 # the two admitted on the node's own count are counted, and the refusal
                 assert metric(client, "realtime_socket_cap_fallbacks_total") == 2
                 assert metric(client, "realtime_socket_cap_rejections_total") == 1
+                # what needs the fleet's registry is not done: UNAVAILABLE, or for a
+                # disconnect sent and unanswered, TIMEOUT with its outcome unknown
+                root = auth_header(dev_issuer(settings).mint("root", ["admin"], tenant="acme"))
+                listing = client.get("/sessions", headers=root)
+                assert (listing.status_code, listing.headers["retry-after"]) == (503, "2")
+                kicked = client.post("/sessions/alice/disconnect", headers=root)
+                if fault == "cut":
+                    assert (kicked.status_code, kicked.json()["error"]["message"]) == (
+                        503,
+                        "Redis is unavailable: no socket was closed",
+                    )
+                else:
+                    assert kicked.status_code == 504
+                    assert kicked.json()["error"]["details"] == {"outcome": "unknown"}
+                assert echo(first, 3) == 3
             proxy.restore()
 
 
@@ -210,6 +225,7 @@ async def test_the_cap_counts_the_users_sockets_on_every_node(
     assert await answers(second, 6) and await answers(fourth, 7)
     for ws in (second, fourth, bob):
         await ws.close()
+    await no_session_keys_left()
 
 
 @pytest.mark.anyio
@@ -229,3 +245,174 @@ async def test_a_dead_nodes_sockets_stop_counting_once_their_entries_expire(
     assert await ws_closed(third) == TOO_MANY  # the cap holds on what is alive
     for ws in sockets:
         await ws.close()
+
+
+# -- sessions.list and sessions.disconnect ------------------------------------------------
+
+SESSIONS_LIST, SESSIONS_DISCONNECT = 9010, 9011
+
+
+@pytest.fixture
+def tenancy(bus: Settings) -> Iterator[tuple[TestClient, DevIssuer]]:
+    with TestClient(build_app(bus)) as client:
+        yield client, dev_issuer(bus)
+
+
+def listed(client: TestClient, token: str, expected: int, **query: Any) -> dict[str, Any]:
+    """GET /sessions, again until it lists `expected` sockets (on Redis a socket's entry
+    is written a moment after it opened, and removed a moment after it closed)."""
+    deadline = time.monotonic() + 10
+    while True:
+        answer = client.get("/sessions", params=query, headers=auth_header(token))
+        assert answer.status_code == 200, answer.text
+        body: dict[str, Any] = answer.json()
+        if body["meta"]["total"] == expected:
+            return body
+        assert time.monotonic() < deadline, body
+        time.sleep(0.05)
+
+
+def test_sessions_list_shows_the_tenants_sockets_only(
+    tenancy: tuple[TestClient, DevIssuer],
+) -> None:
+    client, issuer = tenancy
+    root = issuer.mint("root", ["user", "admin"], tenant="acme")
+    alice = auth_header(issuer.mint("alice", ["user"], tenant="acme"))
+    bob = auth_header(issuer.mint("bob", ["user"], tenant="acme"))
+    carl = auth_header(issuer.mint("carl", ["user"], tenant="other"))
+    with (
+        client.websocket_connect("/ws", headers=alice),
+        client.websocket_connect("/ws/echo", headers=alice),
+        client.websocket_connect("/ws", headers=bob),
+        client.websocket_connect("/ws", headers=carl),  # another tenant's: never listed
+    ):
+        body = listed(client, root, 3)
+        assert [(s["sub"], s["path"]) for s in body["data"]] in (
+            [("alice", "/ws"), ("alice", "/ws/echo"), ("bob", "/ws")],
+            [("alice", "/ws/echo"), ("alice", "/ws"), ("bob", "/ws")],
+        )
+        first = body["data"][0]
+        assert set(first) == {"id", "sub", "node", "connected_at", "remote", "path"}
+        assert first["remote"] == "testclient" and re.fullmatch(r".+:\d+", first["node"])
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["connected_at"])
+        assert body["meta"] == {"page": 1, "per_page": 20, "total": 3, "pages": 1}
+        assert {s["sub"] for s in listed(client, root, 2, sub="alice")["data"]} == {"alice"}
+        page = listed(client, root, 3, per_page=2, page=2)
+        assert [s["sub"] for s in page["data"]] == ["bob"]
+        # on the socket too; the admin's own socket is one of the tenant's now
+        with client.websocket_connect("/ws", headers=auth_header(root)) as ws:
+            deadline = time.monotonic() + 10
+            while (answer := call(ws, SESSIONS_LIST, {"sub": "root"}))["meta"]["total"] != 1:
+                assert time.monotonic() < deadline, answer
+            assert answer["data"][0]["sub"] == "root" and "token" not in str(answer)
+        other_admin = issuer.mint("root", ["user", "admin"], tenant="other")
+        assert [s["sub"] for s in listed(client, other_admin, 1)["data"]] == ["carl"]
+
+
+def test_sessions_disconnect_closes_that_user_only_and_is_audited(
+    tenancy: tuple[TestClient, DevIssuer],
+) -> None:
+    client, issuer = tenancy
+    root = auth_header(issuer.mint("root", ["user", "admin"], tenant="acme"))
+    alice = auth_header(issuer.mint("alice", ["user"], tenant="acme"))
+    bob = auth_header(issuer.mint("bob", ["user"], tenant="acme"))
+    alice_elsewhere = auth_header(issuer.mint("alice", ["user"], tenant="other"))
+    with (
+        client.websocket_connect("/ws", headers=alice) as first,
+        client.websocket_connect("/ws", headers=alice) as second,
+        client.websocket_connect("/ws", headers=bob) as bobs,
+        client.websocket_connect("/ws", headers=alice_elsewhere) as other,
+    ):
+        for n, ws in enumerate((first, second, bobs, other)):
+            assert echo(ws, n) == n  # all admitted
+        answer = client.post("/sessions/alice/disconnect", json={"reason": "policy"}, headers=root)
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"sub": "alice", "closed": 2, "nodes": 1, "unanswered_nodes": 0}
+        reason = "disconnected by an administrator: policy"
+        assert close_of(first) == close_of(second) == (4410, reason)
+        assert (echo(bobs, 5), echo(other, 6)) == (5, 6)  # bob, and alice of another tenant
+    deadline = time.monotonic() + 10
+    while True:  # the audit log is written in batches, off the request
+        rows = client.get(
+            "/audit-logs", params={"package": "sessions.disconnect"}, headers=root
+        ).json()["data"]
+        if rows:
+            break
+        assert time.monotonic() < deadline, "no audit row"
+        time.sleep(0.05)
+    assert [(r["sub"], r["target"], r["transport"], r["outcome"]) for r in rows] == [
+        ("root", "alice", "rest", "OK")
+    ]
+    assert metric(client, 'realtime_socket_closes_total{code="4410"}') == 2
+
+
+def test_sessions_need_an_admin_of_the_same_tenant(tenancy: tuple[TestClient, DevIssuer]) -> None:
+    client, issuer = tenancy
+    alice_token = issuer.mint("alice", ["user"], tenant="acme")
+    alice = auth_header(alice_token)
+    other_admin = auth_header(issuer.mint("root", ["user", "admin"], tenant="other"))
+    with client.websocket_connect("/ws", headers=alice) as ws:
+        for pkg_id, data in ((SESSIONS_LIST, {}), (SESSIONS_DISCONNECT, {"sub": "alice"})):
+            assert call(ws, pkg_id, data)["status_code"] == 3  # PERMISSION_DENIED
+        assert client.get("/sessions", headers=alice).status_code == 403
+        assert client.post("/sessions/bob/disconnect", headers=alice).status_code == 403
+        assert client.get("/sessions").status_code == 401
+        assert client.post("/sessions/bob/disconnect").status_code == 401
+        # another tenant's admin names alice: that is alice of their tenant, nobody here
+        answer = client.post("/sessions/alice/disconnect", headers=other_admin)
+        assert answer.status_code == 200
+        assert answer.json()["closed"] == 0
+        assert listed(client, issuer.mint("root", ["admin"], tenant="other"), 0)["data"] == []
+        assert echo(ws, 1) == 1
+        long = client.post(
+            "/sessions/bob/disconnect", json={"reason": "x" * 81}, headers=other_admin
+        )
+        assert long.status_code == 422
+        unknown = client.post("/sessions/bob/disconnect", json={"why": "x"}, headers=other_admin)
+        assert unknown.status_code == 422
+
+
+@pytest.mark.anyio
+async def test_sessions_disconnect_closes_the_users_sockets_on_both_nodes_only(
+    cluster: tuple[Node, Node], tmp_path: Path
+) -> None:
+    a, b = cluster
+    alice, bob = mint(tmp_path, "alice"), mint(tmp_path, "bob")
+    admin = await ws_connect(a.address, **bearer(mint(tmp_path, "root", "user,admin")))
+    alices = [await ws_connect(n.address, **bearer(alice)) for n in (a, b)]
+    bobs = [await ws_connect(n.address, **bearer(bob)) for n in (a, b)]
+    assert all([await answers(ws, n) for n, ws in enumerate(alices + bobs)])
+    answer = await ws_call(admin, SESSIONS_DISCONNECT, {"sub": "alice"})
+    assert answer["data"] == {"sub": "alice", "closed": 2, "nodes": 2, "unanswered_nodes": 0}
+    for ws in alices:
+        assert await ws_closed(ws) == (4410, "disconnected by an administrator")
+    assert all([await answers(ws, 10 + n) for n, ws in enumerate(bobs)])
+    assert await answers(admin, 20)
+    deadline = time.monotonic() + 10
+    while True:  # alice's entries go once each node has seen her sockets close
+        page = await ws_call(admin, SESSIONS_LIST, {}, "list")
+        subs = sorted(s["sub"] for s in page["data"])
+        if subs == ["bob", "bob", "root"]:
+            break
+        assert time.monotonic() < deadline, subs
+        await asyncio.sleep(0.1)
+    assert {s["node"] for s in page["data"] if s["sub"] == "bob"} == {
+        s["node"] for s in page["data"]
+    } and len({s["node"] for s in page["data"]}) == 2
+    for ws in (admin, *bobs):
+        await ws.close()
+    await no_session_keys_left()
+
+
+async def no_session_keys_left() -> None:
+    """Every socket closed: their entries are removed, no key of theirs is left behind."""
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(redis_url())
+    try:
+        deadline = time.monotonic() + 10
+        while keys := await redis.keys("realtime:sessions:*"):
+            assert time.monotonic() < deadline, keys
+            await asyncio.sleep(0.1)
+    finally:
+        await redis.aclose()

@@ -87,6 +87,9 @@ export const CLOSE_ACTIONS = Object.freeze({
   1009: "terminal", // a frame over the server's maximum: the application sent too much
   4401: "terminal", // unauthenticated: no, invalid or expired token
   4403: "terminal", // forbidden origin
+  // An administrator closed all the user's sockets (sessions.disconnect): not with the
+  // same token; a provider is asked once for a fresh one, as after 4401.
+  4410: "terminal",
 });
 
 /** "reconnect" or "terminal"; a code not in CLOSE_ACTIONS reconnects (with backoff). */
