@@ -73,6 +73,9 @@ export const CLOSE_ACTIONS = Object.freeze({
   1011: "reconnect", // a server bug on that socket; the next one is fine
   1012: "reconnect", // service restart
   1013: "reconnect", // slow consumer: the socket's outbound queue overflowed
+  // The user holds the server's cap of sockets. Refused before it was authenticated, so
+  // the backoff is not reset and keeps growing: back in once another of theirs closes.
+  4409: "reconnect",
   // Sustained rate limiting. The caller's bucket refills with time, so coming back is
   // right, but not at once: the delay after a 4429 counts at least RATE_LIMITED_ATTEMPT
   // doublings even when the socket had been open (see _onClose).
@@ -84,6 +87,9 @@ export const CLOSE_ACTIONS = Object.freeze({
   1009: "terminal", // a frame over the server's maximum: the application sent too much
   4401: "terminal", // unauthenticated: no, invalid or expired token
   4403: "terminal", // forbidden origin
+  // An administrator closed all the user's sockets (sessions.disconnect): not with the
+  // same token; a provider is asked once for a fresh one, as after 4401.
+  4410: "terminal",
 });
 
 /** "reconnect" or "terminal"; a code not in CLOSE_ACTIONS reconnects (with backoff). */

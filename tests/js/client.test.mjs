@@ -167,10 +167,10 @@ test("backoffDelay stays within [0, min(max, base * 2**attempt)] with full jitte
 });
 
 test("close codes: reconnect or terminal", () => {
-  for (const code of [1000, 1001, 1006, 1011, 1012, 1013, 4429, 4000, 1005]) {
+  for (const code of [1000, 1001, 1006, 1011, 1012, 1013, 4409, 4429, 4000, 1005]) {
     assert.equal(closeAction(code), "reconnect", String(code));
   }
-  for (const code of [4401, 4403, 1008, 1003, 1009]) {
+  for (const code of [4401, 4403, 4410, 1008, 1003, 1009]) {
     assert.equal(closeAction(code), "terminal", String(code));
     assert.equal(CLOSE_ACTIONS[code], "terminal");
   }
