@@ -30,6 +30,7 @@ from pathlib import Path
 
 from tests.bench.app import BARE_PATH, FULL_PATH
 from tests.bench.common import machine as machine_probe
+from tests.bench.common.probes import cpu_seconds
 from tests.bench.common.runner import alternate, dev_tokens, event_loop, pin_self, pinning
 from tests.bench.server import bench_server
 
@@ -45,6 +46,12 @@ class Result:
     seconds: float
     latencies_ms: list[float]
     failures: int
+    server_cpu: float = 0.0  # seconds of the server's CPU over the run
+
+    @property
+    def server_us(self) -> float:
+        """Server CPU per handshake: what one costs the node, whatever the client does."""
+        return self.server_cpu / self.handshakes * 1e6 if self.handshakes else 0.0
 
     @property
     def rate(self) -> float:
@@ -55,13 +62,14 @@ class Result:
         p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
         return (
             f"{self.scenario:>7} {self.round:>5} {self.handshakes:>10} {self.rate:>12.0f} "
-            f"{statistics.median(lat):>9.2f} {p99:>9.2f} {self.failures:>8}"
+            f"{statistics.median(lat):>9.2f} {p99:>9.2f} {self.server_us:>10.0f} "
+            f"{self.failures:>8}"
         )
 
 
 HEADER = (
     f"{'case':>7} {'round':>5} {'handshakes':>10} {'per second':>12} "
-    f"{'p50 ms':>9} {'p99 ms':>9} {'failures':>8}"
+    f"{'p50 ms':>9} {'p99 ms':>9} {'server µs':>10} {'failures':>8}"
 )
 
 
@@ -153,18 +161,24 @@ def main() -> int:
         key_file = str(Path(folder) / "dev-key.json")
         reused = dev_tokens(key_file, {"tabs": ["user"]})["tabs"]
         env = {"BENCH_DEV_KEY_FILE": key_file}
-        with bench_server(env, cpu=0 if pinned else None) as (_pid, port):
+        with bench_server(env, cpu=0 if pinned else None) as (pid, port):
             if pinned:
                 pin_self(1)
             with event_loop() as runner:
-                results = _measure(args, runner, port, key_file, reused)
+                results = _measure(args, runner, (pid, port), key_file, reused)
     _summary(results)
     return 0
 
 
 def _measure(
-    args: argparse.Namespace, runner: asyncio.Runner, port: int, key_file: str, reused: str
+    args: argparse.Namespace,
+    runner: asyncio.Runner,
+    server: tuple[int, int],
+    key_file: str,
+    reused: str,
 ) -> list[Result]:
+    pid, port = server
+
     def run_one(scenario: str, round_: int) -> Result:
         path = BARE_PATH if scenario == "bare" else FULL_PATH
         tokens = None
@@ -173,8 +187,9 @@ def _measure(
         elif scenario == "fresh":
             tokens = _tokens(key_file, args.fresh_tokens, f"fresh{round_}-")
         url = f"ws://127.0.0.1:{port}{path}"
+        before = cpu_seconds(pid)
         done = runner.run(_load(url, tokens, args.seconds, args.concurrency))
-        return Result(scenario, round_, *done)
+        return Result(scenario, round_, *done, server_cpu=cpu_seconds(pid) - before)
 
     def table(results: list[Result]) -> str:
         return "\n".join([HEADER, *(r.row() for r in results)])
@@ -185,6 +200,10 @@ def _measure(
 def _summary(results: list[Result]) -> None:
     rates = {s: statistics.median(r.rate for r in results if r.scenario == s) for s in SCENARIOS}
     print("\nmedian handshakes/s: " + ", ".join(f"{s} {rates[s]:.0f}" for s in SCENARIOS))
+    cost = {
+        s: statistics.median(r.server_us for r in results if r.scenario == s) for s in SCENARIOS
+    }
+    print("median server µs per handshake: " + ", ".join(f"{s} {cost[s]:.0f}" for s in SCENARIOS))
     for scenario in ("fresh", "reused"):
         ratio = rates[scenario] / rates["bare"] if rates["bare"] else 0.0
         print(f"{scenario}/bare: {ratio:.3f} (target at least 0.5)")
