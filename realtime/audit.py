@@ -62,7 +62,7 @@ TARGET_MAX = 64  # characters of a target id kept (a bad request's id may be any
 TEXT_MAX = 255  # tenant, sub and node (a token's claims may be longer: cut)
 PACKAGE_MAX = 100
 OUTCOME_MAX = 32
-TARGET_KEYS = ("id", "job_id")
+TARGET_KEYS = ("id", "job_id", "sub")  # sub: whom sessions.disconnect closed
 AUDIT_BACKOFF_MAX = 5.0  # seconds between attempts while the database is down
 DROP_LOG_EVERY = 60.0  # seconds between two "dropped" warnings
 
@@ -97,7 +97,7 @@ _Pending = tuple[float, str, str, str, str | None, str, str | None, str]
 
 
 def target_of(answer: Any, data: Any) -> str | None:
-    """The id the call was about: the answer's `id`/`job_id`, else the request's."""
+    """The id the call was about: the answer's `id`/`job_id`/`sub`, else the request's."""
     for source in (answer, data):
         if isinstance(source, dict):
             for key in TARGET_KEYS:

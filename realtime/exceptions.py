@@ -24,6 +24,8 @@
     │   ├── SlowConsumer           -                  -     1013
     │   ├── AuthError              PERMISSION_DENIED  401   4401  REST: WWW-Authenticate
     │   ├── ForbiddenOrigin        -                  -     4403  accepted, then closed
+    │   ├── TooManySockets         -                  -     4409  the user's socket cap
+    │   ├── Disconnected           -                  -     4410  by an administrator
     │   └── SustainedRateLimit     -                  -     4429
     └── ConfigError                a bad setting or declaration; stops start-up
 
@@ -201,6 +203,16 @@ class ForbiddenOrigin(CloseError):
     """A browser's Origin that configuration does not allow."""
 
 
+class TooManySockets(CloseError):
+    """The user already holds REALTIME_MAX_SOCKETS_PER_USER sockets (on any node): the
+    newest is closed, the others stay."""
+
+
+class Disconnected(CloseError):
+    """An administrator closed every socket of the user (`sessions.disconnect`): the
+    client must not come back with the same token."""
+
+
 class SustainedRateLimit(CloseError):
     """A client that kept sending after it was told to wait."""
 
@@ -239,6 +251,8 @@ WIRE: dict[type[RealtimeError], Wire] = {
     # REST answers it PERMISSION_DENIED in the body and 401 (PROTOCOL.md 4, docs/protocol.md)
     AuthError: Wire(Status.PERMISSION_DENIED, 401, CloseCode.UNAUTHENTICATED, "unauthenticated"),
     ForbiddenOrigin: Wire(None, None, CloseCode.FORBIDDEN_ORIGIN, "origin not allowed"),
+    TooManySockets: Wire(None, None, CloseCode.TOO_MANY_SOCKETS, "too many sockets for this user"),
+    Disconnected: Wire(None, None, CloseCode.DISCONNECTED, "disconnected by an administrator"),
     SustainedRateLimit: Wire(None, None, CloseCode.RATE_LIMIT, "sustained rate-limit violation"),
 }
 _UNLISTED = Wire(None, None, None, "internal error")  # ConfigError, RealtimeError itself

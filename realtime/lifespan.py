@@ -31,6 +31,7 @@ from realtime.memory import Trimmer
 from realtime.metrics import Metrics
 from realtime.migrate import check_schema, upgrade
 from realtime.packages import Catalog
+from realtime.sessions import Sessions, open_sessions
 from realtime.settings import Settings
 from realtime.topics import TopicPermissions
 
@@ -68,6 +69,8 @@ class Services:
     jobs: Jobs
     # the node's audit log (realtime.audit): rows of audited packages, written in batches
     audit: AuditLog
+    # each user's sockets, on this node and (REDIS_URL) the fleet: the per-user cap
+    sessions: Sessions
     # the open sockets of this process, for the drain at shutdown
     connections: set[Any] = field(default_factory=set)
     drain_state: DrainState = field(default_factory=DrainState)
@@ -116,6 +119,7 @@ async def build_services(
         httpx.AsyncClient(timeout=settings.http_timeout) as http,
         open_hub(settings, bus, dispatcher.metrics) as hub,
         open_audit(settings, database, audit_store, dispatcher.metrics) as audit,
+        open_sessions(settings, dispatcher.metrics) as sessions,
     ):
         await check_schema(settings, database)
         keys, login, dev = _auth_backends(settings, http)
@@ -145,6 +149,7 @@ async def build_services(
             topics,
             jobs,
             audit,
+            sessions,
         )
         # the socket counts (frames, bytes) are read from the live sockets at a scrape
         services.metrics.traffic.live = lambda: services.connections

@@ -359,6 +359,17 @@ class Metrics:
             "Times the shared (Redis) rate limits failed and this node's own took over",
             registry=self.registry,
         )
+        # per-user socket cap and sessions (realtime.sessions)
+        self.socket_cap_rejections = Counter(
+            "realtime_socket_cap_rejections",
+            "Sockets closed (4409) because their user held REALTIME_MAX_SOCKETS_PER_USER",
+            registry=self.registry,
+        )
+        self.socket_cap_fallbacks = Counter(
+            "realtime_socket_cap_fallbacks",
+            "Sockets admitted on this node's own count of their user's sockets (Redis failed)",
+            registry=self.registry,
+        )
         self.inline_overruns = Counter(
             "realtime_inline_overruns",
             "Calls of inline=True handlers that held the event loop over the inline budget",

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from realtime.jobs import Jobs
     from realtime.metrics import Metrics
     from realtime.packages import Session
+    from realtime.sessions import Sessions
     from realtime.settings import Settings
     from realtime.topics import TopicPermissions
     from realtime.types import Roles
@@ -83,3 +84,6 @@ class Framework(Services, Protocol):
 
     @property
     def metrics(self) -> Metrics: ...
+
+    @property
+    def sessions(self) -> Sessions: ...

@@ -205,6 +205,8 @@ class Settings:
     header_timeout: float = _env("REALTIME_HEADER_TIMEOUT", _float, 10.0)
     # connections held at once by `realtime serve` (0: the descriptor limit less a reserve)
     max_connections: int = _env("REALTIME_MAX_CONNECTIONS", _int, 0)
+    # concurrent sockets per user (tenant + sub), counted fleet-wide with REDIS_URL; 0: no cap
+    max_sockets_per_user: int = _env("REALTIME_MAX_SOCKETS_PER_USER", _int, 0)
     # the audit log (realtime.audit): rows held in memory at most, written every
     # `audit_flush` seconds or as soon as `audit_batch` are waiting
     audit_queue: int = _env("REALTIME_AUDIT_QUEUE", _int, 10_000)

@@ -285,6 +285,14 @@ async def test_wake_ends_a_blocked_read_early(subject: Subject) -> None:
     assert reading.result() == []
 
 
+async def test_a_wake_before_the_first_read_ends_that_read(subject: Subject) -> None:
+    """A node that subscribes a topic right after start wakes its reader before the
+    reader's first XREAD: that read must still end, not wait out its block."""
+    await subject.backend.wake()
+    async with asyncio.timeout(BOUND):
+        assert await subject.backend.read({"a": 0}, block=BOUND * 3) == []
+
+
 # -- presence, ping, close -----------------------------------------------------------
 
 

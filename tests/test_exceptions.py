@@ -21,6 +21,7 @@ from realtime.exceptions import (
     CloseError,
     ConfigError,
     Conflict,
+    Disconnected,
     ForbiddenOrigin,
     FrameTooLarge,
     GoingAway,
@@ -38,6 +39,7 @@ from realtime.exceptions import (
     ServerError,
     SlowConsumer,
     SustainedRateLimit,
+    TooManySockets,
     Unavailable,
     UnknownPackage,
     http_status_of,
@@ -122,6 +124,8 @@ def test_close_codes_are_protocol_md_2_5() -> None:
         SlowConsumer: 1013,
         AuthError: 4401,
         ForbiddenOrigin: 4403,
+        TooManySockets: 4409,
+        Disconnected: 4410,
         SustainedRateLimit: 4429,
     }
     assert SlowConsumer().code == 1013 and CloseError().code == 1011

@@ -89,12 +89,14 @@ class MemoryBackend(Backend):
 
     async def read(self, positions: dict[str, int], block: float) -> list[Event]:
         events = self._after(positions)
-        if not events:
-            self._changed.clear()
+        # A change since the last read (a wake included) ends this read at once: it may
+        # be a topic subscribed after the caller computed its positions.
+        if not events and not self._changed.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(block):
                     await self._changed.wait()
             events = self._after(positions)
+        self._changed.clear()
         return events
 
     def _after(self, positions: dict[str, int]) -> list[Event]:

@@ -199,7 +199,10 @@ class RedisBackend(Backend):
         self._ttl = ttl
         self._presence_ttl = presence_ttl
         self._wake_key = f"rt:wake:{secrets.token_hex(8)}"
-        self._wake_id = b"$"
+        # A concrete id, not "$": a wake sent before the reader's first XREAD (a topic
+        # subscribed right after start) is still seen, instead of waiting out a block.
+        # The key is this node's own, so what it holds is only this node's wakes.
+        self._wake_id = b"0-0"
         self._failures = dict.fromkeys(OPERATIONS, 0)
 
     def failures(self) -> Mapping[str, int]:

@@ -180,6 +180,7 @@ class Connection:
             await self._supervise(self._reader, writer)
         finally:
             self.services.connections.discard(self)
+            self.services.sessions.release(self)
             await self._cleanup()
             self.services.metrics.connections.dec()
             self.services.metrics.traffic.ended(self)
@@ -272,7 +273,11 @@ class Connection:
             raise ForbiddenOrigin()
         self.state = State.AUTHENTICATING
         token = presented_token(self.websocket)
-        principal = await (self._verify(token) if token else self._first_frame_auth())
+        if token:
+            principal = await self._verify(token)
+            await self._admit(principal)
+        else:
+            principal = await self._first_frame_auth()
         self._authenticated(principal)
         self.state = State.OPEN
         self.outbox.direct = True
@@ -341,6 +346,7 @@ class Connection:
             raise AuthError("the first frame must be auth.refresh") from None
         request, token = self._auth_request(text)
         principal = await self._verify(token)
+        await self._admit(principal)
         pkg_id, req_id, _ = request
         self.enqueue(encode_ok(pkg_id, req_id, refresh_answer(principal)))
         return principal
@@ -356,6 +362,12 @@ class Connection:
         if package is None or package.name != AUTH_REFRESH or not isinstance(token, str):
             raise AuthError("the first frame must be auth.refresh")
         return request, token
+
+    async def _admit(self, principal: Principal) -> None:
+        """Count the socket of its user before anything is sent on it: over the user's
+        cap it is closed with 4409 (TooManySockets), having been told nothing, so a client
+        reconnecting is not reset to its shortest backoff."""
+        await self.services.sessions.admit(self, principal)
 
     def _authenticated(self, principal: Principal) -> None:
         self.principal = principal

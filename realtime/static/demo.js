@@ -107,21 +107,16 @@ async function startJob() {
 
 // -- presence: who is subscribed to the tenant's topic, on every node ----------------------
 
-async function refreshPresence(topic) {
-  if (!client || client.state !== "open") return;
-  try {
-    const people = await client.presence(topic);
-    $("presence").replaceChildren(
-      ...people.map(({ sub, name }) => {
-        const item = document.createElement("li");
-        item.dataset.sub = sub;
-        item.textContent = name ? `${name} (${sub})` : sub;
-        return item;
-      }),
-    );
-  } catch (error) {
-    showError("app-error", error);
-  }
+/** Pushed presence: the subscribe answer's snapshot, then joins and leaves as they happen. */
+function showPresence(people) {
+  $("presence").replaceChildren(
+    ...people.map(({ sub, name }) => {
+      const item = document.createElement("li");
+      item.dataset.sub = sub;
+      item.textContent = name ? `${name} (${sub})` : sub;
+      return item;
+    }),
+  );
 }
 
 function run(promise) {
@@ -141,11 +136,12 @@ async function start(token) {
   $("login").hidden = true;
   $("app").hidden = false;
   const topic = `projects.${me.tenant_id}`;
-  const subscription = client.subscribe(topic, onProjectEvent, { onReset: () => run(reloadProjects()) });
+  const subscription = client.subscribe(topic, onProjectEvent, {
+    onReset: () => run(reloadProjects()),
+    onPresence: showPresence,
+  });
   await subscription.ready;
   await reloadProjects();
-  refreshPresence(topic);
-  setInterval(() => refreshPresence(topic), 2000);
 }
 
 $("login-form").addEventListener("submit", (event) => {

@@ -192,6 +192,9 @@ export interface SubscribeAnswer {
   topic: string;
   offset: string;
   recovered: boolean;
+  /** With `onPresence` only. */
+  presence?: PresenceEntry[];
+  presence_capped?: boolean;
 }
 
 export interface MessageInfo {
@@ -211,11 +214,25 @@ export interface SubscribeOptions {
   since?: string;
   /** The topic's history could not be replayed from `since`: reload the state. */
   onReset?: (info: ResetInfo) => void;
+  /**
+   * Pushed presence (`topics.subscribe` with `presence: true`: the topic's presence role
+   * too): called with the members after each subscribe answer's snapshot (also after a
+   * reconnect) and after each `presence.join` / `presence.leave`.
+   */
+  onPresence?: (members: PresenceEntry[], change: PresenceChange) => void;
 }
 
 export interface PresenceEntry {
   sub: string;
   name: string;
+}
+
+export interface PresenceChange {
+  kind: "snapshot" | "join" | "leave";
+  /** Who joined or left; null for a snapshot. */
+  member: PresenceEntry | null;
+  /** Over the server's cap: the members are the first ones and no events follow. */
+  capped: boolean;
 }
 
 export declare class Subscription<T = unknown> {
@@ -230,6 +247,10 @@ export declare class Subscription<T = unknown> {
   /** Stops delivery at once, sends topics.unsubscribe; never resubscribed. */
   unsubscribe(): Promise<void>;
   presence(): Promise<PresenceEntry[]>;
+  /** With `onPresence`: the members now, one per user, sorted by `sub`. */
+  readonly members: PresenceEntry[];
+  /** With `onPresence`: the topic is over the server's presence cap. */
+  readonly capped: boolean;
 }
 
 export interface JobProgress {

@@ -73,6 +73,9 @@ export const CLOSE_ACTIONS = Object.freeze({
   1011: "reconnect", // a server bug on that socket; the next one is fine
   1012: "reconnect", // service restart
   1013: "reconnect", // slow consumer: the socket's outbound queue overflowed
+  // The user holds the server's cap of sockets. Refused before it was authenticated, so
+  // the backoff is not reset and keeps growing: back in once another of theirs closes.
+  4409: "reconnect",
   // Sustained rate limiting. The caller's bucket refills with time, so coming back is
   // right, but not at once: the delay after a 4429 counts at least RATE_LIMITED_ATTEMPT
   // doublings even when the socket had been open (see _onClose).
@@ -84,6 +87,9 @@ export const CLOSE_ACTIONS = Object.freeze({
   1009: "terminal", // a frame over the server's maximum: the application sent too much
   4401: "terminal", // unauthenticated: no, invalid or expired token
   4403: "terminal", // forbidden origin
+  // An administrator closed all the user's sockets (sessions.disconnect): not with the
+  // same token; a provider is asked once for a fresh one, as after 4401.
+  4410: "terminal",
 });
 
 /** "reconnect" or "terminal"; a code not in CLOSE_ACTIONS reconnects (with backoff). */
@@ -102,6 +108,7 @@ const BUILTIN_IDS = Object.freeze({
   "topics.subscribe": 30,
   "topics.unsubscribe": 31,
   "topics.presence": 33,
+  "topics.channels": 35,
   "jobs.watch": 23,
 });
 
@@ -191,11 +198,17 @@ function answerError(msg, reqId) {
 
 /** A topic subscription; created by client.subscribe(). */
 export class Subscription {
-  constructor(client, topic, onMessage, { since, onReset } = {}) {
+  constructor(client, topic, onMessage, { since, onReset, onPresence } = {}) {
+    if (onPresence !== undefined && typeof onPresence !== "function") {
+      throw new TypeError("onPresence must be a function");
+    }
     this.topic = topic;
     this._client = client;
     this._onMessage = onMessage;
     this._onReset = onReset;
+    this._onPresence = onPresence;
+    this._members = new Map(); // sub -> {sub, name}: the pushed presence, when asked for
+    this._capped = false;
     this._offset = since; // the resume point: last delivered, or where the server said we are
     this._active = true;
     this._settled = false; // ready has resolved or rejected
@@ -225,6 +238,38 @@ export class Subscription {
 
   presence() {
     return this._client.presence(this.topic);
+  }
+
+  /** With `onPresence`: who is on the topic now, sorted by `sub` (one entry per user). */
+  get members() {
+    const bySub = (a, b) => (a.sub < b.sub ? -1 : a.sub > b.sub ? 1 : 0);
+    return [...this._members.values()].sort(bySub);
+  }
+
+  /** The topic has more members than the server pushes: `members` is the first ones, frozen. */
+  get capped() {
+    return this._capped;
+  }
+
+  /** Each subscribe answer brings a fresh snapshot (also after a reconnect): it replaces ours. */
+  _snapshot(answer) {
+    if (!this._onPresence || !Array.isArray(answer.presence)) return;
+    this._members = new Map(answer.presence.map((m) => [m.sub, m]));
+    this._capped = answer.presence_capped === true;
+    this._tellPresence({ kind: "snapshot", member: null });
+  }
+
+  _presenceEvent(msg) {
+    const member = msg.data;
+    if (!this._onPresence || typeof member?.sub !== "string") return;
+    if (msg.event === "presence.join") this._members.set(member.sub, member);
+    else this._members.delete(member.sub);
+    this._tellPresence({ kind: msg.event === "presence.join" ? "join" : "leave", member });
+  }
+
+  _tellPresence(change) {
+    const members = this.members;
+    this._client._safe(() => this._onPresence(members, { ...change, capped: this._capped }));
   }
 
   _confirm(answer) {
@@ -355,6 +400,8 @@ export class RealtimeClient {
         lastStep: undefined,
         answered: false,
         retries: 0,
+        target: undefined, // where this socket's replay of the job's topic ends
+        heldDone: undefined, // a job.done from the personal channel, held until then
       };
       this._watches.set(jobId, watch);
       if (this._canSend()) this._syncWatch(watch, this._conn);
@@ -575,6 +622,7 @@ export class RealtimeClient {
     // Resume first, so that queued calls see the subscriptions in place.
     for (const sub of this._subs.values()) this._syncSub(sub, conn);
     for (const watch of this._watches.values()) this._syncWatch(watch, conn);
+    this._askChannels(conn);
     this._flush(conn);
     this._setState("open", { code: null, reason: "", attempt: this._attempt, delay: 0 });
   }
@@ -724,6 +772,9 @@ export class RealtimeClient {
         return this._onJobEvent(msg);
       case "subscription.recovered":
         return this._onRecovered(msg);
+      case "presence.join":
+      case "presence.leave":
+        return void this._subs.get(msg.topic)?._presenceEvent(msg);
       case "auth.expiring":
         return void this._refresh(conn);
       case "server.draining":
@@ -739,6 +790,26 @@ export class RealtimeClient {
     if (typeof msg.topic !== "string" || typeof msg.offset !== "string") return;
     if (this._subs.has(msg.topic) || msg.topic.startsWith("job:")) return;
     this._serverOffsets.set(msg.topic, msg.offset);
+  }
+
+  /**
+   * Where the server's own subscriptions stand, so that one that has been quiet so far
+   * (no event yet, so no offset) is resumed at the next connect too. The answer comes
+   * after every event it counts, so its offsets replace ours: newer, or of a new epoch.
+   */
+  _askChannels(conn) {
+    if (!this._catalog.has("topics.channels")) return; // a server from before it
+    const noted = (answer) => {
+      for (const { topic, offset } of answer?.channels ?? []) {
+        if (typeof topic !== "string" || typeof offset !== "string") continue;
+        if (!this._subs.has(topic)) this._serverOffsets.set(topic, offset);
+      }
+    };
+    // Refused (a server without it, or a permissions file that omits it): the events'
+    // offsets are all there is, as before. Reported, not fatal.
+    this._request(conn, "topics.channels", {}, noted, (err) => {
+      if (err.code >= 0) this._emit("error", err);
+    });
   }
 
   /** The socket's URL, asking the server to resume its own subscriptions where we were. */
@@ -812,6 +883,7 @@ export class RealtimeClient {
   _syncSub(sub, conn) {
     const since = sub._offset;
     const data = since === undefined ? { topic: sub.topic } : { topic: sub.topic, since };
+    if (sub._onPresence) data.presence = true;
     let settled;
     sub._conn = conn;
     sub._syncing = new Promise((resolve) => (settled = resolve));
@@ -841,6 +913,7 @@ export class RealtimeClient {
       sub._offset = answer.offset;
       if (since !== undefined) this._reset(sub, answer.offset);
     }
+    sub._snapshot(answer);
     sub._confirm(answer);
   }
 
@@ -885,21 +958,50 @@ export class RealtimeClient {
       watch.offset === undefined
         ? { job_id: watch.jobId }
         : { job_id: watch.jobId, since: watch.offset };
+    watch.target = undefined;
     this._request(
       conn,
       "jobs.watch",
       data,
-      () => {
+      (answer) => {
         watch.answered = true;
         watch.retries = 0;
+        watch.target = answer?.offset;
+        this._releaseDone(watch);
       },
       (err) => this._watchFailed(watch, conn, err),
     );
   }
 
+  /**
+   * Nothing more of the job's topic will be replayed on this socket: the replay reached
+   * the watch answer's offset, or there is none (a new epoch, or an empty topic).
+   */
+  _caughtUp(watch) {
+    const target = watch.target;
+    if (typeof target !== "string") return false;
+    if (watch.offset === target) return true;
+    const [epoch, seq] = target.split(":");
+    if (watch.offset === undefined) return seq === "0";
+    return watch.offset.split(":")[0] !== epoch;
+  }
+
+  /** A held job.done resolves the watch once its own replay is over (see _onJobEvent). */
+  _releaseDone(watch) {
+    if (watch.heldDone === undefined || !this._caughtUp(watch)) return;
+    this._finishWatch(watch, watch.heldDone);
+  }
+
+  _finishWatch(watch, data) {
+    this._watches.delete(watch.jobId);
+    for (const l of watch.listeners) l.resolve(data);
+  }
+
   _watchFailed(watch, conn, err) {
     if (this._watches.get(watch.jobId) !== watch) return;
     if (err.code === STATUS.DISCONNECTED || err.code === STATUS.CLOSED) return;
+    // The job is known to be over: that is the answer, whatever the watch could not do.
+    if (watch.heldDone !== undefined) return this._finishWatch(watch, watch.heldDone);
     if (watch.answered && (err.retryable || err.code === STATUS.CLIENT_TIMEOUT)) {
       const delay = backoffDelay(watch.retries++, this._backoff, this._random);
       this._setTimeout(() => {
@@ -918,21 +1020,32 @@ export class RealtimeClient {
     const fromTopic = msg.topic?.startsWith("job:") ? msg.topic.slice(4) : undefined;
     const watch = this._watches.get(data.job_id ?? fromTopic);
     if (!watch) return;
+    if (fromTopic === undefined) return this._onOwnerDone(watch, msg);
     if (msg.offset !== undefined) watch.offset = msg.offset;
-    if (msg.event === "job.done") {
-      this._watches.delete(watch.jobId);
-      for (const l of watch.listeners) l.resolve(data);
-      return;
-    }
+    if (msg.event === "job.done") return this._finishWatch(watch, data);
     // The re-watch resumes after the last offset, so no step should come twice; this
     // guards against a replay that overlaps anyway (belt and braces).
-    if (typeof data.step === "number") {
-      if (watch.lastStep !== undefined && data.step <= watch.lastStep) return;
-      watch.lastStep = data.step;
+    const step = typeof data.step === "number" ? data.step : undefined;
+    const repeated = step !== undefined && watch.lastStep !== undefined && step <= watch.lastStep;
+    if (!repeated) {
+      if (step !== undefined) watch.lastStep = step;
+      for (const l of watch.listeners) {
+        if (l.onProgress) this._safe(() => l.onProgress(data));
+      }
     }
-    for (const l of watch.listeners) {
-      if (l.onProgress) this._safe(() => l.onProgress(data));
-    }
+    this._releaseDone(watch);
+  }
+
+  /**
+   * A job.done from the owner's personal channel (the server sends it there only to a
+   * socket that does not watch the job yet, e.g. in the replay at a reconnect, before
+   * the re-watch). Resolving at once would skip the progress the re-watch is about to
+   * replay, so it waits until that replay is over; its own job.done usually comes first.
+   */
+  _onOwnerDone(watch, msg) {
+    if (msg.event !== "job.done") return;
+    watch.heldDone = msg.data;
+    this._releaseDone(watch);
   }
 
   // -- handlers ------------------------------------------------------------------------

@@ -74,11 +74,20 @@ def test_a_project_created_in_one_tab_appears_in_the_other(browser: Any, demo: s
         admin.click("#projects li:has(.name:text-is('beta')) .delete")
         alice.wait_for_function("document.querySelectorAll('#projects li').length === 0")
         assert project_names(alice) == [] and project_names(admin) == []
-        # presence of the tenant's topic: both users, seen from either tab
+        # pushed presence of the tenant's topic: both users, seen from either tab, and
+        # alice's leave once her tab is gone (no polling in the page)
+        for page in (admin, alice):
+            page.wait_for_function(
+                "['admin', 'alice'].every(s => document.querySelector(`#presence li[data-sub=${s}]`))",
+                timeout=TIMEOUT,
+            )
+        first.close()
         admin.wait_for_function(
-            "['admin', 'alice'].every(s => document.querySelector(`#presence li[data-sub=${s}]`))",
-            timeout=TIMEOUT,
+            "!document.querySelector('#presence li[data-sub=alice]')", timeout=TIMEOUT
         )
+        assert admin.eval_on_selector_all("#presence li", "l => l.map(i => i.dataset.sub)") == [
+            "admin"
+        ]
     finally:
         first.close()
         second.close()
@@ -340,3 +349,77 @@ def test_a_job_watch_survives_a_server_restart(context: Any, tmp_path: Path, pg_
     assert done["state"] == "SUCCESS"
     assert steps == list(range(1, 9)), "a step lost or shown twice across the restart"
     assert "reconnecting" in states
+
+
+# -- a personal channel that was quiet, resumed across a server restart ---------------------
+
+PERSONAL = """async ({token}) => {
+  const { connect } = await import("/client/realtime.js");
+  window.urls = []; window.personal = []; window.states = [];
+  class Recorded extends WebSocket {
+    constructor(url, protocols) { super(url, protocols); window.urls.push(url); }
+  }
+  const client = connect(`ws://${location.host}/ws`,
+    { token, WebSocket: Recorded, backoff: { base: 100, max: 1000 } });
+  client.on("state", (s) => window.states.push(s.state));
+  client.on("event", (e) => { if (e.event === "job.done") window.personal.push(e); });
+  await client.ready();
+  // answered after the client's own topics.channels, which went out first
+  window.channels = await client.call("topics.channels");
+}"""
+
+
+def _rest(address: str, method: str, path: str, token: str, body: Any = None) -> Any:
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"http://{address}{path}",
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.loads(answer.read())
+
+
+def test_a_quiet_personal_channel_is_resumed_after_a_restart(
+    context: Any, tmp_path: Path, pg_url: str
+) -> None:
+    """Nothing came on alice's channel before her node died, so no event told the page
+    where it stood: the connect's topics.channels did, and the job.done published while
+    she was away arrives after the reconnect, once."""
+    import secrets
+
+    from tests.nodes import node, worker
+
+    flush_redis()
+    env = {
+        "REDIS_URL": redis_url(),
+        "DATABASE_URL": pg_url,
+        "REALTIME_JOB_QUEUE": f"jobs:{secrets.token_hex(4)}",
+    }
+    port = free_port()
+    args = ["serve", "--port", str(port)]
+    token = mint(tmp_path, "alice")
+    page = context.new_page()
+    with worker(tmp_path, "worker", **env), node(tmp_path, "other", **env) as other:
+        with process(tmp_path, "node", args, "Application startup complete", **env) as first:
+            page.goto(f"http://127.0.0.1:{port}/health")
+            page.evaluate(PERSONAL, {"token": token})
+            assert page.evaluate("window.personal") == []
+            first.kill()
+        job = _rest(other.address, "POST", "/jobs", token, {"total_steps": 1, "step_seconds": 0})
+        wait_until(
+            lambda: (
+                _rest(other.address, "GET", f"/jobs/{job['job_id']}", token)["state"] == "SUCCESS"
+            ),
+            what="the job to finish while the page is away",
+        )
+        with process(tmp_path, "node", args, "Application startup complete", **env):
+            got = wait_until(lambda: page.evaluate("window.personal"), what="the missed job.done")
+            time.sleep(1.0)  # a second copy would come right behind the first
+            got = page.evaluate("window.personal")
+            urls = page.evaluate("window.urls")
+    assert [e["data"]["job_id"] for e in got] == [job["job_id"]], "missed, or delivered twice"
+    assert got[0]["topic"] == "user.acme.alice" and got[0]["data"]["state"] == "SUCCESS"
+    assert "since.user.acme.alice=" in urls[-1], urls

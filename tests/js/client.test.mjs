@@ -167,10 +167,10 @@ test("backoffDelay stays within [0, min(max, base * 2**attempt)] with full jitte
 });
 
 test("close codes: reconnect or terminal", () => {
-  for (const code of [1000, 1001, 1006, 1011, 1012, 1013, 4429, 4000, 1005]) {
+  for (const code of [1000, 1001, 1006, 1011, 1012, 1013, 4409, 4429, 4000, 1005]) {
     assert.equal(closeAction(code), "reconnect", String(code));
   }
-  for (const code of [4401, 4403, 1008, 1003, 1009]) {
+  for (const code of [4401, 4403, 4410, 1008, 1003, 1009]) {
     assert.equal(closeAction(code), "terminal", String(code));
     assert.equal(CLOSE_ACTIONS[code], "terminal");
   }
@@ -690,6 +690,54 @@ test("the server's own subscriptions resume at the next connect from their last 
   assert.equal(query.get("since.job:j"), null, "a job's topic is the watch's to resume");
 });
 
+test("a quiet server-side subscription resumes from topics.channels' offset", async () => {
+  const catalog = [...CATALOG, { pkg_id: 35, name: "topics.channels", paginated: false }];
+  const fetch = async () => ({ ok: true, status: 200, json: async () => catalog });
+  const h = harness({ fetch });
+  const ws1 = await h.open();
+  const [ask] = ws1.sent.filter((f) => f.pkg_id === 35);
+  assert.ok(ask, "asked where the server's own subscriptions stand");
+  assert.equal(ws1.sent.indexOf(ask), 1, "right after the auth, before queued calls");
+  h.client.subscribe("mine", () => {});
+  ws1.answer(ask, {
+    channels: [
+      { topic: "user.acme.u1", offset: "e:7" },
+      { topic: "projects.acme", offset: "p:2" },
+      { topic: "mine", offset: "m:1" }, // not the server's: the subscription resumes it
+    ],
+  });
+  // an event after the answer is newer than the answer's offset
+  ws1.receive({ event: "message", topic: "projects.acme", offset: "p:3", data: {} });
+  ws1.drop(1006);
+  await h.clock.advance(250);
+  const ws2 = await h.open();
+  const query = new URL(ws2.url).searchParams;
+  assert.equal(query.get("since.user.acme.u1"), "e:7", "quiet, yet resumed");
+  assert.equal(query.get("since.projects.acme"), "p:3");
+  assert.equal(query.get("since.mine"), null);
+  // a server restarted on another epoch: the new answer replaces the old offset
+  ws2.answer(ws2.sent.filter((f) => f.pkg_id === 35)[0], {
+    channels: [{ topic: "user.acme.u1", offset: "f:0" }],
+  });
+  ws2.drop(1012);
+  await h.clock.advance(250);
+  const ws3 = await h.open();
+  assert.equal(new URL(ws3.url).searchParams.get("since.user.acme.u1"), "f:0");
+  assert.deepEqual(h.errors, []);
+});
+
+test("a refused topics.channels is reported and the socket stays open", async () => {
+  const catalog = [...CATALOG, { pkg_id: 35, name: "topics.channels", paginated: false }];
+  const fetch = async () => ({ ok: true, status: 200, json: async () => catalog });
+  const h = harness({ fetch });
+  const ws = await h.open();
+  ws.fail(ws.sent.filter((f) => f.pkg_id === 35)[0], 3, "you may not call topics.channels");
+  await flush();
+  assert.deepEqual(h.errors.map((e) => e.code), [3]);
+  assert.equal(h.client.state, "open");
+  assert.equal(new URL(ws.url).search, "");
+});
+
 test("with nothing delivered, the resubscribe uses the answer's offset", async () => {
   const h = harness();
   const ws1 = await h.open();
@@ -777,6 +825,49 @@ test("presence resolves the answer's presence list", async () => {
   assert.deepEqual(await p, [{ sub: "u1", name: "Ann" }]);
 });
 
+test("onPresence: the snapshot, then joins and leaves, and a fresh snapshot after a reconnect", async () => {
+  const h = harness();
+  const ws1 = await h.open();
+  const calls = [];
+  const sub = h.client.subscribe("chat.7", () => {}, {
+    onPresence: (members, change) => calls.push([members.map((m) => m.sub), change.kind, change.member?.sub]),
+  });
+  const [ask] = ws1.framesOf("topics.subscribe");
+  assert.deepEqual(ask.data, { topic: "chat.7", presence: true });
+  const bob = { sub: "bob", name: "Bob" };
+  ws1.answer(ask, { topic: "chat.7", offset: "e:0", recovered: false, presence: [bob], presence_capped: false });
+  ws1.receive({ event: "presence.join", topic: "chat.7", data: { sub: "amy", name: "Amy" } });
+  ws1.receive({ event: "presence.join", topic: "other", data: { sub: "zed", name: "Zed" } });
+  ws1.receive({ event: "presence.leave", topic: "chat.7", data: bob });
+  assert.deepEqual(calls, [
+    [["bob"], "snapshot", undefined],
+    [["amy", "bob"], "join", "amy"],
+    [["amy"], "leave", "bob"],
+  ]);
+  assert.deepEqual(sub.members, [{ sub: "amy", name: "Amy" }]);
+  ws1.drop(1006);
+  await h.clock.advance(250);
+  const ws2 = await h.open();
+  const [again] = ws2.framesOf("topics.subscribe");
+  assert.deepEqual(again.data, { topic: "chat.7", since: "e:0", presence: true });
+  ws2.answer(again, { topic: "chat.7", offset: "e:0", recovered: true, presence: [bob], presence_capped: true });
+  assert.deepEqual(calls.at(-1), [["bob"], "snapshot", undefined], "replaced, not merged");
+  assert.equal(sub.capped, true);
+  assert.deepEqual(h.errors, []);
+});
+
+test("without onPresence, no presence is asked for and its events are ignored", async () => {
+  const h = harness();
+  const ws = await h.open();
+  const sub = h.client.subscribe("chat.7", () => {});
+  const [ask] = ws.framesOf("topics.subscribe");
+  assert.deepEqual(ask.data, { topic: "chat.7" });
+  ws.answer(ask, { topic: "chat.7", offset: "e:0", recovered: false });
+  ws.receive({ event: "presence.join", topic: "chat.7", data: { sub: "amy", name: "Amy" } });
+  assert.deepEqual(sub.members, []);
+  assert.throws(() => h.client.subscribe("x", () => {}, { onPresence: 1 }), TypeError);
+});
+
 test("a throwing handler is reported on error and does not stop delivery", async () => {
   const h = harness();
   const ws = await h.open();
@@ -831,6 +922,68 @@ test("watchJob drops repeated steps, re-watches from the last offset, resolves o
   assert.deepEqual(steps, [1, 2, 3]);
   progress(ws2, 4, "e:5");
   assert.deepEqual(steps, [1, 2, 3], "nothing after job.done");
+});
+
+/** A watch of job "abc" that saw steps 1 and 2, then a reconnect: [h, ws2, steps, done]. */
+async function watchAcrossReconnect() {
+  const h = harness();
+  const ws1 = await h.open();
+  const steps = [];
+  const done = h.client.watchJob("abc", (p) => steps.push(p.step));
+  ws1.answer(ws1.framesOf("jobs.watch")[0], { job_id: "abc", offset: "e:0" });
+  for (const step of [1, 2]) jobProgress(ws1, step, `e:${step}`);
+  ws1.drop(1006);
+  await h.clock.advance(250);
+  const ws2 = await h.open();
+  return [h, ws2, steps, done];
+}
+
+const jobProgress = (ws, step, offset) =>
+  ws.receive({
+    event: "job.progress",
+    topic: "job:abc",
+    offset,
+    data: { job_id: "abc", progress: step * 10, step, total_steps: 4, payload: {} },
+  });
+
+const END = { job_id: "abc", state: "SUCCESS", result: { steps: 4 } };
+// The owner's copy, replayed at the reconnect before the re-watch is answered.
+const OWNER_DONE = { event: "job.done", topic: "user.acme.u1", offset: "u:5", data: END };
+
+test("a job.done on the personal channel waits for the re-watch's replay of the steps", async () => {
+  const [, ws2, steps, done] = await watchAcrossReconnect();
+  let resolved = null;
+  done.then((d) => (resolved = d));
+  ws2.receive(OWNER_DONE);
+  await flush();
+  assert.equal(resolved, null, "held: the steps the job's topic replays come first");
+  ws2.answer(ws2.framesOf("jobs.watch")[0], { job_id: "abc", offset: "e:5" });
+  jobProgress(ws2, 3, "e:3");
+  jobProgress(ws2, 4, "e:4");
+  await flush();
+  assert.equal(resolved, null);
+  ws2.receive({ event: "job.done", topic: "job:abc", offset: "e:5", data: END });
+  assert.deepEqual(await done, END);
+  assert.deepEqual(steps, [1, 2, 3, 4], "no step lost across the reconnect");
+});
+
+test("a held job.done resolves when the job's topic has nothing more to replay", async () => {
+  for (const offset of ["e:2", "f:0"]) {
+    // e:2: the re-watch is already where the watch was; f:0: a new epoch, nothing replayed
+    const [, ws2, steps, done] = await watchAcrossReconnect();
+    ws2.receive(OWNER_DONE);
+    ws2.answer(ws2.framesOf("jobs.watch")[0], { job_id: "abc", offset });
+    assert.deepEqual(await done, END, offset);
+    assert.deepEqual(steps, [1, 2]);
+  }
+});
+
+test("a held job.done resolves the watch that the server then refuses", async () => {
+  const [h, ws2, , done] = await watchAcrossReconnect();
+  ws2.receive(OWNER_DONE);
+  ws2.fail(ws2.framesOf("jobs.watch")[0], 4, "job not found");
+  assert.deepEqual(await done, END);
+  assert.deepEqual(h.errors, []);
 });
 
 test("a refused watch rejects the promise", async () => {

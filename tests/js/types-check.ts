@@ -68,6 +68,18 @@ export async function usage(): Promise<void> {
   const who = await sub.presence();
   console.log(recovered, offset, who[0]?.name, (await client.presence("broadcast")).length);
   await sub.unsubscribe();
+  const room = client.subscribe("chat.7", () => {}, {
+    onPresence: (members, change) => {
+      const names: string[] = members.map((m) => m.name);
+      const joined: string | undefined = change.kind === "join" ? change.member?.sub : undefined;
+      console.log(names, joined, change.capped);
+    },
+  });
+  const here: number = room.members.length;
+  const capped: boolean = room.capped;
+  console.log(here, capped);
+  // @ts-expect-error: a change kind the server does not send
+  client.subscribe("chat.8", () => {}, { onPresence: (_m, c) => c.kind === "moved" });
 
   const done: JobDone = await client.watchJob("abc", (p) => console.log(p.step, p.progress));
   if (done.state === "SUCCESS") console.log(done.result);
