@@ -418,16 +418,22 @@ class Hub:
         if self._epochs.get(topic) is None:
             self._epochs[topic] = await self.backend.epoch(topic)
         frame = message_frame(topic, self._epochs[topic] or "-", event)
-        delivered = 0  # counted here, added once: the loop is the hot path
-        for subscription in list(self._subs.get(topic, {}).values()):
+        subscriptions = list(self._subs.get(topic, {}).values())
+        # the loop is the hot path: it counts only the (rare) sockets it does not send to
+        skipped = 0
+        for subscription in subscriptions:
             if subscription.pending is not None:
                 subscription.pending.append(event)
+                skipped += 1
             elif event.seq > subscription.start:
                 subscription.start = event.seq
                 if event.unless is None or not self._already_told(event, subscription.subscriber):
                     subscription.subscriber.enqueue(frame)
-                    delivered += 1
-        self._count_delivery(event, delivered)
+                else:
+                    skipped += 1
+            else:
+                skipped += 1
+        self._count_delivery(event, len(subscriptions) - skipped)
 
     def _count_delivery(self, event: Event, delivered: int) -> None:
         """One publication fanned out on this node: its deliveries and its lag, once."""

@@ -124,7 +124,10 @@ async def test_a_refused_publish_is_unavailable_a_dropped_one_unknown() -> None:
         raise RedisConnectionError("Connection closed by server.")
 
     with pytest.raises(BusOutcomeUnknown):
-        await refused._call(dropped(), write=True)
+        await refused._call("publish", dropped(), write=True)
     with pytest.raises(BusUnavailable) as error:
-        await refused._call(dropped())  # a read: nothing was changed
+        await refused._call("history", dropped())  # a read: nothing was changed
     assert type(error.value) is BusUnavailable
+    # each failed call counted once, under its operation (realtime_bus_errors_total)
+    failures = refused.failures()
+    assert (failures["publish"], failures["history"], failures["read"]) == (2, 1, 0)
