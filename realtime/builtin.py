@@ -41,7 +41,8 @@ async def sessions_list(ctx: Context, data: JSONObject) -> Page:
 
 
 async def sessions_disconnect(ctx: Context, data: JSONObject) -> dict[str, Any]:
-    """Close every socket of user `sub` of the caller's tenant, on every node (4410)."""
+    """Close every socket of user `sub` of the caller's tenant, on every node (4410), and
+    refuse the tokens the user was issued until now, for REALTIME_REVOKE_SECONDS."""
     sessions = cast("Framework", ctx.services).sessions
     return await sessions.disconnect(ctx.principal.tenant_id, data["sub"], data.get("reason", ""))
 
@@ -76,8 +77,17 @@ DISCONNECTED = {
             "type": "integer",
             "description": "nodes told that did not say in time how many they closed",
         },
+        "revoked_at": {
+            "type": "integer",
+            "description": "the user's tokens issued at or before this time (Unix seconds) "
+            "are refused (4401 token revoked, REST 401) on every node",
+        },
+        "revoked_until": {
+            "type": "integer",
+            "description": "until this time: revoked_at + REALTIME_REVOKE_SECONDS",
+        },
     },
-    "required": ["sub", "closed", "nodes", "unanswered_nodes"],
+    "required": ["sub", "closed", "nodes", "unanswered_nodes", "revoked_at", "revoked_until"],
 }
 
 SESSION_PACKAGES = [
@@ -111,7 +121,8 @@ SESSION_PACKAGES = [
         response_schema=DISCONNECTED,
         rest=Rest("POST", "/sessions/{sub}/disconnect"),
         audited=True,
-        description="Close every socket of a user of the caller's tenant, on every node (4410).",
+        description="Close every socket of a user of the caller's tenant, on every node (4410); "
+        "their tokens issued until now are refused for REALTIME_REVOKE_SECONDS.",
     ),
 ]
 

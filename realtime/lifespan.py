@@ -133,6 +133,7 @@ async def build_services(
             client_id=settings.keycloak_client_id,
             tenant_claim=settings.tenant_claim,
             cache_size=settings.token_cache,
+            revocations=sessions.revocations,
         )
         broker = broker or broker_from_url(settings.bus_url, settings)
         jobs = Jobs(broker, [*builtin_tasks(settings), *tasks])

@@ -7,7 +7,10 @@ Built on it:
   (the newest) is closed with 4409 and the user's other sockets stay;
 - `sessions.list`: a tenant's sockets, each with its sub, node, connected_at, remote
   address and path (never a token);
-- `sessions.disconnect`: every socket of one user, on every node, closed with 4410.
+- `sessions.disconnect`: every socket of one user, on every node, closed with 4410, and
+  the user's tokens issued until then refused for REALTIME_REVOKE_SECONDS (4401 `token
+  revoked`, REST 401) on every node: each node keeps a copy of the revocations in force
+  (`revocations`, realtime.auth.revoked), which the token verifier reads.
 
 A user is (tenant, sub): the same sub in another tenant is another user.
 
@@ -29,6 +32,17 @@ sockets): every node listening closes its own sockets of the user and tells the 
 node how many on that node's own channel. The asker waits at most REPLY_WAIT for as many
 answers as PUBLISH says nodes heard it, and answers what it knows: the sockets closed on
 the nodes that answered, how many nodes heard it, how many did not answer in time.
+
+The revocation goes with it: in one transaction the asker writes the user's key
+`realtime:revoked:{<tenant>}:<sub>` (expiring after REALTIME_REVOKE_SECONDS) and
+publishes the order, which carries its time; every node hearing it records it before it
+closes the user's sockets. A node loads every such key (SCAN) whenever it subscribes:
+at start, so a node started later refuses those tokens too, and after its subscription
+failed, for the orders it missed meanwhile. A first load that does not finish within
+twice REALTIME_REDIS_TIMEOUT (a hung Redis, a very large database to SCAN): the node
+starts with the revocations it hears from then on, logs it, and loads the rest once Redis
+answers. (With Redis down the node does not start at all: its job broker needs Redis.)
+No handshake waits on Redis for this: the verifier reads the node's copy only.
 """
 
 from __future__ import annotations
@@ -47,6 +61,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 import orjson
 
 from realtime.audit import node_name
+from realtime.auth.revoked import Revocations
 from realtime.exceptions import (
     CloseError,
     Disconnected,
@@ -70,6 +85,8 @@ LOG_EVERY = 60.0  # seconds between two warnings of the same kind
 BATCH = 500  # sockets per refresh pipeline
 GONE_MAX = 10_000  # removals kept for a retry while Redis is down (the rest expire)
 KEY_PREFIX = "realtime:sessions:"
+REVOKED_PREFIX = "realtime:revoked:"
+SCAN_COUNT = 1000  # keys per SCAN step when a node loads the revocations
 REPLY_WAIT = 1.0  # seconds a disconnect waits for the other nodes' counts
 RETRY_AFTER = 2
 CLOSE_REASON_BYTES = 123  # what a WebSocket close frame can carry
@@ -155,6 +172,12 @@ def user_keys(key: UserKey) -> list[str]:
     return [f"{KEY_PREFIX}{tag}:u:{sub}", f"{KEY_PREFIX}{tag}:z", f"{KEY_PREFIX}{tag}:h"]
 
 
+def revoked_key(key: UserKey) -> str:
+    """The Redis key of a user's revocation."""
+    tenant, sub = key
+    return f"{REVOKED_PREFIX}{_tag(tenant)}:{sub}"
+
+
 def _connected_at() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -162,8 +185,9 @@ def _connected_at() -> str:
 class Sessions:
     """In process (the embedded default): this node is the whole fleet."""
 
-    def __init__(self, cap: int, metrics: Metrics) -> None:
+    def __init__(self, cap: int, metrics: Metrics, revocations: Revocations) -> None:
         self.cap = cap
+        self.revocations = revocations
         self.node = node_name()
         self._metrics = metrics
         self._users: dict[UserKey, dict[str, _Entry]] = {}
@@ -184,6 +208,9 @@ class Sessions:
         await self._admit(entry)
         self._users.setdefault(entry.key, {})[socket.id] = entry
         self._keys[socket.id] = entry.key
+        # the user may have been cut off while this socket was being admitted (its token
+        # verified before): now a disconnect either finds it or has been recorded
+        self.revocations.check(principal)
 
     async def _admit(self, entry: _Entry) -> None:
         self._check_local(entry)
@@ -234,9 +261,24 @@ class Sessions:
         ]
 
     async def disconnect(self, tenant: str, sub: str, reason: str) -> dict[str, Any]:
-        """Close every socket of the user with 4410; what was done (see RedisSessions)."""
+        """Refuse the user's tokens issued until now, close every socket of the user with
+        4410; what was done (see RedisSessions)."""
+        at = self.revocations.now()
+        self.revocations.revoke(tenant, sub, at)
         closed = self.close_local(tenant, sub, reason)
-        return {"sub": sub, "closed": closed, "nodes": 1, "unanswered_nodes": 0}
+        return self._disconnected(sub, at, closed, nodes=1, unanswered=0)
+
+    def _disconnected(
+        self, sub: str, at: int, closed: int, *, nodes: int, unanswered: int
+    ) -> dict[str, Any]:
+        return {
+            "sub": sub,
+            "closed": closed,
+            "nodes": nodes,
+            "unanswered_nodes": unanswered,
+            "revoked_at": at,
+            "revoked_until": at + self.revocations.seconds,
+        }
 
     def close_local(self, tenant: str, sub: str, reason: str) -> int:
         """Close this node's sockets of the user with 4410; how many."""
@@ -251,12 +293,21 @@ class Sessions:
 class RedisSessions(Sessions):
     """The fleet's sockets in Redis (REDIS_URL): see the module's docstring."""
 
-    def __init__(self, cap: int, metrics: Metrics, redis: Any, *, ttl: float, timeout: float):
+    def __init__(
+        self,
+        cap: int,
+        metrics: Metrics,
+        revocations: Revocations,
+        redis: Any,
+        *,
+        ttl: float,
+        timeout: float,
+    ):
         # (the embedded default never loads redis)
         from redis.exceptions import RedisError
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
-        super().__init__(cap, metrics)
+        super().__init__(cap, metrics, revocations)
         self._redis = redis
         self._ttl = ttl
         self._key_ttl = math.ceil(ttl * 4)
@@ -277,10 +328,26 @@ class RedisSessions(Sessions):
         self._down_until = 0.0
         self._logged: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._loaded = asyncio.Event()  # the revocations in Redis loaded once
 
     async def start(self) -> None:
         self._spawn(self._keep())
         self._spawn(self._listen())
+        await self._first_load()
+
+    async def _first_load(self) -> None:
+        """Wait (a bounded time) for the revocations in Redis, so that a node starting
+        refuses the tokens the fleet refuses before it serves anyone."""
+        bound = self._timeout * 2
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(bound):
+                await self._loaded.wait()
+        if not self._loaded.is_set():
+            logger.warning(
+                "sessions: the revocations were not loaded from Redis within %.1f s: "
+                "serving with those heard from now on until Redis answers",
+                bound,
+            )
 
     async def stop(self, bound: float) -> None:
         """Cancel the background tasks; wait for them at most `bound` seconds (a call
@@ -383,13 +450,17 @@ class RedisSessions(Sessions):
         answers how many; `closed` counts those of the nodes that answered in time."""
         request = secrets.token_hex(8)
         answers = self._asked[request] = _Answers()
-        order = {"op": "disconnect", "id": request, "from": self._id}
-        message = orjson.dumps({**order, "tenant": tenant, "sub": sub, "reason": reason})
+        at = self.revocations.now()
+        order = {"op": "disconnect", "id": request, "from": self._id, "at": at}
+        order |= {"seconds": self.revocations.seconds, "tenant": tenant, "sub": sub}
         try:
-            heard = int(await self._call(self._redis.publish(self._channel, message)))
+            heard = await self._call(self._revoke(order, orjson.dumps({**order, "reason": reason})))
+            self.revocations.revoke(tenant, sub, at)  # this node's own, before it hears it
             await answers.wait(heard, REPLY_WAIT)
         except _Down as error:
             if error.timed_out:
+                # the order may have gone out: this node refuses the tokens as the others may
+                self.revocations.revoke(tenant, sub, at)
                 raise OutcomeUnknown(
                     "Redis did not answer in time: some sockets may have been closed"
                 ) from None
@@ -397,12 +468,18 @@ class RedisSessions(Sessions):
         finally:
             del self._asked[request]
         unanswered = max(0, heard - answers.nodes)
-        return {
-            "sub": sub,
-            "closed": answers.closed,
-            "nodes": heard,
-            "unanswered_nodes": unanswered,
-        }
+        return self._disconnected(sub, at, answers.closed, nodes=heard, unanswered=unanswered)
+
+    async def _revoke(self, order: dict[str, Any], message: bytes) -> int:
+        """Write the user's revocation and publish the order, both or neither; how many
+        nodes heard it."""
+        key = revoked_key((order["tenant"], order["sub"]))
+        record = orjson.dumps({k: order[k] for k in ("tenant", "sub", "at")})
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, record, ex=self.revocations.seconds)
+            pipe.publish(self._channel, message)
+            _, heard = await pipe.execute()
+        return int(heard)
 
     async def _listen(self) -> None:
         """This node's subscription to the disconnects and to the answers it is owed,
@@ -412,6 +489,8 @@ class RedisSessions(Sessions):
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await self._call(pubsub.subscribe(self._channel, self._inbox))
+                await self._load()  # after subscribing: no order falls between the two
+                self._loaded.set()
                 backoff = 0.1
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
@@ -438,10 +517,50 @@ class RedisSessions(Sessions):
                 return
             if op == "disconnect":
                 tenant, sub = _field(message, "tenant", str), _field(message, "sub", str)
+                self._heard_revocation(message, tenant, sub)
                 closed = self.close_local(tenant, sub, _field(message, "reason", str))
                 self._spawn(self._answer(_field(message, "from", str), request, closed))
         except (ValueError, TypeError):
             logger.warning("sessions: an unusable message on %s ignored", self._channel)
+
+    def _heard_revocation(self, message: dict[str, Any], tenant: str, sub: str) -> None:
+        at, seconds = message.get("at"), message.get("seconds")
+        if isinstance(at, int) and isinstance(seconds, int):
+            self.revocations.revoke(tenant, sub, at, seconds)
+        else:  # an order without its time (a node of an earlier version): from now
+            self.revocations.revoke(tenant, sub, self.revocations.now())
+
+    async def _load(self) -> None:
+        """Every revocation in Redis into this node's copy, a SCAN step at a time."""
+        cursor = 0
+        while True:
+            step = self._redis.scan(cursor, match=f"{REVOKED_PREFIX}*", count=SCAN_COUNT)
+            cursor, keys = await self._call(step)
+            if keys:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for key in keys:
+                        pipe.get(key)
+                        pipe.pttl(key)
+                    found = await self._call(pipe.execute())
+                for record, pttl in zip(found[::2], found[1::2], strict=True):
+                    self._loaded_revocation(record, pttl)
+            if not int(cursor):
+                return
+
+    def _loaded_revocation(self, record: bytes | None, pttl: int) -> None:
+        if record is None or pttl == -2:
+            return  # expired between the SCAN and the GET
+        try:
+            found = orjson.loads(record)
+            if not isinstance(found, dict):
+                raise TypeError("not an object")
+            tenant, sub = _field(found, "tenant", str), _field(found, "sub", str)
+            at = _field(found, "at", int)
+        except (ValueError, TypeError):
+            logger.warning("sessions: an unusable revocation in Redis ignored")
+            return
+        # what is left of it (a key without expiry, none of ours: the full time)
+        self.revocations.revoke(tenant, sub, at, pttl / 1000 if pttl > 0 else None)
 
     async def _answer(self, asker: str, request: str, closed: int) -> None:
         message = orjson.dumps({"op": "closed", "id": request, "closed": closed})
@@ -556,8 +675,9 @@ async def open_sessions(settings: Settings, metrics: Metrics) -> AsyncIterator[S
     """The node's registry: in process, or in Redis with REDIS_URL (on a client of its
     own, closed at the end within REALTIME_REDIS_TIMEOUT)."""
     cap = settings.max_sockets_per_user
+    revocations = Revocations(settings.revoke_seconds)
     if settings.redis_url is None:
-        yield Sessions(cap, metrics)
+        yield Sessions(cap, metrics, revocations)
         return
     from redis.asyncio import Redis
 
@@ -565,7 +685,9 @@ async def open_sessions(settings: Settings, metrics: Metrics) -> AsyncIterator[S
     redis = Redis.from_url(
         settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
     )
-    sessions = RedisSessions(cap, metrics, redis, ttl=settings.presence_ttl, timeout=timeout)
+    sessions = RedisSessions(
+        cap, metrics, revocations, redis, ttl=settings.presence_ttl, timeout=timeout
+    )
     await sessions.start()
     try:
         yield sessions

@@ -117,6 +117,13 @@ def _audit_batch(value: str) -> int:
     return number
 
 
+def _positive_int(value: str) -> int:
+    number = _int(value)
+    if number < 1:
+        raise ValueError(f"expected a positive integer, got {value!r}")
+    return number
+
+
 def _env(name: str, parse: Callable[[str], Any], default: Any) -> Any:
     return field(default=default, metadata={"env": name, "parse": parse})
 
@@ -207,6 +214,9 @@ class Settings:
     max_connections: int = _env("REALTIME_MAX_CONNECTIONS", _int, 0)
     # concurrent sockets per user (tenant + sub), counted fleet-wide with REDIS_URL; 0: no cap
     max_sockets_per_user: int = _env("REALTIME_MAX_SOCKETS_PER_USER", _int, 0)
+    # seconds `sessions.disconnect` refuses the user's tokens issued until then: longer
+    # than the identity provider's access tokens live, or an old token outlives it
+    revoke_seconds: int = _env("REALTIME_REVOKE_SECONDS", _positive_int, 86400)
     # the audit log (realtime.audit): rows held in memory at most, written every
     # `audit_flush` seconds or as soon as `audit_batch` are waiting
     audit_queue: int = _env("REALTIME_AUDIT_QUEUE", _int, 10_000)

@@ -155,14 +155,21 @@ def test_redis_failing_falls_back_to_the_nodes_own_count(tmp_path: Path, fault: 
                 listing = client.get("/sessions", headers=root)
                 assert (listing.status_code, listing.headers["retry-after"]) == (503, "2")
                 kicked = client.post("/sessions/alice/disconnect", headers=root)
+                me = client.get("/me", headers=alice)
                 if fault == "cut":
                     assert (kicked.status_code, kicked.json()["error"]["message"]) == (
                         503,
                         "Redis is unavailable: no socket was closed",
                     )
+                    assert me.status_code == 200  # nothing revoked either
                 else:
                     assert kicked.status_code == 504
                     assert kicked.json()["error"]["details"] == {"outcome": "unknown"}
+                    # the order may have gone out: this node refuses her tokens as others may
+                    assert (me.status_code, me.json()["error"]["message"]) == (
+                        401,
+                        "token revoked",
+                    )
                 assert echo(first, 3) == 3
             proxy.restore()
 
@@ -325,9 +332,13 @@ def test_sessions_disconnect_closes_that_user_only_and_is_audited(
     ):
         for n, ws in enumerate((first, second, bobs, other)):
             assert echo(ws, n) == n  # all admitted
+        before = int(time.time())
         answer = client.post("/sessions/alice/disconnect", json={"reason": "policy"}, headers=root)
         assert answer.status_code == 200, answer.text
-        assert answer.json() == {"sub": "alice", "closed": 2, "nodes": 1, "unanswered_nodes": 0}
+        body = answer.json()
+        revoked = {"revoked_at": body["revoked_at"], "revoked_until": body["revoked_at"] + 86400}
+        assert body == {"sub": "alice", "closed": 2, "nodes": 1, "unanswered_nodes": 0, **revoked}
+        assert before <= body["revoked_at"] <= time.time()  # now, in Unix seconds
         reason = "disconnected by an administrator: policy"
         assert close_of(first) == close_of(second) == (4410, reason)
         assert (echo(bobs, 5), echo(other, 6)) == (5, 6)  # bob, and alice of another tenant
@@ -383,7 +394,8 @@ async def test_sessions_disconnect_closes_the_users_sockets_on_both_nodes_only(
     bobs = [await ws_connect(n.address, **bearer(bob)) for n in (a, b)]
     assert all([await answers(ws, n) for n, ws in enumerate(alices + bobs)])
     answer = await ws_call(admin, SESSIONS_DISCONNECT, {"sub": "alice"})
-    assert answer["data"] == {"sub": "alice", "closed": 2, "nodes": 2, "unanswered_nodes": 0}
+    counts = {k: answer["data"][k] for k in ("sub", "closed", "nodes", "unanswered_nodes")}
+    assert counts == {"sub": "alice", "closed": 2, "nodes": 2, "unanswered_nodes": 0}
     for ws in alices:
         assert await ws_closed(ws) == (4410, "disconnected by an administrator")
     assert all([await answers(ws, 10 + n) for n, ws in enumerate(bobs)])

@@ -10,6 +10,10 @@ sockets of a reconnect storm or of one user's tabs cost one signature check, not
 each. An entry is used only while its token has not expired and while the key source
 still gives the very key that verified it (a rotated or refreshed key set verifies again),
 and the cache is bounded (least recently used out first). Failures are never cached.
+
+Every principal established, from the cache or not, is then checked against the node's
+revocations (realtime.auth.revoked: a dict lookup): a user cut off by
+`sessions.disconnect` gets `token revoked` for the tokens issued until then.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from joserfc.jwt import JWTClaimsRegistry
 
 from realtime.auth.keys import KeySource
 from realtime.auth.principal import Principal
+from realtime.auth.revoked import Revocations
 from realtime.exceptions import AuthError
 
 MAX_TOKEN_BYTES = 16 * 1024
@@ -45,8 +50,10 @@ class TokenVerifier:
         tenant_claim: str,
         cache_size: int = 10_000,
         clock: Callable[[], float] = time.time,
+        revocations: Revocations | None = None,
     ) -> None:
         self._keys = keys
+        self._revocations = revocations
         self._cache: OrderedDict[bytes, tuple[Principal, Any]] = OrderedDict()
         self._cache_size = cache_size
         self._clock = clock
@@ -60,6 +67,12 @@ class TokenVerifier:
 
     async def verify(self, token: str) -> Principal:
         """Return the token's principal, or raise AuthError with a short safe reason."""
+        principal = await self._verified(token)
+        if self._revocations is not None:
+            self._revocations.check(principal)
+        return principal
+
+    async def _verified(self, token: str) -> Principal:
         kid = self._read_header(token)
         key = await self._keys.get(kid)
         if key is None:
