@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +32,16 @@ class Node:
         return self.log.read_text()
 
     def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
+        """SIGKILL to the node and every process it started (`--workers N`'s servers
+        would outlive their supervisor, and go on serving and subscribing)."""
+        kill_group(self.process)
         self.process.wait(10)
+
+
+def kill_group(child: subprocess.Popen[str]) -> None:
+    """SIGKILL to the process group `child` leads (started with start_new_session)."""
+    with suppress(ProcessLookupError, PermissionError):  # the group is gone already
+        os.killpg(child.pid, signal.SIGKILL)
 
 
 def node_env(tmp_path: Path, **env: str) -> dict[str, str]:
@@ -65,18 +73,18 @@ def process(tmp_path: Path, name: str, args: list[str], ready: str, **env: str) 
             stdout=output,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=True,  # its own group: a kill reaches what it started too
         )
     deadline = time.monotonic() + 30
     while ready not in log.read_text():
         if child.poll() is not None or time.monotonic() > deadline:
-            child.kill()
+            kill_group(child)
             raise RuntimeError(f"{name} did not start:\n{log.read_text()}")
         time.sleep(0.05)
     try:
         yield Node(child, "", log)
     finally:
-        if child.poll() is None:
-            child.kill()
+        kill_group(child)  # even when the leader is gone: its workers may not be
         child.wait(10)
 
 
