@@ -232,6 +232,8 @@ def _uvicorn_options(
         "log_level": settings.log_level,
         # request heads and connections bounded (the app's lifespan gives the limits)
         "http": "realtime.guard:GuardedHttpProtocol",
+        # uvicorn's websockets-sansio protocol, holding less per idle socket
+        "ws": "realtime.socket.wsprotocol:LeanWebSocketProtocol",
     }
 
 
