@@ -3,7 +3,8 @@
 What the socket sends goes through its `Outbox` (realtime.socket.outbox: the bounded
 queue, the writer, the one 1013 decision); what a frame means is decided by a frame
 handler (realtime.socket.frames: package requests, echo). On disconnect every task of
-the socket (reader, writer, handlers, expiry timer) is cancelled and awaited.
+the socket (reader, writer, handlers) is cancelled and awaited, and its expiry timer
+cancelled.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import secrets
 import socket
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from starlette.routing import Match, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from realtime.auth.principal import Principal
@@ -115,14 +117,27 @@ class ASGIChannels:
     every frame and do nothing for an accepted socket (the Connection tracks its own
     state and catches a dead peer's errors itself). The handshake, accept and close still
     go through Starlette's WebSocket.
+
+    realtime's own sockets (`sockets`: the routes whose endpoint serves a Connection) are
+    served from here, past Starlette's exception middleware and router: their eight
+    coroutines (middleware, router, route, session wrappers) stay suspended for the
+    socket's whole life, ~4 KiB of every idle socket, and do nothing for it (a
+    Connection answers its own errors with close codes). Any other route is Starlette's.
     """
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, sockets: Sequence[WebSocketRoute] = ()) -> None:
         self.app = app
+        self._sockets = tuple(sockets)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "websocket":
             scope[ASGI_CHANNELS] = (receive, send)
+            for route in self._sockets:
+                match, child_scope = route.matches(scope)
+                if match is Match.FULL:
+                    scope.update(child_scope)
+                    await route.endpoint(WebSocket(scope, receive, send))
+                    return
         await self.app(scope, receive, send)
 
 
@@ -162,7 +177,7 @@ class Connection:
         self._put = self.outbox.put
         self.requests = Requests(self)
         self._reader: asyncio.Task[None] | None = None
-        self._expiry: asyncio.Task[None] | None = None
+        self._expiry: asyncio.TimerHandle | None = None
         self._frames = 0
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -214,9 +229,9 @@ class Connection:
         self.state = State.CLOSING
         self.outbox.closed = True  # nothing may start a send any more
         self.services.hub.drop(self)
-        tasks = [
-            t for t in (self._reader, self._expiry, *self.outbox.tasks(), *self.requests.tasks) if t
-        ]
+        if self._expiry is not None:
+            self._expiry.cancel()
+        tasks = [t for t in (self._reader, *self.outbox.tasks(), *self.requests.tasks) if t]
         for task in tasks:
             task.cancel()
         # a second cancellation while we wait must not replace the one being raised
@@ -359,18 +374,27 @@ class Connection:
 
     def _authenticated(self, principal: Principal) -> None:
         self.principal = principal
+        self._expire_at(principal.expires_at)
+
+    # The expiry is two timer handles in turn, not a task: a task sleeping until the
+    # token expires held a task, its coroutine, a future and a context copy for the
+    # whole life of every socket (~1.6 KiB: docs/benchmarks.md, Idle memory).
+
+    def _expire_at(self, expires_at: int) -> None:
+        """Warn `expiry_warning` seconds before exp, close with 4401 at exp (PROTOCOL.md 1.2)."""
         if self._expiry is not None:
             self._expiry.cancel()
-        self._expiry = asyncio.create_task(self._expire(principal.expires_at))
-
-    async def _expire(self, expires_at: int) -> None:
-        """Warn `expiry_warning` seconds before exp, close with 4401 at exp (PROTOCOL.md 1.2)."""
         warn_in = expires_at - time.time() - self.settings.expiry_warning
-        if warn_in > 0:
-            await asyncio.sleep(warn_in)
+        loop = asyncio.get_running_loop()
+        self._expiry = loop.call_later(max(0.0, warn_in), self._warn_expiring, expires_at)
+
+    def _warn_expiring(self, expires_at: int) -> None:
         remaining = max(0.0, expires_at - time.time())
         self.enqueue(encode_event(AUTH_EXPIRING, {"expires_in": round(remaining)}))
-        await asyncio.sleep(remaining)
+        self._expiry = asyncio.get_running_loop().call_later(remaining, self._expired)
+
+    def _expired(self) -> None:
+        self._expiry = None
         self.close(AuthError("token expired"))
 
     async def refresh(self, token: str) -> Principal:
