@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import secrets
 import socket
@@ -93,6 +94,24 @@ def presented_token(websocket: WebSocket) -> str | None:
     return websocket.query_params.get("token") or None
 
 
+def forget_token(scope: Any) -> None:
+    """Drop the handshake's token from the scope once it is verified (the Authorization
+    header, a `bearer.` subprotocol): nothing reads it again, and every idle socket kept
+    its copy (~1 KiB, more for Keycloak's tokens: docs/benchmarks.md, Idle memory).
+    In place: Starlette's cached `websocket.headers` is a view of the same list."""
+    headers = scope.get("headers")
+    if isinstance(headers, list):
+        headers[:] = [
+            (name, value)
+            for name, value in headers
+            if name != b"authorization"
+            and not (name == b"sec-websocket-protocol" and BEARER_SUBPROTOCOL.encode() in value)
+        ]
+    offered = scope.get("subprotocols")
+    if isinstance(offered, list):
+        offered[:] = [name for name in offered if not name.startswith(BEARER_SUBPROTOCOL)]
+
+
 def origin_allowed(websocket: WebSocket, allowed: tuple[str, ...] | None) -> bool:
     """No Origin (non-browser) passes; unset ALLOWED_ORIGINS means same-origin only."""
     origin = websocket.headers.get("origin")
@@ -101,6 +120,11 @@ def origin_allowed(websocket: WebSocket, allowed: tuple[str, ...] | None) -> boo
     if allowed is None:
         return urlsplit(origin).netloc.lower() == websocket.headers.get("host", "").lower()
     return "*" in allowed or origin.rstrip("/") in allowed
+
+
+def _settle(future: asyncio.Future[None], _: object) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 FrameHandler = Callable[["Connection", str], None]
@@ -209,7 +233,13 @@ class Connection:
             self.close(GoingAway())
 
     async def _supervise(self, reader: asyncio.Task[None], writer: asyncio.Task[None]) -> None:
-        await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+        # one future the two tasks' ends complete, not asyncio.wait: its two coroutines
+        # and their future stayed suspended for the socket's life (~0.7 KiB per socket)
+        either: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        settle = functools.partial(_settle, either)
+        reader.add_done_callback(settle)
+        writer.add_done_callback(settle)
+        await either
         if reader.done() and not reader.cancelled():
             error = reader.exception()
             if isinstance(error, CloseError):
@@ -283,6 +313,12 @@ class Connection:
     # -- reading -----------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
+        # two steps: what the handshake's frame held (the token, ~1 KiB) goes with it,
+        # where this frame, suspended for the socket's life, would have kept it
+        await self._open()
+        await self._serve_frames()
+
+    async def _open(self) -> None:
         if not origin_allowed(self.websocket, self.settings.allowed_origins):
             raise ForbiddenOrigin()
         self.state = State.AUTHENTICATING
@@ -293,7 +329,7 @@ class Connection:
         self.outbox.direct = True
         if self._on_open is not None:
             await self._on_open(self)
-        await self._serve_frames()
+        forget_token(self.websocket.scope)
 
     async def _serve_frames(self) -> None:
         """Hand each text frame to `on_frame`, whose answers the writer writes together

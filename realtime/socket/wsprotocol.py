@@ -13,7 +13,9 @@ Given to uvicorn as `ws="realtime.socket.wsprotocol:LeanWebSocketProtocol"` by
   when someone waits;
 - the handshake: the parsed upgrade request and the response (their headers, the
   token among them) are kept by uvicorn for the socket's whole life, and used only
-  until the response is written; they are dropped then.
+  until the response is written; they are dropped then. websockets' parser holds the
+  request for as long too (a local of its suspended generator): its headers are
+  emptied once the scope has its own copy and the response is decided.
 """
 
 from __future__ import annotations
@@ -59,18 +61,12 @@ class _Inbox:
             self._head = 0
         return item
 
-    async def wait(self) -> None:
-        """Until a message is put (one reader: the socket's)."""
-        self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-
-    async def get(self) -> Any:
-        while self.empty():
-            await self.wait()
-        return self.pop()
+    def waiter(self) -> asyncio.Future[None]:
+        """A future done once a message is put (one reader waits: the socket's). Awaited
+        by the reader's own coroutine: a coroutine of its own here would stay suspended,
+        and allocated, for as long as the socket is idle."""
+        self._waiter = waiter = asyncio.get_running_loop().create_future()
+        return waiter
 
 
 class _Writable:
@@ -115,6 +111,12 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
         self.queue: _Inbox = _Inbox()  # type: ignore[assignment]
         self.writable: _Writable = _Writable()  # type: ignore[assignment]
 
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        # the scope has the headers (as bytes) and websockets has decided the response:
+        # nothing reads the parsed request's headers again
+        event.headers.clear()
+
     def start_keepalive(self) -> None:
         # called once, right after the handshake's response was written: from here on
         # uvicorn reads neither the request nor the response again
@@ -125,7 +127,7 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
         # HOT PATH: uvicorn's receive with the queue's get inlined
         queue = self.queue
         while queue.empty():
-            await queue.wait()
+            await queue.waiter()
         message = queue.pop()
         if self.read_paused and queue.empty():
             self.read_paused = False
