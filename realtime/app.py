@@ -18,7 +18,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, WebSocketRoute
 from taskiq import AsyncBroker
 
 from realtime.audit import AuditStore
@@ -162,8 +162,10 @@ def create_app(
         finally:
             dispatcher.close()  # the handler threads' pool
 
-    routes = [*app_routes(catalog, on_frame), *web_routes(), *extra_routes]
-    middleware = [*cors(settings.allowed_origins), Middleware(ASGIChannels)]
+    own = app_routes(catalog, on_frame)
+    sockets = [route for route in own if isinstance(route, WebSocketRoute)]
+    routes = [*own, *web_routes(), *extra_routes]
+    middleware = [*cors(settings.allowed_origins), Middleware(ASGIChannels, sockets=sockets)]
     return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
 
 

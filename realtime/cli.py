@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -101,7 +102,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
     from realtime.app import create_app
     from realtime.bus import in_process
-    from realtime.migrate import prepare_database
+    from realtime.migrate import embedded_at_head, prepare_database
 
     host, port = args.host or settings.host, args.port or settings.port
     if args.workers > 1 and in_process(settings.bus_url):
@@ -110,6 +111,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             "presence and jobs through Redis, not through process memory"
         )
     app = create_app(settings)  # fails here, in one line, on a bad configuration
+    if settings.database_url is None and not embedded_at_head(settings):
+        _migrate_in_child()
     asyncio.run(prepare_database(settings))
     _announce(settings, host, port)
     options = _uvicorn_options(settings, args, host, port)
@@ -122,6 +125,18 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         config = uvicorn.Config(app, **options)
         _draining_server()(config, app, settings.drain_seconds).run()
     return 0
+
+
+def _migrate_in_child() -> None:
+    """Bring the embedded SQLite file to the code's head in a process of its own
+    (`realtime migrate`, same environment): Alembic and Mako (~11 MiB) are loaded there and
+    leave with it, never in the serving process (docs/benchmarks.md, Idle memory)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "realtime.cli", "migrate"], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        output = (done.stderr or done.stdout).strip()[-2000:]
+        raise ConfigError(f"the embedded database could not be migrated:\n{output}")
 
 
 ALLOCATOR = "PYTHONMALLOC"
@@ -217,6 +232,8 @@ def _uvicorn_options(
         "log_level": settings.log_level,
         # request heads and connections bounded (the app's lifespan gives the limits)
         "http": "realtime.guard:GuardedHttpProtocol",
+        # uvicorn's websockets-sansio protocol, holding less per idle socket
+        "ws": "realtime.socket.wsprotocol:LeanWebSocketProtocol",
     }
 
 

@@ -14,16 +14,15 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import sqlalchemy as sa
 from databases import Database
 from databases.core import Connection
-from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.sql import visitors
 from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import BindParameter
@@ -42,6 +41,17 @@ from realtime.settings import Settings
 logger = logging.getLogger("realtime.db")
 RETRY_AFTER = 2
 Query = ClauseElement | str
+
+
+def asyncpg_errors(
+    *names: str, also: tuple[type[BaseException], ...] = ()
+) -> tuple[type[BaseException], ...]:
+    """`also` and asyncpg's exception classes `names`; `also` alone if asyncpg was never
+    imported: then no connection of this process is a PostgreSQL one and none of them
+    can be raised. The embedded default never imports asyncpg (databases does, for a
+    postgresql:// URL), which keeps ~3 MiB out of its process (docs/benchmarks.md)."""
+    module = sys.modules.get("asyncpg")
+    return also + tuple(getattr(module, name) for name in names) if module is not None else also
 
 
 def is_sqlite(url: str) -> bool:
@@ -86,7 +96,7 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
     try:
         async with asyncio.timeout(settings.db_timeout * 2):
             await database.connect()
-    except (OSError, TimeoutError, asyncpg.PostgresError) as error:
+    except asyncpg_errors("PostgresError", also=(OSError, TimeoutError)) as error:
         reason = type(error).__name__
         raise ConfigError(f"DATABASE_URL: cannot connect to the database ({reason})") from None
     try:
@@ -170,7 +180,7 @@ class BoundedDatabase(Database):
         try:
             async with asyncio.timeout(limit):
                 return await call
-        except (TimeoutError, OSError, asyncpg.ConnectionDoesNotExistError) as error:
+        except asyncpg_errors("ConnectionDoesNotExistError", also=(TimeoutError, OSError)) as error:
             connection.raw_connection.terminate()
             if write:
                 raise OutcomeUnknown() from None
@@ -221,25 +231,20 @@ def translate(error: BaseException) -> RequestError | None:
         # for a job's run (realtime.jobs.steps), an unknown outcome is an outage like any other:
         # the run is retried under its lease; a client is answered OutcomeUnknown itself
         return Unavailable(RETRY_AFTER, "the database timed out")
-    if isinstance(error, asyncpg.UniqueViolationError):
+    if isinstance(error, asyncpg_errors("UniqueViolationError")):
         return Conflict("a record with these values already exists")
-    if isinstance(error, asyncpg.IntegrityConstraintViolationError | asyncpg.DataError):
+    if isinstance(error, asyncpg_errors("IntegrityConstraintViolationError", "DataError")):
         return InvalidData("a value violates a constraint of the record")
-    if isinstance(error, asyncpg.QueryCanceledError | TimeoutError):
+    if isinstance(error, asyncpg_errors("QueryCanceledError", also=(TimeoutError,))):
         return Unavailable(RETRY_AFTER, "the database timed out")
     if isinstance(error, sqlite3.IntegrityError):
         if "UNIQUE" in str(error):
             return Conflict("a record with these values already exists")
         return InvalidData("a value violates a constraint of the record")
+    unavailable = ("PostgresConnectionError", "InterfaceError", "CannotConnectNowError")
     if isinstance(
         error,
-        asyncpg.PostgresConnectionError
-        | asyncpg.InterfaceError
-        | asyncpg.CannotConnectNowError
-        | sqlite3.OperationalError
-        | ConnectionError
-        | OSError
-        | TimeoutError,
+        asyncpg_errors(*unavailable, also=(sqlite3.OperationalError, ConnectionError, OSError)),
     ):
         return Unavailable(RETRY_AFTER, "the database is unavailable")
     return None
@@ -277,6 +282,9 @@ class Prepared:
 
     def _compiled(self) -> tuple[str, tuple[str, ...], dict[str, Any]]:
         if self._postgres is None:
+            # PostgreSQL only: the dialect (~3 MiB) is not imported on the embedded default
+            from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
+
             compiled: Any = self.statement.compile(
                 dialect=asyncpg_dialect(),  # type: ignore[no-untyped-call]
                 compile_kwargs={"render_postcompile": True},

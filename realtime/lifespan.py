@@ -8,10 +8,9 @@ import logging
 import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import httpx
 from databases import Database
 from taskiq import AsyncBroker
 
@@ -29,7 +28,7 @@ from realtime.jobs import Jobs, Task, TaskServices, broker_from_url, builtin_tas
 from realtime.jobs.metrics import measure, sample_queue
 from realtime.memory import Trimmer
 from realtime.metrics import Metrics
-from realtime.migrate import check_schema, upgrade
+from realtime.migrate import check_schema, embedded_at_head, upgrade
 from realtime.packages import Catalog
 from realtime.sessions import Sessions, open_sessions
 from realtime.settings import Settings
@@ -40,6 +39,9 @@ from realtime.topics import TopicPermissions
 DELIVERY_BOUND = 2.0
 # seconds a stopped in-process job's taskiq runner may take to end before it is cancelled
 STOP_BOUND = 5.0
+
+if TYPE_CHECKING:
+    import httpx
 
 logger = logging.getLogger("realtime.lifespan")
 
@@ -111,12 +113,13 @@ async def build_services(
     """Everything the app holds while it serves; `bus` and `broker` (injected) replace
     the backends the settings name. The audit log is written to `audit_store` until the
     end, and what it holds then is written before the database closes."""
-    if settings.database_url is None:
-        # the embedded default keeps its own SQLite file at the code's schema
+    if settings.database_url is None and not embedded_at_head(settings):
+        # the embedded default keeps its own SQLite file at the code's schema (Alembic is
+        # loaded only when there is something to apply)
         await anyio.to_thread.run_sync(upgrade, settings)
     async with (
         open_database(settings) as database,
-        httpx.AsyncClient(timeout=settings.http_timeout) as http,
+        http_client(settings) as http,
         open_hub(settings, bus, dispatcher.metrics) as hub,
         open_audit(settings, database, audit_store, dispatcher.metrics) as audit,
         open_sessions(settings, dispatcher.metrics) as sessions,
@@ -162,10 +165,23 @@ async def build_services(
             yield services
 
 
-def _auth_backends(
-    settings: Settings, http: httpx.AsyncClient
-) -> tuple[KeySource, Login, DevIssuer | None]:
+@contextlib.asynccontextmanager
+async def http_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient | None]:
+    """The client of the issuer's endpoints (Keycloak); none for the development issuer,
+    whose process then never imports httpx (~5 MiB: docs/benchmarks.md, Idle memory)."""
     if settings.keycloak_issuer is None:
+        yield None
+        return
+    import httpx
+
+    async with httpx.AsyncClient(timeout=settings.http_timeout) as http:
+        yield http
+
+
+def _auth_backends(
+    settings: Settings, http: httpx.AsyncClient | None
+) -> tuple[KeySource, Login, DevIssuer | None]:
+    if settings.keycloak_issuer is None or http is None:
         dev = dev_issuer(settings)
         users = load_dev_users(settings.dev_users_file)
         return dev, DevLogin(dev, users, settings.dev_token_ttl), dev

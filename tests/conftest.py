@@ -101,6 +101,7 @@ def serve(app: Any, *, ws_max_size: int = 64 * 1024) -> Iterator[str]:
         lifespan="on",
         ws_ping_interval=None,
         ws_per_message_deflate=False,
+        ws="realtime.socket.wsprotocol:LeanWebSocketProtocol",  # as `realtime serve` runs
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -10,6 +10,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from realtime.auth.dev import DevIssuer
+from realtime.socket.connection import forget_token
 from tests.conftest import build_app, make_settings
 from tests.helpers import auth_header, call, close_of
 
@@ -130,3 +131,22 @@ def test_dev_tokens_survive_a_restart(tmp_path: Path, issuer_token: str) -> None
     for _ in range(2):
         with TestClient(build_app(settings)) as client:
             assert client.get("/me", headers=auth_header(issuer_token)).status_code == 200
+
+
+def test_the_token_leaves_the_scope_once_verified() -> None:
+    """An idle socket keeps no copy of its bearer token (header or subprotocol); the
+    other headers and subprotocols stay."""
+    scope = {
+        "headers": [
+            (b"host", b"example.com"),
+            (b"authorization", b"Bearer abc.def.ghi"),
+            (b"sec-websocket-protocol", b"realtime.v1, bearer.abc.def.ghi"),
+            (b"origin", b"https://example.com"),
+        ],
+        "subprotocols": ["realtime.v1", "bearer.abc.def.ghi"],
+    }
+    forget_token(scope)
+    assert scope == {
+        "headers": [(b"host", b"example.com"), (b"origin", b"https://example.com")],
+        "subprotocols": ["realtime.v1"],
+    }

@@ -26,7 +26,7 @@ from realtime.jobs.broker import JobStreamBroker
 from realtime.settings import Settings
 from tests.conftest import APP_PACKAGES, make_settings
 from tests.helpers import auth_header, call
-from tests.nodes import free_port
+from tests.nodes import free_port, node_env
 from tests.packages import TEST_PACKAGES
 
 PUBLISH = 32
@@ -134,6 +134,45 @@ def test_the_embedded_default_never_loads_redis() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_the_embedded_default_serves_without_alembic_httpx_or_asyncpg(tmp_path: Path) -> None:
+    """Once its SQLite file is at head (`realtime serve` migrates a new one in a child
+    process), the app starts and verifies a dev token without loading Alembic (nor
+    Mako), httpx or asyncpg: only Keycloak, PostgreSQL and migrating need them."""
+    migrate = subprocess.run(
+        [sys.executable, "-m", "realtime.cli", "migrate"],
+        env={**node_env(tmp_path), "REALTIME_EMBEDDED_DB": str(tmp_path / "e.db")},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert migrate.returncode == 0, migrate.stderr
+    script = (
+        "import asyncio, sys\n"
+        "from realtime.app import create_app\n"
+        "from realtime.settings import Settings\n"
+        "async def main():\n"
+        "    app = create_app(Settings.from_env())\n"
+        "    async with app.router.lifespan_context(app):\n"
+        "        services = app.state.services\n"
+        "        token = services.dev_issuer.mint('alice', ['user'], tenant='acme', ttl=60)\n"
+        "        print((await services.verifier.verify(token)).sub)\n"
+        "asyncio.run(main())\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'alembic', 'mako', 'httpx', 'asyncpg'}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**node_env(tmp_path), "REALTIME_EMBEDDED_DB": str(tmp_path / "e.db")},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["alice", "[]"]
 
 
 def test_broker_urls(settings: Settings) -> None:

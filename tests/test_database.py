@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from alembic import command
+from alembic.script import ScriptDirectory
 from starlette.testclient import TestClient
 
 from realtime.app import create_app
 from realtime.exceptions import ConfigError
-from realtime.migrate import alembic_config, prepare_database
+from realtime.migrate import (
+    alembic_config,
+    embedded_at_head,
+    head_revision,
+    prepare_database,
+    script_heads,
+)
 from realtime.settings import Settings
 from tests.conftest import APP_PACKAGES, PG_SERVER, ROOT, _pg_admin, build_app, make_settings
 from tests.helpers import auth_header, call
@@ -46,6 +56,36 @@ def test_migrate_sql_prints_the_ddl(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "CREATE TABLE projects" in done.stdout and "CREATE TABLE authors" in done.stdout
     assert "INSERT INTO alembic_version" in done.stdout
+
+
+def test_the_heads_read_from_the_revision_files_are_alembics(tmp_path: Path) -> None:
+    """The start-up check reads the head from the files' literals, without Alembic; it
+    says None (ask Alembic) for a file it cannot read that way."""
+    settings = make_settings(tmp_path)
+    alembic_head = ScriptDirectory.from_config(alembic_config(settings)).get_current_head()
+    assert script_heads(settings.migrations_dir) == {alembic_head}
+    assert head_revision(settings) == alembic_head
+    versions = tmp_path / "migrations" / "versions"
+    shutil.copytree(ROOT / "migrations", tmp_path / "migrations")
+    branch = "revision = 'b1'\ndown_revision: str | None = '0005'\n"
+    (versions / "b1_branch.py").write_text(branch)
+    assert script_heads(str(tmp_path / "migrations")) == {alembic_head, "b1"}
+    (versions / "b2_computed.py").write_text("revision = 'b' + '2'\ndown_revision = 'b1'\n")
+    assert script_heads(str(tmp_path / "migrations")) is None
+
+
+def test_the_embedded_file_is_at_head_once_migrated(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    assert not embedded_at_head(settings)  # no file yet
+    asyncio.run(prepare_database(settings))
+    assert embedded_at_head(settings)
+    with contextlib.closing(sqlite3.connect(settings.embedded_database)) as connection:
+        connection.execute("UPDATE alembic_version SET version_num = '0005'")
+        connection.commit()
+        assert not embedded_at_head(settings)  # behind: Alembic will upgrade it
+        connection.execute("DROP TABLE alembic_version")
+        connection.commit()
+        assert not embedded_at_head(settings)  # not an Alembic database (yet)
 
 
 @pytest.fixture

@@ -116,6 +116,7 @@ from realtime.metrics import Metrics  # noqa: E402
 from realtime.settings import Settings  # noqa: E402
 from realtime.socket.connection import ASGI_CHANNELS, Connection, State  # noqa: E402
 from realtime.socket.frames import echo_frame  # noqa: E402
+from realtime.socket.wsprotocol import LeanWebSocketProtocol  # noqa: E402
 from tests.helpers import server_frames  # noqa: E402
 
 HANDSHAKE = (
@@ -153,7 +154,20 @@ class MemoryTransport:
 Scenario = Callable[[Connection, WebSocketsSansIOProtocol], Awaitable[None]]
 
 
-async def over_uvicorn(scenario: Scenario, **settings: str) -> MemoryTransport:
+ProtocolClass = type[WebSocketsSansIOProtocol]
+
+
+@pytest.fixture(params=[WebSocketsSansIOProtocol, LeanWebSocketProtocol], ids=["uvicorn", "lean"])
+def ws_protocol(request: pytest.FixtureRequest) -> ProtocolClass:
+    """uvicorn's protocol, and the one `realtime serve` gives uvicorn (its own queue and
+    writable flag): the same scenarios on both."""
+    cls: ProtocolClass = request.param
+    return cls
+
+
+async def over_uvicorn(
+    protocol_class: ProtocolClass, scenario: Scenario, **settings: str
+) -> MemoryTransport:
     failures: list[BaseException] = []  # uvicorn logs an app's exception; we re-raise it
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -180,7 +194,7 @@ async def over_uvicorn(scenario: Scenario, **settings: str) -> MemoryTransport:
 
     config = Config(app=app, ws="websockets-sansio", lifespan="off", ws_ping_interval=None)
     config.load()
-    protocol = WebSocketsSansIOProtocol(config, ServerState(), {}, _loop=asyncio.get_running_loop())
+    protocol = protocol_class(config, ServerState(), {}, _loop=asyncio.get_running_loop())
     transport = MemoryTransport()
     protocol.connection_made(transport)  # type: ignore[arg-type]
     protocol.data_received(HANDSHAKE)
@@ -191,7 +205,9 @@ async def over_uvicorn(scenario: Scenario, **settings: str) -> MemoryTransport:
     return transport
 
 
-async def test_frames_queued_behind_a_held_send_keep_their_order_then_the_close() -> None:
+async def test_frames_queued_behind_a_held_send_keep_their_order_then_the_close(
+    ws_protocol: ProtocolClass,
+) -> None:
     async def scenario(connection: Connection, protocol: Any) -> None:
         connection.enqueue(b"A0")  # written at once
         protocol.pause_writing()  # the peer stops reading
@@ -204,7 +220,7 @@ async def test_frames_queued_behind_a_held_send_keep_their_order_then_the_close(
         assert connection.outbox.writer is not None
         await asyncio.wait_for(connection.outbox.writer, 2)
 
-    transport = await over_uvicorn(scenario)
+    transport = await over_uvicorn(ws_protocol, scenario)
     assert transport.frames() == [
         ("TEXT", b"A0"),
         ("TEXT", b"A"),
@@ -214,7 +230,7 @@ async def test_frames_queued_behind_a_held_send_keep_their_order_then_the_close(
     ]
 
 
-async def test_a_close_during_a_held_flush_loses_no_frame() -> None:
+async def test_a_close_during_a_held_flush_loses_no_frame(ws_protocol: ProtocolClass) -> None:
     """A task is flushing X when something other than the send deadline cancels it: X was
     not written, so it goes out before Y and the close, not never."""
 
@@ -234,7 +250,7 @@ async def test_a_close_during_a_held_flush_loses_no_frame() -> None:
         assert connection.outbox.writer is not None
         await asyncio.wait_for(connection.outbox.writer, 2)
 
-    transport = await over_uvicorn(scenario)
+    transport = await over_uvicorn(ws_protocol, scenario)
     assert transport.frames() == [
         ("TEXT", b"X"),
         ("TEXT", b"Y"),
@@ -242,7 +258,9 @@ async def test_a_close_during_a_held_flush_loses_no_frame() -> None:
     ]
 
 
-async def test_a_sweep_just_after_a_held_send_finished_is_no_stall() -> None:
+async def test_a_sweep_just_after_a_held_send_finished_is_no_stall(
+    ws_protocol: ProtocolClass,
+) -> None:
     """The sweeper may tick after a held send completed but before its callback ran: that
     is no stall, and the deadline must still work for the next held send (1013)."""
 
@@ -265,7 +283,7 @@ async def test_a_sweep_just_after_a_held_send_finished_is_no_stall() -> None:
         assert connection.outbox.writer is not None
         connection.outbox.writer.cancel()
 
-    transport = await over_uvicorn(scenario)
+    transport = await over_uvicorn(ws_protocol, scenario)
     assert transport.frames()[0] == ("TEXT", b"A")
 
 
@@ -274,7 +292,9 @@ def client_frame(text: str) -> bytes:
     return Frame(Opcode.TEXT, text.encode()).serialize(mask=True)
 
 
-async def test_answers_to_frames_that_came_in_together_keep_their_order() -> None:
+async def test_answers_to_frames_that_came_in_together_keep_their_order(
+    ws_protocol: ProtocolClass,
+) -> None:
     """40 pipelined frames in one read: the reader handles them (yielding to the writer
     every few), the writer writes their answers; all of them, in order."""
 
@@ -291,14 +311,14 @@ async def test_answers_to_frames_that_came_in_together_keep_their_order() -> Non
         assert connection.outbox.writer is not None
         await asyncio.wait_for(connection.outbox.writer, 2)
 
-    transport = await over_uvicorn(scenario)
+    transport = await over_uvicorn(ws_protocol, scenario)
     texts = [payload for opcode, payload in transport.frames() if opcode == "TEXT"]
     assert texts[0] == b"Echo: q0" and b"pushed" in texts[1:]
     answers = [t for t in texts if t != b"pushed"]
     assert answers == [f"Echo: q{i}".encode() for i in range(40)]
 
 
-async def test_a_held_write_stops_the_reader_until_it_is_done() -> None:
+async def test_a_held_write_stops_the_reader_until_it_is_done(ws_protocol: ProtocolClass) -> None:
     """A peer that reads slowly: while the transport holds a write, the reader takes no
     further frames (backpressure reaches the peer's TCP window instead of our queue)."""
 
@@ -321,7 +341,7 @@ async def test_a_held_write_stops_the_reader_until_it_is_done() -> None:
         assert connection.outbox.writer is not None
         await asyncio.wait_for(connection.outbox.writer, 2)
 
-    transport = await over_uvicorn(scenario)
+    transport = await over_uvicorn(ws_protocol, scenario)
     assert transport.frames() == [
         ("TEXT", b"Echo: A"),
         ("TEXT", b"Echo: B"),
@@ -330,7 +350,9 @@ async def test_a_held_write_stops_the_reader_until_it_is_done() -> None:
     ]
 
 
-async def test_our_own_backlog_at_a_full_queue_is_written_not_closed_1013() -> None:
+async def test_our_own_backlog_at_a_full_queue_is_written_not_closed_1013(
+    ws_protocol: ProtocolClass,
+) -> None:
     """Answers wait for the writer; a burst of pushes comes before the writer's turn and
     fills the send queue. The transport holds nothing (the peer reads): the backlog is
     written from the pusher's turn, in order, and the socket stays open."""
@@ -346,7 +368,7 @@ async def test_our_own_backlog_at_a_full_queue_is_written_not_closed_1013() -> N
         assert connection.outbox.writer is not None
         await asyncio.wait_for(connection.outbox.writer, 2)
 
-    transport = await over_uvicorn(scenario, REALTIME_SEND_QUEUE="4")
+    transport = await over_uvicorn(ws_protocol, scenario, REALTIME_SEND_QUEUE="4")
     texts = [payload for opcode, payload in transport.frames() if opcode == "TEXT"]
     assert texts == [
         *(f"answer{i}".encode() for i in range(3)),
@@ -355,7 +377,9 @@ async def test_our_own_backlog_at_a_full_queue_is_written_not_closed_1013() -> N
     assert transport.frames()[-1] == ("CLOSE", b"\x03\xe9server draining")
 
 
-async def test_a_peer_that_holds_writes_is_still_closed_1013_at_a_full_queue() -> None:
+async def test_a_peer_that_holds_writes_is_still_closed_1013_at_a_full_queue(
+    ws_protocol: ProtocolClass,
+) -> None:
     async def scenario(connection: Connection, protocol: Any) -> None:
         protocol.pause_writing()  # the peer stops reading
         for i in range(6):
@@ -365,5 +389,5 @@ async def test_a_peer_that_holds_writes_is_still_closed_1013_at_a_full_queue() -
         assert connection.outbox.writer is not None
         await asyncio.wait_for(connection.outbox.writer, 2)
 
-    transport = await over_uvicorn(scenario, REALTIME_SEND_QUEUE="4")
+    transport = await over_uvicorn(ws_protocol, scenario, REALTIME_SEND_QUEUE="4")
     assert transport.frames()[-1] == ("CLOSE", b"\x03\xf5slow consumer")

@@ -19,11 +19,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import httpx
 from joserfc.errors import JoseError
 from joserfc.jwk import Key, KeySet
+
+if TYPE_CHECKING:  # imported where it is used: the dev issuer needs no HTTP client
+    import httpx
 
 logger = logging.getLogger("realtime.auth")
 
@@ -121,6 +123,8 @@ class JWKSKeys:
         self._fetching = None
 
     async def _load(self) -> None:
+        import httpx  # loaded already: the lifespan built the client
+
         self._tried_at = self._clock()
         try:
             self._keys = await self._fetch()

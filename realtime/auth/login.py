@@ -6,14 +6,16 @@ Wrong credentials are one AuthError ("invalid credentials") whichever part was w
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
-import httpx
 
 from realtime.auth.dev import DevIssuer, DevUser, check_password, hash_password
 from realtime.auth.keys import OIDCProvider
 from realtime.exceptions import AuthError, Unavailable
+
+if TYPE_CHECKING:  # imported where it is used: the dev issuer needs no HTTP client
+    import httpx
 
 logger = logging.getLogger("realtime.auth")
 INVALID = "invalid credentials"
@@ -77,6 +79,8 @@ class KeycloakLogin:
         self._token_url = token_url
 
     async def login(self, username: str, password: str) -> dict[str, Any]:
+        import httpx  # loaded already: the lifespan built the client
+
         try:
             url = await self._provider.endpoint("token_endpoint", self._token_url)
             form = self._form | {"username": username, "password": password}

@@ -3,7 +3,8 @@
 What the socket sends goes through its `Outbox` (realtime.socket.outbox: the bounded
 queue, the writer, the one 1013 decision); what a frame means is decided by a frame
 handler (realtime.socket.frames: package requests, echo). On disconnect every task of
-the socket (reader, writer, handlers, expiry timer) is cancelled and awaited.
+the socket (reader, writer, handlers) is cancelled and awaited, and its expiry timer
+cancelled.
 """
 
 from __future__ import annotations
@@ -11,15 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import secrets
 import socket
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from starlette.routing import Match, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from realtime.auth.principal import Principal
@@ -91,6 +94,24 @@ def presented_token(websocket: WebSocket) -> str | None:
     return websocket.query_params.get("token") or None
 
 
+def forget_token(scope: Any) -> None:
+    """Drop the handshake's token from the scope once it is verified (the Authorization
+    header, a `bearer.` subprotocol): nothing reads it again, and every idle socket kept
+    its copy (~1 KiB, more for Keycloak's tokens: docs/benchmarks.md, Idle memory).
+    In place: Starlette's cached `websocket.headers` is a view of the same list."""
+    headers = scope.get("headers")
+    if isinstance(headers, list):
+        headers[:] = [
+            (name, value)
+            for name, value in headers
+            if name != b"authorization"
+            and not (name == b"sec-websocket-protocol" and BEARER_SUBPROTOCOL.encode() in value)
+        ]
+    offered = scope.get("subprotocols")
+    if isinstance(offered, list):
+        offered[:] = [name for name in offered if not name.startswith(BEARER_SUBPROTOCOL)]
+
+
 def origin_allowed(websocket: WebSocket, allowed: tuple[str, ...] | None) -> bool:
     """No Origin (non-browser) passes; unset ALLOWED_ORIGINS means same-origin only."""
     origin = websocket.headers.get("origin")
@@ -99,6 +120,11 @@ def origin_allowed(websocket: WebSocket, allowed: tuple[str, ...] | None) -> boo
     if allowed is None:
         return urlsplit(origin).netloc.lower() == websocket.headers.get("host", "").lower()
     return "*" in allowed or origin.rstrip("/") in allowed
+
+
+def _settle(future: asyncio.Future[None], _: object) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 FrameHandler = Callable[["Connection", str], None]
@@ -115,14 +141,27 @@ class ASGIChannels:
     every frame and do nothing for an accepted socket (the Connection tracks its own
     state and catches a dead peer's errors itself). The handshake, accept and close still
     go through Starlette's WebSocket.
+
+    realtime's own sockets (`sockets`: the routes whose endpoint serves a Connection) are
+    served from here, past Starlette's exception middleware and router: their eight
+    coroutines (middleware, router, route, session wrappers) stay suspended for the
+    socket's whole life, ~4 KiB of every idle socket, and do nothing for it (a
+    Connection answers its own errors with close codes). Any other route is Starlette's.
     """
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, sockets: Sequence[WebSocketRoute] = ()) -> None:
         self.app = app
+        self._sockets = tuple(sockets)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "websocket":
             scope[ASGI_CHANNELS] = (receive, send)
+            for route in self._sockets:
+                match, child_scope = route.matches(scope)
+                if match is Match.FULL:
+                    scope.update(child_scope)
+                    await route.endpoint(WebSocket(scope, receive, send))
+                    return
         await self.app(scope, receive, send)
 
 
@@ -162,7 +201,7 @@ class Connection:
         self._put = self.outbox.put
         self.requests = Requests(self)
         self._reader: asyncio.Task[None] | None = None
-        self._expiry: asyncio.Task[None] | None = None
+        self._expiry: asyncio.TimerHandle | None = None
         self._frames = 0
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -195,7 +234,13 @@ class Connection:
             self.close(GoingAway())
 
     async def _supervise(self, reader: asyncio.Task[None], writer: asyncio.Task[None]) -> None:
-        await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+        # one future the two tasks' ends complete, not asyncio.wait: its two coroutines
+        # and their future stayed suspended for the socket's life (~0.7 KiB per socket)
+        either: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        settle = functools.partial(_settle, either)
+        reader.add_done_callback(settle)
+        writer.add_done_callback(settle)
+        await either
         if reader.done() and not reader.cancelled():
             error = reader.exception()
             if isinstance(error, CloseError):
@@ -215,9 +260,9 @@ class Connection:
         self.state = State.CLOSING
         self.outbox.closed = True  # nothing may start a send any more
         self.services.hub.drop(self)
-        tasks = [
-            t for t in (self._reader, self._expiry, *self.outbox.tasks(), *self.requests.tasks) if t
-        ]
+        if self._expiry is not None:
+            self._expiry.cancel()
+        tasks = [t for t in (self._reader, *self.outbox.tasks(), *self.requests.tasks) if t]
         for task in tasks:
             task.cancel()
         # a second cancellation while we wait must not replace the one being raised
@@ -269,6 +314,12 @@ class Connection:
     # -- reading -----------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
+        # two steps: what the handshake's frame held (the token, ~1 KiB) goes with it,
+        # where this frame, suspended for the socket's life, would have kept it
+        await self._open()
+        await self._serve_frames()
+
+    async def _open(self) -> None:
         if not origin_allowed(self.websocket, self.settings.allowed_origins):
             raise ForbiddenOrigin()
         self.state = State.AUTHENTICATING
@@ -283,7 +334,7 @@ class Connection:
         self.outbox.direct = True
         if self._on_open is not None:
             await self._on_open(self)
-        await self._serve_frames()
+        forget_token(self.websocket.scope)
 
     async def _serve_frames(self) -> None:
         """Hand each text frame to `on_frame`, whose answers the writer writes together
@@ -371,18 +422,27 @@ class Connection:
 
     def _authenticated(self, principal: Principal) -> None:
         self.principal = principal
+        self._expire_at(principal.expires_at)
+
+    # The expiry is two timer handles in turn, not a task: a task sleeping until the
+    # token expires held a task, its coroutine, a future and a context copy for the
+    # whole life of every socket (~1.6 KiB: docs/benchmarks.md, Idle memory).
+
+    def _expire_at(self, expires_at: int) -> None:
+        """Warn `expiry_warning` seconds before exp, close with 4401 at exp (PROTOCOL.md 1.2)."""
         if self._expiry is not None:
             self._expiry.cancel()
-        self._expiry = asyncio.create_task(self._expire(principal.expires_at))
-
-    async def _expire(self, expires_at: int) -> None:
-        """Warn `expiry_warning` seconds before exp, close with 4401 at exp (PROTOCOL.md 1.2)."""
         warn_in = expires_at - time.time() - self.settings.expiry_warning
-        if warn_in > 0:
-            await asyncio.sleep(warn_in)
+        loop = asyncio.get_running_loop()
+        self._expiry = loop.call_later(max(0.0, warn_in), self._warn_expiring, expires_at)
+
+    def _warn_expiring(self, expires_at: int) -> None:
         remaining = max(0.0, expires_at - time.time())
         self.enqueue(encode_event(AUTH_EXPIRING, {"expires_in": round(remaining)}))
-        await asyncio.sleep(remaining)
+        self._expiry = asyncio.get_running_loop().call_later(remaining, self._expired)
+
+    def _expired(self) -> None:
+        self._expiry = None
         self.close(AuthError("token expired"))
 
     async def refresh(self, token: str) -> Principal:

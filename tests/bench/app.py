@@ -22,14 +22,13 @@ import os
 import tempfile
 from pathlib import Path
 
-import orjson
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from realtime.app import create_app, load_handlers
 from realtime.settings import Settings
 from tests.bench import ablations
+from tests.bench.bare import bare_endpoint
 from tests.bench.common import ROOT
 
 BARE_PATH = "/bench/bare"
@@ -55,23 +54,6 @@ def bench_settings(dev_key_file: str) -> Settings:
     if os.environ.get("BENCH_DATABASE_URL"):
         values["DATABASE_URL"] = os.environ["BENCH_DATABASE_URL"]
     return Settings.from_mapping(values)
-
-
-async def bare_endpoint(websocket: WebSocket) -> None:
-    """The ceiling: receive_text, orjson.loads, answer the envelope with orjson.dumps."""
-    await websocket.accept()
-    try:
-        while True:
-            request = orjson.loads(await websocket.receive_text())
-            answer = {
-                "pkg_id": request.get("pkg_id"),
-                "req_id": request.get("req_id"),
-                "status_code": 0,
-                "data": request.get("data", {}),
-            }
-            await websocket.send_text(orjson.dumps(answer).decode())
-    except WebSocketDisconnect:
-        pass
 
 
 def create_bench_app() -> Starlette:

@@ -16,6 +16,7 @@ import os
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,8 @@ class _WebSocket:
         self.scope = scope
         self.headers = {"authorization": f"Bearer {token}"}
         self.query_params: dict[str, str] = {}
+        self.client = None  # the peer's address (the sessions registry lists it)
+        self.url = types.SimpleNamespace(path="/ws")
 
     async def accept(self, subprotocol: str | None = None) -> None: ...
 

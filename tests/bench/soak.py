@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import resource
 import tempfile
 import time
@@ -29,23 +28,14 @@ from typing import Any
 
 from tests.bench.common import machine
 from tests.bench.common.figures import median, percentile, safe_ratio
+from tests.bench.common.probes import memory
 from tests.helpers import ws_connect, ws_connect_slow
 from tests.nodes import mint, node
-
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def probe(pid: int) -> dict[str, float]:
     """The server's RSS (MiB) and descriptors, and the kernel's TCP memory (MiB)."""
-    with open(f"/proc/{pid}/status") as status:
-        rss = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
-    with open("/proc/net/sockstat") as sockstat:
-        tcp = next(line.split() for line in sockstat if line.startswith("TCP:"))
-    return {
-        "rss_mib": rss / 1024,
-        "fds": len(os.listdir(f"/proc/{pid}/fd")),
-        "tcp_mem_mib": int(tcp[tcp.index("mem") + 1]) * PAGE / 2**20,
-    }
+    return {k: v for k, v in memory(pid).items() if k != "hwm_mib"}
 
 
 class Control:

@@ -4,7 +4,9 @@ stopped when it closes; `stop()` gives its figure (a share of one core for the C
 - `ProcessCPU`: another process's CPU time, from /proc/<pid>/stat;
 - `SelfCPU`: this process's (the load generator's), from `time.process_time`;
 - `CoreBusy`: one core's busy share from /proc/stat (softirq time included);
-- `OthersPeak`: the worst burst of the programs that are not the bench's own.
+- `OthersPeak`: the worst burst of the programs that are not the bench's own;
+- `memory(pid)`: a process's RSS and descriptors and the kernel's TCP memory, at once
+  (not over a window: the idle and soak benches read it before and after).
 
 `tests.bench.common.pyspy.PySpy` and `tests.bench.projects.probes.PostgresCPU` are probes
 too.
@@ -20,6 +22,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 class Probe(Protocol):
@@ -164,3 +167,19 @@ def cpu_probes(pids: dict[str, int], pinned: bool) -> dict[str, Probe]:
     if pinned:
         probes |= {"core 0 busy": CoreBusy(0), "core 1 busy": CoreBusy(1)}
     return probes
+
+
+def memory(pid: int) -> dict[str, float]:
+    """Process `pid`'s RSS and its high-water mark (MiB), its open descriptors, and the
+    kernel's TCP memory (MiB, every socket of the machine: the buffers are not the
+    process's RSS)."""
+    with open(f"/proc/{pid}/status") as status:
+        fields = dict(line.split(":", 1) for line in status if line.startswith("Vm"))
+    with open("/proc/net/sockstat") as sockstat:
+        tcp = next(line.split() for line in sockstat if line.startswith("TCP:"))
+    return {
+        "rss_mib": int(fields["VmRSS"].split()[0]) / 1024,
+        "hwm_mib": int(fields["VmHWM"].split()[0]) / 1024,
+        "fds": len(os.listdir(f"/proc/{pid}/fd")),
+        "tcp_mem_mib": int(tcp[tcp.index("mem") + 1]) * PAGE / 2**20,
+    }
