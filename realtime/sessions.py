@@ -63,6 +63,7 @@ import orjson
 from realtime.audit import node_name
 from realtime.auth.revoked import Revocations
 from realtime.exceptions import (
+    AuthError,
     CloseError,
     Disconnected,
     OutcomeUnknown,
@@ -157,6 +158,7 @@ class _Entry:
     socket: Socket
     key: UserKey
     info: dict[str, Any]
+    principal: Principal
 
 
 def _tag(tenant: str) -> str:
@@ -233,7 +235,7 @@ class Sessions:
             "remote": client.host if client else None,
             "path": socket.websocket.url.path,
         }
-        return _Entry(socket, (principal.tenant_id, principal.sub), info)
+        return _Entry(socket, (principal.tenant_id, principal.sub), info, principal)
 
     def release(self, socket: Socket) -> None:
         """The socket ended: its user's slot is free (at once here)."""
@@ -279,6 +281,21 @@ class Sessions:
             "revoked_at": at,
             "revoked_until": at + self.revocations.seconds,
         }
+
+    def close_revoked(self, tenant: str, sub: str) -> int:
+        """Close (4410) this node's sockets of the user whose tokens its revocation now
+        covers: an order this node did not hear (its pub/sub was down) and learnt from
+        Redis later. Sockets opened since with a fresh token stay; how many closed."""
+        closed = 0
+        for entry in list(self._users.get((tenant, sub), {}).values()):
+            try:
+                self.revocations.check(entry.principal)
+            except AuthError:
+                entry.socket.close(Disconnected())
+                closed += 1
+        if closed:
+            logger.info("closed %d revoked socket(s) of %s (tenant %s)", closed, sub, tenant)
+        return closed
 
     def close_local(self, tenant: str, sub: str, reason: str) -> int:
         """Close this node's sockets of the user with 4410; how many."""
@@ -495,7 +512,7 @@ class RedisSessions(Sessions):
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None:
-                        self._heard(message["data"])
+                        self._heard_safely(message["data"])
             except (_Down, *self._errors) as error:
                 self._warn("listen", "sessions: pub/sub failed (%r); subscribing again", error)
             finally:
@@ -505,9 +522,19 @@ class RedisSessions(Sessions):
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 
+    def _heard_safely(self, data: bytes) -> None:
+        """A message this node cannot handle (a bug, a stranger's publish) is logged and
+        the listening goes on: ending it would leave the node deaf to every disconnect."""
+        try:
+            self._heard(data)
+        except Exception:
+            logger.exception("sessions: a message on %s could not be handled", self._channel)
+
     def _heard(self, data: bytes) -> None:
         try:
             message = orjson.loads(data)
+            if not isinstance(message, dict):
+                raise TypeError("not an object")
             op = _field(message, "op", str)
             request = _field(message, "id", str)
             if op == "closed":
@@ -561,6 +588,7 @@ class RedisSessions(Sessions):
             return
         # what is left of it (a key without expiry, none of ours: the full time)
         self.revocations.revoke(tenant, sub, at, pttl / 1000 if pttl > 0 else None)
+        self.close_revoked(tenant, sub)  # the order itself may have passed this node by
 
     async def _answer(self, asker: str, request: str, closed: int) -> None:
         message = orjson.dumps({"op": "closed", "id": request, "closed": closed})

@@ -391,3 +391,29 @@ async def test_a_peer_that_holds_writes_is_still_closed_1013_at_a_full_queue(
 
     transport = await over_uvicorn(ws_protocol, scenario, REALTIME_SEND_QUEUE="4")
     assert transport.frames()[-1] == ("CLOSE", b"\x03\xf5slow consumer")
+
+
+async def test_the_lean_protocol_serves_two_readers_as_uvicorns_does() -> None:
+    """An application's own route may receive from two coroutines at once: each gets a
+    message, and one reader cancelled does not take the other's wake-up with it."""
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    from realtime.socket.wsprotocol import _Inbox
+
+    class Transport:
+        def resume_reading(self) -> None: ...
+
+    for cls, inbox in ((WebSocketsSansIOProtocol, asyncio.Queue), (LeanWebSocketProtocol, _Inbox)):
+        protocol = cls.__new__(cls)  # the receive side only: no handshake
+        protocol.queue = inbox()
+        protocol.read_paused, protocol.transport = False, Transport()
+        cancelled = asyncio.create_task(protocol.receive())
+        first, second = (asyncio.create_task(protocol.receive()) for _ in range(2))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        protocol.queue.put_nowait({"n": 1})
+        protocol.queue.put_nowait({"n": 2})
+        async with asyncio.timeout(5):
+            got = await asyncio.gather(first, second)
+        assert sorted(m["n"] for m in got) == [1, 2], cls.__name__
+        assert cancelled.cancelled()

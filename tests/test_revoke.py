@@ -259,6 +259,8 @@ def test_a_node_whose_subscription_failed_loads_the_orders_it_missed(tmp_path: P
         on_proxy = settings.replace(redis_url=proxy.url(redis_url()))
         with TestClient(build_app(on_proxy)) as x, TestClient(build_app(settings)) as y:
             assert outcome(x, old) == outcome(y, old) == "served"
+            held = x.websocket_connect("/ws", headers=auth_header(old)).__enter__()
+            assert echo(held, 1) == 1
             proxy.cut()
             answer = disconnect(y, root, "alice")
             assert answer["nodes"] == 1  # y alone heard it
@@ -270,5 +272,8 @@ def test_a_node_whose_subscription_failed_loads_the_orders_it_missed(tmp_path: P
                 assert time.monotonic() < deadline, "x never loaded the revocation"
                 time.sleep(0.1)
             assert x.get("/me", headers=auth_header(old)).status_code == 401
+            # the socket x kept open through the order it missed is closed once it knows
+            assert close_of(held)[0] == 4410
+            held.__exit__(None, None, None)
             fresh = issuer.mint("alice", ["user"], tenant="acme", now=answer["revoked_at"] + 1)
             assert outcome(x, fresh) == "served"

@@ -428,3 +428,36 @@ async def no_session_keys_left() -> None:
             await asyncio.sleep(0.1)
     finally:
         await redis.aclose()
+
+
+def test_a_stray_message_on_the_sessions_channel_does_not_deafen_the_node(
+    tmp_path: Path,
+) -> None:
+    """Anything published on the channel that is not an order (a JSON array, a number,
+    garbage) is logged and skipped: the node still hears the next disconnect."""
+    import redis
+
+    from realtime.sessions import KEY_PREFIX
+
+    flush_redis()
+    settings = make_settings(tmp_path, redis_url=redis_url())
+    issuer = dev_issuer(settings)
+    root = auth_header(issuer.mint("root", ["user", "admin"], tenant="acme"))
+    alice = auth_header(issuer.mint("alice", ["user"], tenant="acme"))
+    db = int(redis_url().rsplit("/", 1)[1])
+    with (
+        TestClient(build_app(settings)) as client,
+        client.websocket_connect("/ws", headers=alice) as ws,
+    ):
+        assert echo(ws, 1) == 1
+        publisher = redis.Redis.from_url(redis_url())
+        try:
+            for stray in (b"[1]", b"7", b"not json", b'{"op": 3}'):
+                publisher.publish(f"{KEY_PREFIX}{db}", stray)
+        finally:
+            publisher.close()
+        time.sleep(0.3)  # let the listener take them before the order
+        answer = client.post("/sessions/alice/disconnect", json={}, headers=root)
+        assert answer.status_code == 200, answer.text
+        assert (answer.json()["closed"], answer.json()["nodes"]) == (1, 1)
+        assert close_of(ws)[0] == 4410

@@ -33,18 +33,25 @@ class _Inbox:
     it); it is emptied once read to the end. At most a burst of frames is ever queued:
     uvicorn stops reading from the transport while a message waits."""
 
-    __slots__ = ("_head", "_items", "_waiter")
+    __slots__ = ("_head", "_items", "_others", "_waiter")
 
     def __init__(self) -> None:
         self._items: list[Any] = []
         self._head = 0
         self._waiter: asyncio.Future[None] | None = None
+        # readers beyond the first (an application's route may receive from two
+        # coroutines at once, as asyncio.Queue allowed): created only then
+        self._others: list[asyncio.Future[None]] | None = None
 
     def put_nowait(self, item: Any) -> None:
         self._items.append(item)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        others, self._others = self._others, None
+        for other in others or ():
+            if not other.done():
+                other.set_result(None)  # each loops back to an empty check
 
     def empty(self) -> bool:
         return self._head == len(self._items)
@@ -62,10 +69,17 @@ class _Inbox:
         return item
 
     def waiter(self) -> asyncio.Future[None]:
-        """A future done once a message is put (one reader waits: the socket's). Awaited
+        """A future done once a message is put (usually one reader waits: the socket's;
+        further readers get a future each). Awaited
         by the reader's own coroutine: a coroutine of its own here would stay suspended,
         and allocated, for as long as the socket is idle."""
-        self._waiter = waiter = asyncio.get_running_loop().create_future()
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiter is None or self._waiter.done():
+            self._waiter = waiter
+        else:  # another reader waits already: each its own future (one may be cancelled)
+            if self._others is None:
+                self._others = []
+            self._others.append(waiter)
         return waiter
 
 
