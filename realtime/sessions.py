@@ -368,7 +368,13 @@ class RedisSessions(Sessions):
 
     async def stop(self, bound: float) -> None:
         """Cancel the background tasks; wait for them at most `bound` seconds (a call
-        cancelled while Redis is frozen may hang in redis-py's disconnect)."""
+        cancelled while Redis is frozen may hang in redis-py's disconnect). The sockets
+        that ended last are removed from Redis first, within the bound: left there, they
+        would count against their users' cap until their entries expire."""
+        if self._gone:
+            with contextlib.suppress(_Down, TimeoutError, *self._errors):
+                async with asyncio.timeout(bound):
+                    await self._remove()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

@@ -55,10 +55,13 @@ def test_refresh_for_another_subject_is_refused(
 ) -> None:
     with short_client.websocket_connect("/ws", headers=auth_header(token)) as ws:
         other = call(ws, REFRESH, {"token": issuer.mint("mallory", ["user", "admin"])})
+        # the same sub in another tenant is another caller
+        elsewhere = call(ws, REFRESH, {"token": issuer.mint("alice", ["user"], tenant="zeta")})
         bad = call(ws, REFRESH, {"token": "garbage"})
         missing = call(ws, REFRESH, {})
-        assert other["status_code"] == 3
+        assert other["status_code"] == elsewhere["status_code"] == 3
         assert other["error"]["message"] == "token rejected: it belongs to another subject"
+        assert elsewhere["error"] == other["error"]
         assert (
             bad["status_code"] == 3 and bad["error"]["message"] == "token rejected: malformed token"
         )

@@ -461,3 +461,44 @@ def test_a_stray_message_on_the_sessions_channel_does_not_deafen_the_node(
         assert answer.status_code == 200, answer.text
         assert (answer.json()["closed"], answer.json()["nodes"]) == (1, 1)
         assert close_of(ws)[0] == 4410
+
+
+@pytest.mark.anyio
+async def test_a_stopping_node_removes_the_entries_of_its_last_closed_sockets() -> None:
+    """Sockets released right before the node stops leave nothing in Redis: their
+    entries would count against their user's cap until they expired."""
+    from types import SimpleNamespace
+
+    from redis.asyncio import Redis
+
+    from realtime.auth.principal import Principal
+    from realtime.auth.revoked import Revocations
+    from realtime.metrics import Metrics
+    from realtime.sessions import RedisSessions
+
+    flush_redis()
+    client = Redis.from_url(redis_url())
+    sessions = RedisSessions(0, Metrics(), Revocations(60), client, ttl=3.0, timeout=1.0)
+    await sessions.start()
+    alice = Principal(
+        "alice", None, None, None, frozenset(), {}, "acme", int(time.time()) + 600, {}
+    )
+    sockets = [
+        SimpleNamespace(
+            id=f"s{n}",
+            websocket=SimpleNamespace(client=None, url=SimpleNamespace(path="/ws")),
+            close=lambda error: None,
+        )
+        for n in range(3)
+    ]
+    try:
+        for socket in sockets:
+            await sessions.admit(socket, alice)  # type: ignore[arg-type]
+        await asyncio.sleep(0.3)  # written by the node's writer
+        assert [k async for k in client.scan_iter("realtime:sessions:*:u:alice")]
+        for socket in sockets:
+            sessions.release(socket)  # type: ignore[arg-type]
+        await sessions.stop(1.0)  # at once: the writer had no turn
+        assert [k async for k in client.scan_iter("realtime:sessions:*:u:alice")] == []
+    finally:
+        await client.aclose()

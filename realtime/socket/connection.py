@@ -451,7 +451,13 @@ class Connection:
             principal = await self._verify(token)
         except AuthError as error:
             raise PermissionDenied(f"token rejected: {error.reason}") from None
-        if self.principal is not None and principal.sub != self.principal.sub:
+        current = self.principal
+        # the same caller: the same sub in another tenant is another caller (its
+        # personal channel, its sessions entry and its cap are the first one's)
+        if current is not None and (principal.sub, principal.tenant_id) != (
+            current.sub,
+            current.tenant_id,
+        ):
             raise PermissionDenied("token rejected: it belongs to another subject")
         self._authenticated(principal)
         return principal
