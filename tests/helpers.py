@@ -30,6 +30,24 @@ def close_of(ws: WebSocketTestSession) -> tuple[int, str]:
     raise AssertionError("the server did not close the socket")
 
 
+def echo(ws: WebSocketTestSession, value: Any) -> Any:
+    """One `echo` (40) answered OK on a TestClient socket: the value it carried back."""
+    answer = call(ws, 40, {"v": value}, f"e{value}")
+    assert answer["status_code"] == 0, answer
+    return answer["data"]["v"]
+
+
+def dev_issuer(settings: Any) -> Any:
+    """The development issuer of these settings (its key file), to mint tokens with."""
+    from realtime.auth.dev import DevIssuer
+
+    return DevIssuer.load_or_create(
+        settings.dev_key_file,
+        audience=settings.keycloak_audience,
+        client_id=settings.keycloak_client_id,
+    )
+
+
 def auth_header(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 

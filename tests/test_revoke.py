@@ -20,27 +20,22 @@ from starlette.testclient import TestClient
 from realtime.auth.dev import DEV_ALGORITHM, DEV_ISSUER, DevIssuer
 from realtime.settings import Settings
 from tests.conftest import build_app, flush_redis, make_settings, redis_url
-from tests.helpers import auth_header, call, close_of, ws_call, ws_closed, ws_connect
+from tests.helpers import (
+    auth_header,
+    call,
+    close_of,
+    dev_issuer,
+    echo,
+    ws_call,
+    ws_closed,
+    ws_connect,
+)
 from tests.nodes import Node, mint, node
 from tests.proxy import running_proxy
 
 ECHO, ME, AUTH_REFRESH, SESSIONS_DISCONNECT = 40, 41, 42, 9011
 REVOKED = (4401, "token revoked")
 PATHS = ["/ws", "/web", "/ws/echo", f"/ws/jobs/{uuid.uuid4()}"]
-
-
-def dev_issuer(settings: Settings) -> DevIssuer:
-    return DevIssuer.load_or_create(
-        settings.dev_key_file,
-        audience=settings.keycloak_audience,
-        client_id=settings.keycloak_client_id,
-    )
-
-
-def echo(ws: Any, value: Any) -> Any:
-    answer = call(ws, ECHO, {"v": value}, f"e{value}")
-    assert answer["status_code"] == 0, answer
-    return answer["data"]["v"]
 
 
 def refused(client: TestClient, token: str, path: str = "/ws") -> tuple[int, str]:

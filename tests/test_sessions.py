@@ -11,31 +11,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from starlette.testclient import TestClient, WebSocketTestSession
+from starlette.testclient import TestClient
 
 from realtime.auth.dev import DevIssuer
 from realtime.settings import Settings
 from tests.conftest import build_app, flush_redis, make_settings, redis_url
-from tests.helpers import auth_header, call, close_of, ws_call, ws_closed, ws_connect
+from tests.helpers import (
+    auth_header,
+    call,
+    close_of,
+    dev_issuer,
+    echo,
+    ws_call,
+    ws_closed,
+    ws_connect,
+)
 from tests.nodes import Node, mint, node
 from tests.proxy import running_proxy
 
 ECHO, AUTH_REFRESH = 40, 42
 TOO_MANY = (4409, "too many sockets for this user")
-
-
-def dev_issuer(settings: Settings) -> DevIssuer:
-    return DevIssuer.load_or_create(
-        settings.dev_key_file,
-        audience=settings.keycloak_audience,
-        client_id=settings.keycloak_client_id,
-    )
-
-
-def echo(ws: WebSocketTestSession, value: Any) -> Any:
-    answer = call(ws, ECHO, {"v": value}, f"e{value}")
-    assert answer["status_code"] == 0, answer
-    return answer["data"]["v"]
 
 
 def metric(client: TestClient, name: str) -> float:
