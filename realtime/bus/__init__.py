@@ -194,7 +194,7 @@ def from_url(url: str, settings: Settings) -> Backend:
     if scheme(url) == MEMORY_SCHEME:
         from realtime.bus.memory import MemoryBackend
 
-        return MemoryBackend(settings.stream_retention)
+        return MemoryBackend(settings.stream_retention, ttl=settings.stream_ttl)
     from realtime.bus.redis import RedisBackend
 
     return RedisBackend(

@@ -20,23 +20,43 @@ class _Topic:
         self.events: collections.deque[Event] = collections.deque(maxlen=retention)
         # idempotency keys of publications -> their seq; as many as the history keeps
         self.keys: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self.touched = time.monotonic()
 
 
 class MemoryBackend(Backend):
     """`memory://`: everything in this instance, shared with no other process. A new
     instance (a restarted server) starts every topic in a new epoch, as a Redis that
-    restarted empty does."""
+    restarted empty does. A topic nobody published to, read or subscribed to for `ttl`
+    seconds is forgotten, as Redis expires an idle stream (REALTIME_STREAM_TTL): without
+    it every user's personal channel stayed in memory for the life of the process."""
 
-    def __init__(self, retention: int) -> None:
+    def __init__(self, retention: int, ttl: float = 86400.0) -> None:
         self._retention = retention
+        self._ttl = ttl
+        self._swept = time.monotonic()
         self._topics: dict[str, _Topic] = {}
         self._changed = asyncio.Event()
         self._presence: dict[str, dict[str, dict[str, Any]]] = {}
 
     def _topic(self, name: str) -> _Topic:
-        if name not in self._topics:
-            self._topics[name] = _Topic(self._retention)
-        return self._topics[name]
+        state = self._topics.get(name)
+        if state is None:
+            self._sweep()
+            state = self._topics[name] = _Topic(self._retention)
+        else:
+            state.touched = time.monotonic()
+        return state
+
+    def _sweep(self) -> None:
+        """Forget the topics idle for `ttl`; at most once per min(ttl, 60 s), when a new
+        topic is made (what grows the map), so the cost is one pass per interval."""
+        now = time.monotonic()
+        if now - self._swept < min(self._ttl, 60.0):
+            return
+        self._swept = now
+        idle = [name for name, state in self._topics.items() if now - state.touched > self._ttl]
+        for name in idle:
+            del self._topics[name]
 
     async def publish(
         self,
@@ -101,9 +121,13 @@ class MemoryBackend(Backend):
 
     def _after(self, positions: dict[str, int]) -> list[Event]:
         found: list[Event] = []
+        now = time.monotonic()
         for topic, seq in positions.items():
             state = self._topics.get(topic)
-            if state is not None and state.seq > seq:
+            if state is None:
+                continue
+            state.touched = now  # subscribed on this node: never idle
+            if state.seq > seq:
                 found.extend(_newer(state.events, seq))
         return found
 
