@@ -251,18 +251,22 @@ def noise_table(runs: Sequence[Run], names: Sequence[str], systems: Sequence[Sys
 
 
 def checks(runs: Sequence[Run]) -> list[str]:
-    """A line per run that failed, lost, skipped or refused anything."""
+    """A line per run that failed, measured nothing, lost, skipped or refused anything."""
     lines = []
     for run in runs:
         where = f"{run.figure} {run.system} round {run.round}"
         result = run.result
         if result is None:
             lines.append(f"{where}: FAILED {run.error}")
+        elif isinstance(result, RunResult) and not result.completed:
+            lines.append(f"{where}: no answer in the measured window")
         elif isinstance(result, RunResult) and (result.errors or result.failed_connections):
             lines.append(
                 f"{where}: {result.errors} bad or unmatched answers, "
                 f"{result.failed_connections} sockets failed or dropped"
             )
+        elif isinstance(result, FanoutResult) and not result.deliveries:
+            lines.append(f"{where}: no delivery in the measured window (too short for it?)")
         elif isinstance(result, FanoutResult) and (
             result.lost or result.skipped or result.disorder or result.errors or result.failed
         ):
