@@ -59,7 +59,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         permissions = Path(tmp) / "permissions.toml"
         extra = '"stall.inline" = ["user"]\n"stall.thread" = ["user"]\n'
-        text = (HERE / "permissions.toml").read_text().replace("[packages]\n", "[packages]\n" + extra)
+        text = (
+            (HERE / "permissions.toml").read_text().replace("[packages]\n", "[packages]\n" + extra)
+        )
         permissions.write_text(text)
         settings = make_settings(Path(tmp), permissions_file=str(permissions))
         token = DevIssuer.load_or_create(

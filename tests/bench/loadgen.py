@@ -10,6 +10,12 @@ seconds) and the sockets are closed. The run is bounded in time and in requests
 The client is picows (Cython, callbacks, no task per message) when it is installed, so
 the load generator costs far less CPU per message than the server; the websockets
 library is the fallback. Both share `_Socket`, which holds the per-socket logic.
+
+The wire is realtime's by default (JSON envelopes, answers matched by their `req_id`); a
+`Workload` may speak another: its `answer` finds the request id in an answer frame, and
+its `control` handles the frames that are not answers (a handshake the socket must
+finish before it sends requests, the peer's keepalive pings): the Socket.IO echo of
+tests/bench/compare/workloads.py.
 """
 
 from __future__ import annotations
@@ -26,16 +32,35 @@ import orjson
 from tests.bench.common.probes import Probe, SelfCPU
 from tests.bench.report import RunResult
 
+Payload = bytes | str  # a text frame as the client library gives it
+# (request id, decoded answer) of an answer frame; None: not an answer (a control frame)
+Answer = Callable[[Payload], tuple[str, Any] | None]
+# a control frame -> (a frame to send back or None, whether the socket is now ready);
+# None: a frame the wire does not expect (counted as unmatched)
+Control = Callable[[Payload], tuple[bytes | None, bool] | None]
+
+
+def envelope_answer(payload: Payload) -> tuple[str, Any]:
+    """realtime's wire: every frame is a JSON answer carrying its `req_id`."""
+    answer = orjson.loads(payload)
+    return answer["req_id"], answer
+
 
 @dataclass(frozen=True)
 class Workload:
-    """What to send where: `make_request(req_id)` gives a frame, `check(answer)` judges it."""
+    """What to send where: `make_request(req_id)` gives a frame, `check(answer)` judges it.
+
+    `answer` and `control` are the wire (see the module's docstring); with a `control`,
+    each socket sends requests only once `control` has said it is ready.
+    """
 
     name: str
     url: str
     make_request: Callable[[str], bytes]
-    check: Callable[[dict[str, Any]], bool]
+    check: Callable[[Any], bool]
     headers: Mapping[str, str] = field(default_factory=dict)
+    answer: Answer = envelope_answer
+    control: Control | None = None
 
 
 def envelope(pkg_id: int, data: Any) -> Callable[[str], bytes]:
@@ -72,6 +97,8 @@ class _Run:
     def __init__(self, workload: Workload, options: LoadOptions) -> None:
         self.make_request = workload.make_request
         self.check = workload.check
+        self.answer = workload.answer
+        self.control = workload.control
         self.pipeline = options.pipeline
         self.max_requests = options.max_requests
         self.sending = True
@@ -92,6 +119,9 @@ class _Socket:
         self.pending: dict[str, float] = {}
         self.sent = 0
         self.closed = False
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if run.control is None:
+            self.ready.set_result(None)  # realtime's wire: ready once connected
 
     def next_frame(self) -> bytes | None:
         run = self.run
@@ -103,21 +133,37 @@ class _Socket:
         self.pending[req_id] = time.perf_counter()
         return run.make_request(req_id)
 
-    def on_answer(self, payload: bytes | str) -> None:
+    def on_answer(self, payload: Payload) -> bool:
+        """Count an answer; False if the frame is none (then it is for `on_control`)."""
         now = time.perf_counter()
         run = self.run
         try:
-            answer = orjson.loads(payload)
-            started = self.pending.pop(answer["req_id"])
-        except (orjson.JSONDecodeError, TypeError, KeyError):
+            decoded = run.answer(payload)
+            if decoded is None:
+                return False
+            req_id, answer = decoded
+            started = self.pending.pop(req_id)
+        except (orjson.JSONDecodeError, TypeError, KeyError, ValueError):
             run.unmatched += 1
-            return
+            return True
         run.in_flight -= 1
         if run.recording:
             run.completed += 1
             run.latencies.append(now - started)
             if not run.check(answer):
                 run.errors += 1
+        return True
+
+    def on_control(self, payload: Payload) -> bytes | None:
+        """A frame that is not an answer: the frame to send back, if any."""
+        handled = self.run.control(payload) if self.run.control is not None else None
+        if handled is None:
+            self.run.unmatched += 1
+            return None
+        reply, ready = handled
+        if ready and not self.ready.done():
+            self.ready.set_result(None)
+        return reply
 
     def on_closed(self) -> None:
         if not self.closed:
@@ -150,8 +196,11 @@ def _picows_client(run: _Run) -> _Client:
 
         def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
             if frame.msg_type is WSMsgType.TEXT:
-                self.socket.on_answer(frame.get_payload_as_bytes())
-                self.send_next()
+                payload = frame.get_payload_as_bytes()
+                if self.socket.on_answer(payload):
+                    self.send_next()
+                elif (reply := self.socket.on_control(payload)) is not None:
+                    transport.send(WSMsgType.TEXT, reply)
             elif frame.msg_type is WSMsgType.CLOSE:
                 self.socket.on_closed()
                 transport.send_close(frame.get_close_code())
@@ -175,6 +224,7 @@ def _picows_client(run: _Run) -> _Client:
             self.transport, self.listener = await ws_connect(
                 lambda: Listener(self.socket), url, extra_headers=dict(headers)
             )
+            await self.socket.ready
 
         def start(self) -> None:
             assert self.listener is not None
@@ -207,6 +257,8 @@ def _websockets_client(run: _Run) -> _Client:
             self.ws = await connect(
                 url, additional_headers=dict(headers), compression=None, max_size=None
             )
+            while not self.socket.ready.done():  # a wire with a handshake (`control`)
+                await self._on_control(await self.ws.recv())
 
         def start(self) -> None:
             self.reader = asyncio.create_task(self._read())
@@ -216,14 +268,21 @@ def _websockets_client(run: _Run) -> _Client:
             if message is not None and self.ws is not None:
                 await self.ws.send(message.decode())
 
+        async def _on_control(self, message: Payload) -> None:
+            reply = self.socket.on_control(message)
+            if reply is not None and self.ws is not None:
+                await self.ws.send(reply.decode())
+
         async def _read(self) -> None:
             assert self.ws is not None
             try:
                 for _ in range(run.pipeline):
                     await self._send_next()
                 async for message in self.ws:
-                    self.socket.on_answer(message)
-                    await self._send_next()
+                    if self.socket.on_answer(message):
+                        await self._send_next()
+                    else:
+                        await self._on_control(message)
             except ConnectionClosed:
                 pass
             finally:

@@ -3,7 +3,7 @@
     python -m uvicorn --factory tests.bench.app:create_bench_app --loop uvloop \
         --http httptools --ws auto --workers 1 --no-access-log --log-level warning ...
 
-`BenchServer` starts it on a free port of 127.0.0.1 (pinned to one CPU when asked),
+`bench_server` starts it (or another server's command) on a free port of 127.0.0.1 (pinned to one CPU when asked),
 waits for `/health`, and stops it (SIGINT, then SIGKILL after a grace period).
 """
 
@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from tests.bench.common import ROOT
@@ -86,13 +86,15 @@ def bench_server(
     factory: str = FACTORY,
     startup_timeout: float = 30.0,
     cwd: Path = ROOT,
+    command: Callable[[int], list[str]] | None = None,
 ) -> Iterator[tuple[int, int]]:
-    """Run the server; yields (pid, port). `cpu` pins it to that CPU."""
+    """Run the server; yields (pid, port). `cpu` pins it to that CPU. `command(port)` is a
+    server that is not uvicorn (e.g. tests/bench/peers/picows_server.py): it must answer
+    `GET /health` with 200 on that port, and stop on SIGINT."""
     port = free_port()
     pin = None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu}))
-    process = subprocess.Popen(
-        uvicorn_command(port, factory), cwd=cwd, env={**os.environ, **env}, preexec_fn=pin
-    )
+    argv = command(port) if command is not None else uvicorn_command(port, factory)
+    process = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **env}, preexec_fn=pin)
     try:
         _wait_healthy(process, port, startup_timeout)
         yield process.pid, port

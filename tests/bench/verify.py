@@ -48,7 +48,9 @@ def main() -> None:
         for label, size in (("cache off", 0), ("cache on", 10_000)):
             fresh_us = asyncio.run(_per_call(_verifier(issuer, size), fresh))
             same_us = asyncio.run(_per_call(_verifier(issuer, size), same))
-            print(f"{label:>9}: fresh tokens {fresh_us:7.1f} us/verify, one token reused {same_us:7.1f} us/verify")
+            print(
+                f"{label:>9}: fresh tokens {fresh_us:7.1f} us/verify, one token reused {same_us:7.1f} us/verify"
+            )
 
 
 if __name__ == "__main__":

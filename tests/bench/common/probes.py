@@ -5,6 +5,10 @@ stopped when it closes; `stop()` gives its figure (a share of one core for the C
 - `SelfCPU`: this process's (the load generator's), from `time.process_time`;
 - `CoreBusy`: one core's busy share from /proc/stat (softirq time included);
 - `OthersPeak`: the worst burst of the programs that are not the bench's own;
+- `OthersCPU`: the same programs' CPU over the whole window (their mean share, from
+  each process's own figures);
+- `Steal`: the share of the machine's time the hypervisor gave to other guests;
+- `noise_probes(pids)`: the last three, the machine's noise beside a figure;
 - `memory(pid)`: a process's RSS and descriptors and the kernel's TCP memory, at once
   (not over a window: the idle and soak benches read it before and after).
 
@@ -108,8 +112,8 @@ class OthersPeak:
     in the worst `span` seconds of the window, as a share of one core: a burst of some
     other program on the machine (on this VM the RabbitMQ tooling starts an Erlang VM about
     once a minute, ~110-145 ms of CPU in 150 ms) shows here. Sampled every 50 ms by a
-    thread: all cores' user+system ticks from /proc/stat minus those of the known
-    processes (so processes that start and end within the window count too)."""
+    thread: all cores' busy ticks from /proc/stat minus those of the known (see
+    `others_cpu_seconds`; so processes that start and end within the window count too)."""
 
     def __init__(self, pids: Sequence[int], span: float = 0.25) -> None:
         self.pids = [*pids, os.getpid(), *pids_named(b"redis-server")]
@@ -119,14 +123,7 @@ class OthersPeak:
         self._samples: list[tuple[float, float]] = []  # (time, other CPU seconds so far)
 
     def _others(self) -> float:
-        with open("/proc/stat") as stat:
-            ticks = [int(v) for v in stat.readline().split()[1:]]
-        total = ticks[0] + ticks[1] + ticks[2]  # user, nice, system of all cores
-        own = 0.0
-        for pid in self.pids:
-            with contextlib.suppress(OSError):
-                own += cpu_seconds(pid)
-        return total / CLOCK_TICKS - own
+        return others_cpu_seconds(self.pids)
 
     def _sample(self) -> None:
         while not self._stop.wait(0.05):
@@ -148,6 +145,95 @@ class OthersPeak:
             if now > self._samples[first][0]:
                 worst = max(worst, (cpu - self._samples[first][1]) / self.span)
         return worst
+
+
+def others_cpu_seconds(pids: Sequence[int]) -> float:
+    """CPU seconds used so far by every process but `pids`: all cores' user, nice,
+    system, irq and softirq ticks from /proc/stat minus what `pids` used (a process gone
+    is not subtracted). The interrupts count because with tick-based accounting (this
+    VM's kernel: no CONFIG_IRQ_TIME_ACCOUNTING) a process's system time includes the
+    softirq ticks that hit it, the loopback TCP work of the bench's own sockets: without
+    them the others came out negative under load."""
+    with open("/proc/stat") as stat:
+        ticks = [int(v) for v in stat.readline().split()[1:]]
+    total = sum(ticks[:3]) + ticks[5] + ticks[6]  # user, nice, system, irq, softirq
+    own = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            own += cpu_seconds(pid)
+    return total / CLOCK_TICKS - own
+
+
+class OthersCPU:
+    """CPU used by processes other than the bench's own over the whole window, as a share
+    of one core: another session's tests or benches running beside this one.
+
+    Read from every process's /proc/<pid>/stat at the start and the end (its CPU, and
+    that of its children it reaped), not from /proc/stat as `OthersPeak` samples it: the
+    kernel's totals are ticks sampled 100 times a second, a process's CPU its precise run
+    time, and a process that runs between ticks (an event loop answering one request at a
+    time) is missed by the first and counted by the second: a window's difference came
+    out negative. Own: `pids`, this process, Redis, and their children. A process that
+    started and ended within the window counts if its parent reaped it and lives."""
+
+    def __init__(self, pids: Sequence[int]) -> None:
+        self.pids = {*pids, os.getpid(), *pids_named(b"redis-server")}
+        self._started: tuple[dict[int, float], float] | None = None
+
+    def _others(self) -> dict[int, float]:
+        """pid -> CPU seconds so far (its own and its reaped children's), not ours."""
+        found = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    with open(f"/proc/{entry}/stat", "rb") as handle:
+                        stat = handle.read()
+                    fields = stat[stat.rindex(b")") + 2 :].split()
+                    pid, parent = int(entry), int(fields[1])
+                    if pid not in self.pids and parent not in self.pids:
+                        found[pid] = sum(int(v) for v in fields[11:15]) / CLOCK_TICKS
+        return found
+
+    def start(self) -> None:
+        self._started = (self._others(), time.perf_counter())
+
+    def stop(self) -> float:
+        assert self._started is not None
+        before, wall = self._started
+        after = self._others()
+        used = sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+        return used / max(time.perf_counter() - wall, 1e-9)
+
+
+class Steal:
+    """Share of the machine's CPU time stolen by the hypervisor over the window (the
+    `steal` ticks of all cores in /proc/stat over all their ticks): on a VM whose host is
+    busy, every figure of the window is slowed by about that share."""
+
+    def __init__(self) -> None:
+        self._started: tuple[int, int] | None = None
+
+    @staticmethod
+    def read() -> tuple[int, int]:
+        with open("/proc/stat") as stat:
+            ticks = [int(v) for v in stat.readline().split()[1:]]
+        return ticks[7], sum(ticks[:8])  # steal; user .. steal (guest is counted in user)
+
+    def start(self) -> None:
+        self._started = self.read()
+
+    def stop(self) -> float:
+        assert self._started is not None
+        steal, total = self.read()
+        steal0, total0 = self._started
+        return (steal - steal0) / max(total - total0, 1)
+
+
+def noise_probes(pids: Sequence[int]) -> dict[str, Probe]:
+    """The machine's noise over a window, beside the figures of the bench's processes
+    `pids`: `steal` (of the machine's time), `others` (other programs' CPU, mean share of
+    one core) and `others peak` (their worst 250 ms)."""
+    return {"steal": Steal(), "others": OthersCPU(pids), "others peak": OthersPeak(pids)}
 
 
 def pids_named(name: bytes) -> list[int]:

@@ -52,6 +52,13 @@ def pin_self(cpu: int) -> None:
     os.sched_setaffinity(0, {cpu})
 
 
+def pin_process(pid: int, cpu: int) -> None:
+    """Pin every thread of process `pid` to `cpu` (a server started by another launcher,
+    e.g. `realtime serve`: affinity is per thread, and its threads exist already)."""
+    for thread in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(thread), {cpu})
+
+
 def pick(value: str, known: Iterable[str], what: str = "scenarios") -> list[str]:
     """The comma-separated names of `value`, in order; ValueError naming the unknown."""
     names = [name.strip() for name in value.split(",") if name.strip()]

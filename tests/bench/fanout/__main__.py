@@ -19,14 +19,12 @@ run. Nothing here asserts a timing.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import resource
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,36 +45,12 @@ from tests.bench.common.runner import write_json as write_document
 from tests.bench.fanout import diagnostics
 from tests.bench.fanout.clients import DIALECTS, PUBLISHER, SUBSCRIBER, Dialect
 from tests.bench.fanout.runs import Options, Result, run_once
-from tests.bench.server import bench_server
+from tests.bench.fanout.systems import System, flush_redis, server, systems
 
-APPS = "tests.bench.fanout.apps"
 SYSTEMS = ("realtime-memory", "realtime-redis", "socketio", "channels", "bare")
 BASELINE = "socketio"
 TARGET_RATIO = 2.0
 TARGET_P99_MS = 10.0
-
-
-@dataclass(frozen=True)
-class System:
-    name: str
-    factory: str
-    dialect: str  # realtime, socketio or channels
-    redis: bool = False
-    env: dict[str, str] = field(default_factory=dict)
-
-
-def _systems(patch: str = "") -> dict[str, System]:
-    """By name; `patch` (diagnostics) goes to the realtime servers and into their names."""
-    env = {diagnostics.ENV: patch}
-    suffix = "".join(f"+{name}" for name in diagnostics.parse(patch))
-    factory = f"{APPS}:realtime_app"
-    return {
-        "realtime-memory": System(f"realtime-memory{suffix}", factory, "realtime", False, env),
-        "realtime-redis": System(f"realtime-redis{suffix}", factory, "realtime", True, env),
-        "socketio": System("socketio", f"{APPS}:socketio_app", "socketio"),
-        "channels": System("channels", f"{APPS}:channels_app", "channels"),
-        "bare": System("bare", f"{APPS}:bare_app", "bare"),
-    }
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -142,29 +116,6 @@ def _raise_nofile(needed: int) -> tuple[int, int]:
     return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
-def _flush_redis(url: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        client.flushdb()
-    finally:
-        client.close()
-
-
-@contextlib.contextmanager
-def _server(
-    system: System, tmp: Path, key: str, redis_url: str, cpu: int | None, node: str = "a"
-) -> Iterator[tuple[int, int]]:
-    workdir = tmp / f"{system.name}-{node}"
-    workdir.mkdir(exist_ok=True)
-    env = {"BENCH_FANOUT_DIR": str(workdir), "BENCH_FANOUT_KEY": key, **system.env}
-    if system.redis:
-        env["BENCH_FANOUT_REDIS_URL"] = redis_url
-    with bench_server(env, cpu=cpu, factory=system.factory) as (pid, port):
-        yield pid, port
-
-
 # -- runs -------------------------------------------------------------------------------
 
 
@@ -209,7 +160,7 @@ def _fanout(
 ) -> Result:
     redis_url = f"{args.redis_url}/{args.redis_db}"
     if system.redis:
-        _flush_redis(redis_url)
+        flush_redis(redis_url)
     busy = _wait_quiet(args.quiet_below, args.quiet_wait)
     options = Options(
         subscribers=args.subscribers,
@@ -219,7 +170,7 @@ def _fanout(
         payload_bytes=args.payload_bytes,
         sample_every=args.sample_every,
     )
-    with _server(system, tmp, key, redis_url, 0 if pin else None) as (pid, port):
+    with server(system, tmp, key, redis_url, 0 if pin else None) as (pid, port):
         probes = _probes({"server CPU": pid}, pin)
         if profile is not None:
             probes["py-spy"] = PySpy(pid, args.duration, profile)
@@ -236,7 +187,7 @@ def _fanout(
             )
         )
     if system.redis:
-        _flush_redis(redis_url)
+        flush_redis(redis_url)
     result.notes["busy_before"] = busy
     return result
 
@@ -250,9 +201,9 @@ def _cross(
     round_: int,
     rate: float,
 ) -> Result:
-    system = _systems(args.patch)["realtime-redis"]
+    system = systems(args.patch)["realtime-redis"]
     redis_url = f"{args.redis_url}/{args.redis_db}"
-    _flush_redis(redis_url)
+    flush_redis(redis_url)
     busy = _wait_quiet(args.quiet_below, args.quiet_wait)
     options = Options(
         subscribers=args.cross_subscribers,
@@ -263,8 +214,8 @@ def _cross(
         sample_every=args.cross_sample_every,
     )
     with (
-        _server(system, tmp, key, redis_url, 0 if pin else None, "a") as (pid_a, port_a),
-        _server(system, tmp, key, redis_url, 1 if pin else None, "b") as (pid_b, port_b),
+        server(system, tmp, key, redis_url, 0 if pin else None, "a") as (pid_a, port_a),
+        server(system, tmp, key, redis_url, 1 if pin else None, "b") as (pid_b, port_b),
     ):
         result = run(
             run_once(
@@ -277,7 +228,7 @@ def _cross(
                 system=f"cross-node{system.name.removeprefix('realtime-redis')} {rate:g}/s",
             )
         )
-    _flush_redis(redis_url)
+    flush_redis(redis_url)
     result.notes["busy_before"] = busy
     return result
 
@@ -418,8 +369,8 @@ def main() -> int:
     parser = _parser()
     args = parser.parse_args()
     try:
-        systems = _systems(args.patch)
-        names = pick(args.systems, systems, "systems")
+        known = systems(args.patch)
+        names = pick(args.systems, known, "systems")
     except ValueError as error:
         parser.error(str(error))
     try:
@@ -453,7 +404,7 @@ def main() -> int:
         def measure(name: str, round_: int) -> Result:
             if name in crossing:
                 return _cross(args, tmp, key, tokens, pin, round_, crossing[name])
-            return _fanout(args, systems[name], tmp, key, tokens, pin, round_)
+            return _fanout(args, known[name], tmp, key, tokens, pin, round_)
 
         results = alternate(args.rounds, [*names, *crossing], measure, runs_table)
         fanout = [r for r in results if not r.notes["rate"]]
@@ -462,7 +413,7 @@ def main() -> int:
             args.profile.mkdir(parents=True, exist_ok=True)
             for name in names:
                 output = args.profile / f"{name}.txt"
-                result = _fanout(args, systems[name], tmp, key, tokens, pin, 0, output)
+                result = _fanout(args, known[name], tmp, key, tokens, pin, 0, output)
                 print(f"py-spy run: {runs_table([result]).splitlines()[-1]} -> {output}")
 
     print(

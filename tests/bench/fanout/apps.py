@@ -11,10 +11,13 @@ serializes a publication once and writes the same text to every subscriber.
   in-process one) and `BENCH_FANOUT_PATCH` (diagnostics, see `diagnostics`). The
   environment of the developer is never read.
 - `socketio_app`: python-socketio `AsyncServer` (ASGI): `subscribe` → `enter_room`,
-  `publish` → `emit("message", data, room=topic)`.
+  `publish` → `emit("message", data, room=topic)`; and an `echo` event whose handler
+  returns its data (Socket.IO's acknowledgement is the answer), for tests.bench.compare.
 - `channels_app`: Django Channels `AsyncWebsocketConsumer`: `group_add` on connect,
   `group_send` of the serialized frame on a publish, `self.send(text_data=...)` in the
-  group handler; `InMemoryChannelLayer` with its defaults.
+  group handler; `InMemoryChannelLayer` with its defaults. On `/echo/` (for
+  tests.bench.compare) an `AsyncJsonWebsocketConsumer` answers each JSON request
+  with the envelope tests.bench.bare answers.
 
 - `bare_app`: the ceiling, no framework on top of Starlette: a set of accepted sockets,
   and for each publication one `orjson.dumps` and a loop of `await ws.send_text(frame)`
@@ -104,6 +107,10 @@ def socketio_app() -> ASGIApp:
     async def publish(sid: str, request: dict[str, Any]) -> None:
         await sio.emit("message", request["data"], room=request["topic"])
 
+    @sio.on("echo")  # type: ignore[misc]
+    async def echo(sid: str, data: Any) -> Any:
+        return data  # sent back as the acknowledgement of the client's event
+
     return with_health(socketio.ASGIApp(sio))
 
 
@@ -120,7 +127,7 @@ def channels_app() -> ASGIApp:
             CHANNEL_LAYERS={"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}},
         )
         django.setup()
-    from channels.generic.websocket import AsyncWebsocketConsumer
+    from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
     from channels.routing import ProtocolTypeRouter, URLRouter
     from django.urls import path
 
@@ -150,7 +157,21 @@ def channels_app() -> ASGIApp:
         async def broadcast_message(self, event: dict[str, Any]) -> None:
             await self.send(text_data=event["text"])
 
-    router = ProtocolTypeRouter({"websocket": URLRouter([path("ws/", FanoutConsumer.as_asgi())])})
+    class EchoConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
+        """`/echo/`: each request answered with its `pkg_id`, `req_id` and `data`."""
+
+        async def receive_json(self, content: dict[str, Any], **kwargs: Any) -> None:
+            await self.send_json(
+                {
+                    "pkg_id": content.get("pkg_id"),
+                    "req_id": content.get("req_id"),
+                    "status_code": 0,
+                    "data": content.get("data", {}),
+                }
+            )
+
+    routes = [path("ws/", FanoutConsumer.as_asgi()), path("echo/", EchoConsumer.as_asgi())]
+    router = ProtocolTypeRouter({"websocket": URLRouter(routes)})
     return with_health(router)
 
 

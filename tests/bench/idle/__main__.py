@@ -3,129 +3,37 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import pickle
-import resource
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 import tracemalloc
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from tests.bench import idle
 from tests.bench.common import ROOT, machine
-from tests.bench.common.figures import Column, median, medians_table, num, runs_table, safe_ratio
+from tests.bench.common.figures import median, medians_table, runs_table, safe_ratio
 from tests.bench.common.probes import memory
-from tests.bench.common.runner import alternate, dev_tokens, pick, write_json
-from tests.bench.server import bench_server
-from tests.nodes import node
+from tests.bench.common.runner import alternate, pick, write_json
+from tests.bench.idle import runs
+from tests.bench.idle.runs import (
+    COLUMNS,
+    SERVER_DESCRIPTORS,
+    Crowd,
+    IdleRun,
+    bare_server,
+    crowd,
+    raise_descriptor_limit,
+    realtime_server,
+    tokens_file,
+)
 
 HOOK = Path(__file__).parent / "hook"  # the profiled server's sitecustomize
-SERVER_DESCRIPTORS = 256  # kept free in the server for its own files, the database, ...
-USERS = 100  # subjects the sockets are spread over (one token each)
-REALTIME_ENV = {"REALTIME_RATE_LIMIT": "1000000", "REALTIME_RATE_BURST": "1000000"}
 SYSTEMS = ("realtime", "bare")
-
-
-@dataclass
-class IdleRun:
-    system: str
-    round: int
-    sockets: int
-    failed: int
-    before: dict[str, float]
-    after: dict[str, float]
-
-    @property
-    def kib_per_socket(self) -> float:
-        grown = self.after["rss_mib"] - self.before["rss_mib"]
-        return grown * 1024 / self.sockets if self.sockets else float("nan")
-
-
-COLUMNS: list[Column[IdleRun]] = [
-    Column("sockets", lambda r: r.sockets),
-    Column("failed", lambda r: r.failed),
-    Column("RSS before (MiB)", lambda r: r.before["rss_mib"], lambda v: num(v, 1)),
-    Column("RSS after (MiB)", lambda r: r.after["rss_mib"], lambda v: num(v, 1)),
-    Column("KiB/socket", lambda r: r.kib_per_socket, lambda v: num(v, 1)),
-    Column("descriptors after", lambda r: r.after["fds"]),
-    Column("kernel TCP (MiB)", lambda r: r.after["tcp_mem_mib"], lambda v: num(v, 1)),
-]
-
-
-def raise_descriptor_limit() -> int:
-    """Soft limit to the hard one (the servers and clients inherit it); the hard limit."""
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
-
-
-@contextlib.contextmanager
-def realtime_server(folder: Path, **env: str) -> Iterator[tuple[int, int]]:
-    """`realtime serve` on the embedded default in `folder`; (pid, port)."""
-    with node(folder, "realtime", **REALTIME_ENV, **env) as server:
-        yield server.process.pid, int(server.address.rsplit(":", 1)[1])
-
-
-@contextlib.contextmanager
-def bare_server(allocator: str, **env: str) -> Iterator[tuple[int, int]]:
-    """tests.bench.bare on tests.bench.server's uvicorn command; (pid, port)."""
-    env = {"PYTHONMALLOC": allocator, **env}
-    with bench_server(env, factory="tests.bench.bare:create_app") as (pid, port):
-        yield pid, port
-
-
-@contextlib.contextmanager
-def crowd(
-    port: int, count: int, clients: int, tokens: Path | None, round_: int
-) -> Iterator[tuple[int, int]]:
-    """`count` idle sockets held by `clients` processes, each from its own loopback
-    address; (opened, failed) once all are open (or failed). Reset on exit."""
-    shares = [count // clients + (1 if n < count % clients else 0) for n in range(clients)]
-    processes = []
-    for n, share in enumerate(s for s in shares if s):
-        command = [sys.executable, "-m", "tests.bench.idle.client", "--port", str(port)]
-        command += ["--count", str(share), "--source", f"127.0.{round_ % 250}.{10 + n}"]
-        command += ["--tokens", str(tokens)] if tokens else []
-        processes.append(
-            subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        )
-    try:
-        opened = failed = 0
-        for process in processes:
-            assert process.stdout is not None
-            line = process.stdout.readline().decode().split()  # "ready <open> <failed>"
-            if not line:
-                raise RuntimeError(f"a client process ended ({process.wait()})")
-            opened, failed = opened + int(line[1]), failed + int(line[2])
-        yield opened, failed
-    finally:
-        for process in processes:
-            with contextlib.suppress(OSError):
-                assert process.stdin is not None
-                process.stdin.write(b"\n")
-                process.stdin.close()
-        for process in processes:
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def tokens_file(folder: Path) -> Path:
-    """Tokens of USERS subjects from the dev key the `realtime` server is given."""
-    tokens = dev_tokens(str(folder / "dev-key.json"), {f"idle{n}": ["user"] for n in range(USERS)})
-    path = folder / "tokens.txt"
-    path.write_text("\n".join(tokens.values()))
-    return path
 
 
 def measure(args: argparse.Namespace, system: str, round_: int, folder: Path) -> IdleRun:
@@ -137,13 +45,8 @@ def measure(args: argparse.Namespace, system: str, round_: int, folder: Path) ->
         server = realtime_server(workdir)
     else:
         server, tokens = bare_server(args.allocator), None
-    with server as (pid, port):
-        time.sleep(args.settle)
-        before = memory(pid)
-        with crowd(port, args.sockets, args.clients, tokens, round_) as (opened, failed):
-            time.sleep(args.settle)
-            after = memory(pid)
-    return IdleRun(system, round_, opened, failed, before, after)
+    how = Crowd(args.sockets, args.clients, args.settle, tokens)
+    return runs.measure(system, round_, server, how)
 
 
 def report(runs: list[IdleRun]) -> None:

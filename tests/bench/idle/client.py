@@ -11,6 +11,11 @@ it and served a frame, as any client that is in. Then it idles, answering the se
 keepalive pings. The process prints `ready <open> <failed>` once every socket is open
 or has failed, then waits for a line on stdin and resets every socket (SO_LINGER 0: no
 TIME_WAIT left to hold the ports for the next run).
+
+`--socketio`: the sockets speak Engine.IO 4 / Socket.IO 5 instead (a python-socketio
+server of tests.bench.compare): they connect to the namespace `/`, send one `echo`
+event with an acknowledgement id, wait for the acknowledgement, then idle, answering
+Engine.IO's pings (`2` -> `3`) as well as the WebSocket ones.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import cast
 from tests.bench.common.runner import run
 
 ECHO = b'{"pkg_id":40,"req_id":"1","data":{}}'
+SOCKETIO_ECHO = b'421["echo",{}]'  # Engine.IO message, Socket.IO event with ack id 1
 OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x8, 0x9, 0xA
 BATCH = 200  # handshakes in flight per process: under uvicorn's backlog of 2048
 
@@ -49,9 +55,12 @@ def frame(opcode: int, payload: bytes) -> bytes:
 class IdleSocket(asyncio.Protocol):
     """Upgrade, one echo, then idle: `answered` is done (True) once the echo came back."""
 
-    def __init__(self, request: bytes, answered: asyncio.Future[bool]) -> None:
+    def __init__(
+        self, request: bytes, answered: asyncio.Future[bool], socketio: bool = False
+    ) -> None:
         self._request = request
         self.answered = answered
+        self.socketio = socketio
         self._buffer = b""
         self._upgraded = False
         self.transport: asyncio.Transport | None = None
@@ -71,7 +80,8 @@ class IdleSocket(asyncio.Protocol):
                 self._fail(head.split(b"\r\n", 1)[0].decode(errors="replace"))
                 return
             self._upgraded, self._buffer = True, rest
-            self._write(frame(OP_TEXT, ECHO))
+            if not self.socketio:  # Engine.IO's server speaks first
+                self._write(frame(OP_TEXT, ECHO))
         self._frames()
 
     def _frames(self) -> None:
@@ -95,8 +105,22 @@ class IdleSocket(asyncio.Protocol):
                 self._write(frame(OP_PONG, payload))
             elif opcode == OP_CLOSE:
                 self._fail(f"closed by the server: {payload[:2].hex()} {payload[2:]!r}")
+            elif opcode == OP_TEXT and self.socketio:
+                self._socketio(payload)
             elif opcode == OP_TEXT and not self.answered.done():
                 self.answered.set_result(True)
+
+    def _socketio(self, payload: bytes) -> None:
+        if payload == b"2":  # Engine.IO ping
+            self._write(frame(OP_TEXT, b"3"))
+        elif payload[:1] == b"0":  # Engine.IO open: connect to the namespace "/"
+            self._write(frame(OP_TEXT, b"40"))
+        elif payload[:2] == b"40":  # connected: one echo
+            self._write(frame(OP_TEXT, SOCKETIO_ECHO))
+        elif payload[:3] == b"431" and not self.answered.done():  # its acknowledgement
+            self.answered.set_result(True)
+        elif payload[:2] == b"44":
+            self._fail(f"Socket.IO connect error {payload[:200]!r}")
 
     def _write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -141,7 +165,7 @@ async def open_one(args: argparse.Namespace, request: bytes) -> IdleSocket | Non
     answered: asyncio.Future[bool] = loop.create_future()
     try:
         _, protocol = await loop.create_connection(
-            lambda: IdleSocket(request, answered),
+            lambda: IdleSocket(request, answered, args.socketio),
             args.host,
             args.port,
             local_addr=(args.source, 0) if args.source else None,
@@ -182,6 +206,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=Path, help="a file of tokens, one a line")
     parser.add_argument("--source", help="local address to connect from (127.0.0.x)")
     parser.add_argument("--timeout", type=float, default=30.0, help="per socket, seconds")
+    parser.add_argument("--socketio", action="store_true", help="speak Engine.IO/Socket.IO")
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
