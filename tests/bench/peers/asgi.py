@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from tests.bench.fanout.apps import ASGIApp, Message, Receive, Scope, Send
+from tests.bench.fanout.apps import ASGIApp, Message, Receive, Scope, Send, with_health
 
 ECHO_PATH = "/echo/"
 FANOUT_PATH = "/ws/"
@@ -20,21 +20,6 @@ FANOUT_PATH = "/ws/"
 
 def create_app() -> ASGIApp:
     subscribers: set[Send] = set()
-
-    async def lifespan(receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-
-    async def http(scope: Scope, send: Send) -> None:
-        status, body = (200, b"ok") if scope["path"] == "/health" else (404, b"not found")
-        headers = [(b"content-type", b"text/plain")]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
 
     def text(message: Message) -> Any:
         return orjson.loads(message.get("text") or message.get("bytes") or b"null")
@@ -64,10 +49,11 @@ def create_app() -> ASGIApp:
             subscribers.discard(send)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
-        elif scope["type"] == "http":
-            await http(scope, send)
+        if scope["type"] == "http":  # with_health answered /health
+            status, body = 404, b"not found"
+            headers = [(b"content-type", b"text/plain")]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
         elif scope["type"] == "websocket" and scope["path"] in (ECHO_PATH, FANOUT_PATH):
             await receive()  # websocket.connect
             await send({"type": "websocket.accept"})
@@ -78,4 +64,4 @@ def create_app() -> ASGIApp:
         else:
             await send({"type": "websocket.close", "code": 1000})
 
-    return app
+    return with_health(app)
