@@ -6,14 +6,17 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import fcntl
+import functools
 import os
 import secrets
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -197,16 +200,45 @@ def db_client(engine: Settings) -> Iterator[TestClient]:
 # -- the bus: every test that takes `bus` runs in process and on the real Redis ----------
 
 REDIS_SERVER = os.environ.get("REALTIME_TEST_REDIS", "redis://127.0.0.1:6379")
-REDIS_TEST_DB = 9
+# Tests empty their database between tests, so two runs on one machine (a developer's
+# and CI's) must never share one: each run claims a database with a lock file, the first
+# of these that no other run holds, and waits for one when all are taken.
+REDIS_TEST_DBS = (9, 10, 11, 15)
+
+
+@functools.cache
+def _claimed_db() -> tuple[int, IO[bytes]]:
+    """A database no other test run on this machine uses, and the lock that holds it
+    (kept open for the whole run, released by the OS when the run ends)."""
+    host = urlsplit(REDIS_SERVER).netloc.replace(":", "_")
+    locks = [
+        (db, Path(tempfile.gettempdir()) / f"realtime-tests-{host}-db{db}.lock")
+        for db in REDIS_TEST_DBS
+    ]
+    for db, path in locks:
+        lock = path.open("wb")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        return db, lock
+    db, path = locks[0]
+    print(
+        f"tests: Redis databases {REDIS_TEST_DBS} are all held by other test runs; waiting for {db}"
+    )
+    lock = path.open("wb")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return db, lock
 
 
 def redis_url(server: str = REDIS_SERVER) -> str:
     """The tests' Redis database: the one REALTIME_TEST_REDIS names
-    (`redis://host:port/10`), else database 9 of that server."""
+    (`redis://host:port/10`), else one of REDIS_TEST_DBS that no other run holds."""
     parts = urlsplit(server)
     if parts.path.strip("/"):
         return server
-    return urlunsplit(parts._replace(path=f"/{REDIS_TEST_DB}"))
+    return urlunsplit(parts._replace(path=f"/{_claimed_db()[0]}"))
 
 
 def flush_redis() -> None:
