@@ -34,7 +34,7 @@ import resource
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from tests.bench.common import machine
 from tests.bench.common.figures import percentile
-from tests.bench.common.probes import cpu_seconds, memory
+from tests.bench.common.probes import cpu_by_thread, cpu_seconds, memory
 from tests.bench.common.runner import dev_tokens, event_loop, pin_self
 from tests.nodes import node
 
@@ -224,10 +224,15 @@ async def publish(url: str, token: str, count: int) -> list[str]:
     return offsets
 
 
-async def storm_round(args: argparse.Namespace, url: str, tokens: dict[str, str]) -> Storm:
+async def storm_round(
+    args: argparse.Namespace, url: str, tokens: dict[str, str], at_drop: Callable[[], None]
+) -> Storm:
+    """`at_drop` is called once the crowd is connected, just before the drop: the window
+    the server's CPU is measured over starts there."""
     users = [tokens[name] for name in tokens if name != "operator"]
     peers = await crowd(url, users, args.sockets)
     print(f"{len(peers)} sockets subscribed to {TOPIC}", flush=True)
+    at_drop()
     storm = Storm(expected=len(peers))
     storm.dropped_at = time.monotonic()
     for peer in peers:
@@ -343,7 +348,7 @@ def report(storm: Storm, control_ms: list[float], cpu: float, rss: tuple[float, 
         if window
         else f"server CPU {cpu:.2f} s"
     )
-    print(f"server RSS before / after the storm: {rss[0]:.1f} / {rss[1]:.1f} MiB")
+    print(f"server RSS with the crowd connected / after the storm: {rss[0]:.1f} / {rss[1]:.1f} MiB")
     if control_ms:
         ordered = sorted(control_ms)
         print(
@@ -372,17 +377,32 @@ def bench(args: argparse.Namespace, folder: Path) -> None:
         pin_self(1)
         url = f"ws://{server.address}/ws"
         with control_process(url, tokens["user0"]) as samples, event_loop() as loop:
-            before = memory(pid)["rss_mib"]
-            cpu = cpu_seconds(pid)
             started = time.monotonic()
-            storm = loop.run(storm_round(args, url, tokens))
-            cpu_used = cpu_seconds(pid) - cpu
+            at_drop: dict[str, Any] = {}
+
+            def dropping() -> None:
+                pin_all_threads(pid, 0)  # the threads started while the crowd connected too
+                at_drop.update(cpu=cpu_seconds(pid), threads=cpu_by_thread(pid))
+                at_drop["rss"] = memory(pid)["rss_mib"]
+
+            storm = loop.run(storm_round(args, url, tokens, dropping))
+            cpu_used = cpu_seconds(pid) - at_drop["cpu"]
+            threads = cpu_by_thread(pid)
             after = memory(pid)["rss_mib"]
             control_samples = samples()
         end = storm.dropped_at + (max(storm.resumed) if storm.resumed else args.timeout)
         during = [ms for at, ms in control_samples if storm.dropped_at <= at <= end]
         print(f"(the crowd connected in {storm.dropped_at - started:.1f} s, not measured)")
-        report(storm, during, cpu_used, (before, after))
+        report(storm, during, cpu_used, (at_drop["rss"], after))
+        spent = {name: used - at_drop["threads"].get(name, 0.0) for name, used in threads.items()}
+        print(
+            "server CPU by thread (s): "
+            + ", ".join(
+                f"{name} {used:.2f}"
+                for name, used in sorted(spent.items(), key=lambda i: -i[1])
+                if used >= 0.01
+            )
+        )
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ stopped when it closes; `stop()` gives its figure (a share of one core for the C
   each process's own figures);
 - `Steal`: the share of the machine's time the hypervisor gave to other guests;
 - `noise_probes(pids)`: the last three, the machine's noise beside a figure;
+- `cpu_by_thread(pid)`: a process's CPU so far by thread name (not over a window);
 - `memory(pid)`: a process's RSS and descriptors and the kernel's TCP memory, at once
   (not over a window: the idle and soak benches read it before and after).
 
@@ -45,6 +46,20 @@ def cpu_seconds(pid: int | str) -> float:
     fields = stat[stat.rindex(b")") + 2 :].split()
     utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
     return (utime + stime) / CLOCK_TICKS
+
+
+def cpu_by_thread(pid: int | str) -> dict[str, float]:
+    """CPU seconds used so far by each thread of `pid`, summed by thread name (the main
+    thread is the process's name; asyncio's executor threads are `asyncio_N`, ...): where
+    a process's CPU went when it is more than its event loop."""
+    used: dict[str, float] = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/task/{task}/comm") as handle:
+                name = handle.read().strip().rstrip("0123456789_") or "?"
+            seconds = cpu_seconds(f"{pid}/task/{task}")
+            used[name] = used.get(name, 0.0) + seconds
+    return used
 
 
 class ProcessCPU:
