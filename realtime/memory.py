@@ -5,8 +5,9 @@ malloc keeps freed memory in its heaps for reuse: after thousands of sockets lef
 process's RSS stays near its high-water mark (the soak benchmark measured it; a
 `malloc_trim(0)` gave back about a third of what the crowd had added). So, when the
 number of open sockets has fallen to half of its peak or less, by at least `min_drop`
-sockets, the collector runs once (cycles that still hold a closed socket) and then
-`malloc_trim(0)` returns the free pages to the system. Where the C library has no
+sockets, and is still that low `delay` seconds later (not a reconnect storm, whose crowd
+is back by then), the collector runs once (cycles that still hold a closed socket) and
+then `malloc_trim(0)` returns the free pages to the system. Where the C library has no
 `malloc_trim` (musl, macOS) only the collection runs.
 """
 
@@ -46,6 +47,7 @@ class Trimmer:
         self._min_drop = min_drop
         self._peak = 0
         self._due: float | None = None
+        self._before = 0  # the peak before the drop that made the trim due
         self._trim = malloc_trim()
         self.trims = 0
 
@@ -53,17 +55,22 @@ class Trimmer:
         """True if this call gave memory back."""
         if self._due is not None and now >= self._due:
             self._due = None
-            self.give_back()
-            return True
+            if open_sockets <= self._before // 2:
+                self.give_back()
+                return True
+            # they came back (a reconnect storm): what they hold is in use again, and a
+            # trim's full collection would stall the loop while it is busiest
+            logger.info("%d sockets are back: no memory given back", open_sockets)
         if open_sockets > self._peak:
             self._peak = open_sockets
             return False
         left = self._peak - open_sockets
         if left >= self._min_drop and open_sockets <= self._peak // 2:
-            self._peak = open_sockets
             if self._due is None:
+                self._before = self._peak
                 self._due = now + self._delay
                 logger.info("%d sockets left: memory is given back in %.0f s", left, self._delay)
+            self._peak = open_sockets
         return False
 
     def give_back(self) -> None:

@@ -20,6 +20,20 @@ def test_a_crowd_that_left_is_given_back_once_after_the_delay() -> None:
     assert trimmer.trims == 1
 
 
+def test_a_crowd_that_comes_back_within_the_delay_is_not_trimmed() -> None:
+    """A reconnect storm: every socket dropped at once and reconnecting. A trim then
+    would stall the loop with a full collection while the crowd is back."""
+    trimmer = Trimmer(delay=5, min_drop=100)
+    trimmer.observe(1000, now=0)
+    assert not trimmer.observe(0, now=1)  # all gone: due at 6
+    assert not trimmer.observe(700, now=3)  # coming back
+    assert not trimmer.observe(1000, now=6)  # back at the due time: no trim
+    assert trimmer.trims == 0
+    assert not trimmer.observe(100, now=7)  # a later departure is due again, at 12
+    assert trimmer.observe(100, now=12)
+    assert trimmer.trims == 1
+
+
 def test_a_small_crowd_is_not_worth_a_trim() -> None:
     trimmer = Trimmer(min_drop=100)
     trimmer.observe(150, now=0)
