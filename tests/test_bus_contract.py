@@ -309,6 +309,55 @@ async def test_presence_set_list_remove(subject: Subject) -> None:
     assert await backend.presence_list("elsewhere") == []
 
 
+async def test_presence_writes_made_at_once_are_all_applied_in_their_order(
+    subject: Subject,
+) -> None:
+    """A crowd joining and leaving at once (a reconnect storm): the Redis backend sends
+    such writes together, and none may be lost or reordered."""
+    backend = subject.backend
+    members = [(f"t{n % 3}", f"node:{n}", {"sub": f"u{n}"}) for n in range(1200)]
+    async with asyncio.timeout(BOUND):
+        await asyncio.gather(*(backend.presence_set(*member) for member in members))
+        # the same member set, removed and set again in one moment: the last write wins
+        await asyncio.gather(
+            backend.presence_set("t0", "node:x", {"sub": "first"}),
+            backend.presence_remove("t0", "node:x"),
+            backend.presence_set("t0", "node:x", {"sub": "last"}),
+        )
+        listed = {
+            info["sub"]
+            for topic in ("t0", "t1", "t2")
+            for info in await backend.presence_list(topic)
+        }
+        assert listed == {f"u{n}" for n in range(1200)} | {"last"}
+        # a refresh of them all, then all but the first ten leave at once
+        await backend.presence_set_many(
+            [(t, m, {"sub": i["sub"], "name": "again"}) for t, m, i in members]
+        )
+        await asyncio.gather(*(backend.presence_remove(t, m) for t, m, _ in members[10:]))
+        left = [info for topic in ("t0", "t1", "t2") for info in await backend.presence_list(topic)]
+    expected = [{"sub": f"u{n}", "name": "again"} for n in range(10)] + [{"sub": "last"}]
+    assert sorted(left, key=lambda info: info["sub"]) == sorted(
+        expected, key=lambda info: info["sub"]
+    )
+
+
+async def test_presence_writes_of_an_unreachable_redis_all_fail_in_time(tmp_path: Path) -> None:
+    """Every write of a batch gets its own answer: BusUnavailable, none left waiting."""
+    settings = make_settings(tmp_path, redis_timeout=0.5)
+    backend = from_url("redis://127.0.0.1:1/0", settings)  # nothing listens on port 1
+    try:
+        async with asyncio.timeout(BOUND):
+            outcomes = await asyncio.gather(
+                *(backend.presence_set("t", f"node:{n}", {"sub": "a"}) for n in range(20)),
+                backend.presence_remove("t", "node:0"),
+                return_exceptions=True,
+            )
+    finally:
+        await backend.close()
+    assert [type(outcome).__name__ for outcome in outcomes] == ["BusUnavailable"] * 21
+
+
 async def test_ping_answers_true(subject: Subject) -> None:
     assert await subject.backend.ping() is True
 

@@ -148,6 +148,12 @@ class Backend(abc.ABC):
         """Add or refresh `member` on the topic with `info` (a JSON object). An entry
         not refreshed within the presence TTL may be dropped (its node died)."""
 
+    async def presence_set_many(self, entries: list[tuple[str, str, dict[str, Any]]]) -> None:
+        """`presence_set` of each (topic, member, info): the hub's refresh of all its
+        entries. A backend may write them together."""
+        for topic, member, info in entries:
+            await self.presence_set(topic, member, info)
+
     @abc.abstractmethod
     async def presence_remove(self, topic: str, member: str) -> None:
         """Remove `member` from the topic; nothing happens if it is not there."""

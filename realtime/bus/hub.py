@@ -95,6 +95,14 @@ def _cursor(since: str | None) -> Offset | None:
     return offset
 
 
+def _presence_info(subscriber: Subscriber) -> dict[str, Any]:
+    principal = subscriber.principal
+    return {
+        "sub": principal.sub if principal else None,
+        "name": (principal.name or principal.username) if principal else None,
+    }
+
+
 def _publication(epoch: str, event: Event) -> dict[str, Any]:
     # the data as the publisher serialized it: written as it is, never parsed here
     data = orjson.Fragment(event.data)
@@ -475,11 +483,7 @@ class Hub:
         return f"{self.node}:{member}"
 
     async def _presence_join(self, topic: str, subscriber: Subscriber) -> None:
-        principal = subscriber.principal
-        info = {
-            "sub": principal.sub if principal else None,
-            "name": (principal.name or principal.username) if principal else None,
-        }
+        info = _presence_info(subscriber)
         await self.backend.presence_set(topic, self._member(subscriber.id), info)
 
     async def _presence_leave(
@@ -512,6 +516,9 @@ class Hub:
     async def _refresh_presence(self) -> None:
         # a function of its own: its loop variables (the last subscriber, a socket that may
         # be long closed, with everything it holds) go when it returns, not at the next beat
-        for topic, subs in list(self._subs.items()):
-            for subscription in list(subs.values()):
-                await self._presence_join(topic, subscription.subscriber)
+        entries = [
+            (topic, self._member(member), _presence_info(subscription.subscriber))
+            for topic, subs in self._subs.items()
+            for member, subscription in subs.items()
+        ]
+        await self.backend.presence_set_many(entries)

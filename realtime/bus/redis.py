@@ -9,9 +9,10 @@ reads the same stream (XREAD BLOCK), so history and live delivery cannot disagre
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -131,6 +132,94 @@ OPERATIONS = (
 )
 
 
+# presence writes sent in one round trip at most (a socket's join or leave, a refresh)
+PRESENCE_BATCH = 500
+
+
+# (topic, member, info or None to remove, the future its caller waits for)
+_Write = tuple[str, str, bytes | None, asyncio.Future[None]]
+
+
+class _PresenceWriter:
+    """The presence writes of the moment, sent together: each socket that subscribes or
+    leaves writes an entry, and a crowd doing it at once (a reconnect storm: 5,000 sockets
+    and twice as many entries) made as many round trips, each waiting for one of the
+    pool's connections. A write waits for its batch; a batch is sent once the writes made
+    in the same turn of the loop are in it, and the next one while it is on the wire."""
+
+    def __init__(self, send: Callable[[list[tuple[str, str, bytes | None]]], Awaitable[None]]):
+        self._send = send
+        self._queue: list[_Write] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def write(self, topic: str, member: str, info: bytes | None) -> None:
+        await self.write_many([(topic, member, info)])
+
+    async def write_many(self, writes: list[tuple[str, str, bytes | None]]) -> None:
+        """Queue these writes; return once they are all sent (BusUnavailable if any failed)."""
+        loop = asyncio.get_running_loop()
+        waits = []
+        for start in range(0, len(writes), PRESENCE_BATCH):
+            chunk = writes[start : start + PRESENCE_BATCH]
+            done = loop.create_future()
+            done.add_done_callback(_retrieved)  # its caller may be gone (a socket closed)
+            # a batch holds several callers' writes: each caller fails with the batch its
+            # writes were in, so each chunk's future goes with every write of the chunk
+            self._queue.extend((topic, member, info, done) for topic, member, info in chunk)
+            waits.append(done)
+        if self._flusher is None and self._queue:
+            self._flusher = asyncio.create_task(self._flush())
+        for done in waits:
+            await asyncio.shield(done)
+
+    async def _flush(self) -> None:
+        try:
+            while self._queue:
+                batch = self._queue[:PRESENCE_BATCH]
+                del self._queue[:PRESENCE_BATCH]
+                outcome = await self._sent(batch)
+                for *_, done in batch:
+                    _settle(done, outcome)
+        finally:
+            self._flusher = None
+
+    async def _sent(self, batch: list[_Write]) -> BaseException | None:
+        """None once the batch is written, or why not (BusUnavailable)."""
+        try:
+            await self._send([(topic, member, info) for topic, member, info, _ in batch])
+        except BusUnavailable as error:
+            return error
+        except BaseException:  # cancelled (the bus closes): nobody may wait forever
+            for *_, done in (*batch, *self._queue):
+                _settle(done, BusUnavailable("the presence writer was stopped"))
+            self._queue.clear()
+            raise
+        return None
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        for *_, done in self._queue:
+            _settle(done, BusUnavailable("the bus is closed"))
+        self._queue.clear()
+
+
+def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
+    if done.done():
+        return
+    if error is None:
+        done.set_result(None)
+    else:  # an exception of its own: one raised in many callers would pile up tracebacks
+        done.set_exception(type(error)(*error.args))
+
+
+def _retrieved(done: asyncio.Future[None]) -> None:
+    if not done.cancelled():
+        done.exception()
+
+
 def _stream(topic: str) -> str:
     return f"rt:{{{topic}}}:s"
 
@@ -204,6 +293,7 @@ class RedisBackend(Backend):
         # The key is this node's own, so what it holds is only this node's wakes.
         self._wake_id = b"0-0"
         self._failures = dict.fromkeys(OPERATIONS, 0)
+        self._presence = _PresenceWriter(self._write_presence)
 
     def failures(self) -> Mapping[str, int]:
         return self._failures
@@ -318,20 +408,34 @@ class RedisBackend(Backend):
             await self._call("wake", pipe.execute())
 
     async def presence_set(self, topic: str, member: str, info: dict[str, Any]) -> None:
-        zset, table = _presence(topic)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(zset, {member: time.time() + self._presence_ttl})
-            pipe.hset(table, member, orjson.dumps(info))
-            pipe.expire(zset, int(self._presence_ttl * 4))
-            pipe.expire(table, int(self._presence_ttl * 4))
-            await self._call("presence_set", pipe.execute())
+        await self._presence.write(topic, member, orjson.dumps(info))
+
+    async def presence_set_many(self, entries: list[tuple[str, str, dict[str, Any]]]) -> None:
+        # in the same queue as the joins and leaves: a leave made after this refresh was
+        # read is written after it (an entry written back would linger for a TTL)
+        await self._presence.write_many([(t, m, orjson.dumps(i)) for t, m, i in entries])
 
     async def presence_remove(self, topic: str, member: str) -> None:
-        zset, table = _presence(topic)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(zset, member)
-            pipe.hdel(table, member)
-            await self._call("presence_remove", pipe.execute())
+        await self._presence.write(topic, member, None)
+
+    async def _write_presence(self, writes: list[tuple[str, str, bytes | None]]) -> None:
+        """Presence entries set (info) or removed (None), in order, in one round trip."""
+        expiry, keep = time.time() + self._presence_ttl, int(self._presence_ttl * 4)
+        kept: set[str] = set()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for topic, member, info in writes:
+                zset, table = _presence(topic)
+                if info is None:
+                    pipe.zrem(zset, member)
+                    pipe.hdel(table, member)
+                else:
+                    pipe.zadd(zset, {member: expiry})
+                    pipe.hset(table, member, info)
+                    kept.update((zset, table))
+            for key in kept:
+                pipe.expire(key, keep)
+            operation = "presence_set" if kept else "presence_remove"
+            await self._call(operation, pipe.execute())
 
     async def presence_list(self, topic: str) -> list[dict[str, Any]]:
         values = await self._call(
@@ -348,5 +452,6 @@ class RedisBackend(Backend):
             return False
 
     async def close(self) -> None:
+        await self._presence.close()
         await self._redis.aclose(close_connection_pool=True)
         await self._reader.aclose()
