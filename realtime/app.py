@@ -156,7 +156,7 @@ def create_app(
                 settings, dispatcher, topics, tasks, bus=bus, broker=broker, audit_store=audit_store
             ) as services:
                 app.state.services = services
-                with _frozen_startup():
+                with _tuned_collector(settings):
                     # the lifespan state reaches the server's protocols too (realtime.guard)
                     yield {GUARD_STATE: _guard(settings, services.metrics)}
         finally:
@@ -174,16 +174,33 @@ def _guard(settings: Settings, metrics: Metrics) -> Guard:
     return Guard(settings.header_timeout, limit, metrics)
 
 
+# young collections every 10,000 net allocations of tracked objects instead of Python's 700
+GC_THRESHOLDS = (10_000, 10, 10)
+
+
 @contextlib.contextmanager
-def _frozen_startup() -> Iterator[None]:
-    """Keep what imports and start-up created (~150k objects, none of it garbage that
-    matters) out of the garbage collector while serving: a full collection scanned them
-    all, a 30-60 ms pause of every socket on this node that made the cross-node latency
-    tail. Given back to the collector at shutdown (a test process starts many apps; with
-    two apps in one process, the first to stop unfreezes both: that costs only this
-    speed-up)."""
+def _tuned_collector(settings: Settings) -> Iterator[None]:
+    """While the app serves (REALTIME_GC_TUNING, on by default):
+
+    - what imports and start-up created (~150k objects, none of it garbage that matters)
+      is kept out of the garbage collector: a full collection scanned them all, a 30-60 ms
+      pause of every socket on this node that made the cross-node latency tail;
+    - young collections are rarer: a socket is some hundreds of tracked objects, and at
+      the default threshold a crowd arriving triggered a young collection every few
+      sockets and a full one (~0.4 s with 5,000 sockets open) every few hundred; a
+      5,000-socket reconnect storm spent half its time collecting (docs/benchmarks.md,
+      Reconnect storm).
+
+    Undone at shutdown (a test process starts many apps; with two apps in one process,
+    the first to stop undoes both: that costs only this speed-up)."""
+    if not settings.gc_tuning:
+        yield
+        return
+    before = gc.get_threshold()
     gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     try:
         yield
     finally:
+        gc.set_threshold(*before)
         gc.unfreeze()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import os
 import subprocess
 import sys
@@ -141,9 +140,6 @@ def _migrate_in_child() -> None:
 
 
 ALLOCATOR = "PYTHONMALLOC"
-# the collector's thresholds in a serving process: young collections every 10,000 net
-# allocations of tracked objects (~1.5 ms each) instead of every 700
-GC_THRESHOLDS = (10_000, 10, 10)
 
 
 def _on_system_malloc() -> None:
@@ -252,18 +248,6 @@ def _draining_server() -> Any:
             super().__init__(config)
             self._app = app
             self._grace = grace
-
-        async def startup(self, sockets: Any = None) -> None:
-            await super().startup(sockets)  # the lifespan's startup included
-            # What exists now (modules, the app, its services) lives as long as the
-            # process: out of the collector's sight, a collection walks only what
-            # sockets and requests made. And a socket is some hundreds of tracked objects:
-            # at Python's default threshold (700) a crowd of them arriving triggered a
-            # young collection every few sockets and a full one (~0.4 s with 5,000
-            # sockets open) every few hundred; a reconnect storm spent half its time
-            # there (docs/benchmarks.md, Reconnect storm).
-            gc.freeze()
-            gc.set_threshold(*GC_THRESHOLDS)
 
         async def shutdown(self, sockets: Any = None) -> None:
             services = getattr(self._app.state, "services", None)

@@ -108,6 +108,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         else:
             self._await_head()
 
+    def handle_websocket_upgrade(self) -> None:
+        super().handle_websocket_upgrade()
+        # the socket's protocol has the transport now and this one is done: its parser
+        # holds its callbacks (bound methods of this protocol), a cycle that only a full
+        # collection would free, one per socket ever opened
+        del self.parser
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._await_head()  # the next request on a kept-alive connection

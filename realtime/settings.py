@@ -199,6 +199,9 @@ class Settings:
     close_timeout: float = _env("REALTIME_CLOSE_TIMEOUT", _float, 10.0)
     # off by default: deflate costs CPU per socket and defeats "serialize once" fan-out
     ws_compression: bool = _env("REALTIME_WS_COMPRESSION", _bool, False)
+    # the app tunes the process's garbage collector while it serves (realtime.app's
+    # _tuned_collector); off for a process whose collector is someone else's to set
+    gc_tuning: bool = _env("REALTIME_GC_TUNING", _bool, True)
     handler_timeout: float = _env("REALTIME_HANDLER_TIMEOUT", _float, 10.0)
     # verified tokens remembered (by hash, until they expire); 0 checks every one
     token_cache: int = _env("REALTIME_TOKEN_CACHE", _int, 10_000)

@@ -91,7 +91,7 @@ def client(settings: Settings) -> Iterator[TestClient]:
 
 
 @contextlib.contextmanager
-def serve(app: Any, *, ws_max_size: int = 64 * 1024) -> Iterator[str]:
+def serve(app: Any, *, ws_max_size: int = 64 * 1024, http: str = "auto") -> Iterator[str]:
     """Run `app` on a real uvicorn on a free port in a thread; yields 'host:port'."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -105,6 +105,7 @@ def serve(app: Any, *, ws_max_size: int = 64 * 1024) -> Iterator[str]:
         ws_ping_interval=None,
         ws_per_message_deflate=False,
         ws="realtime.socket.wsprotocol:LeanWebSocketProtocol",  # as `realtime serve` runs
+        http=http,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

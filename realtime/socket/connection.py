@@ -269,6 +269,21 @@ class Connection:
         # (anyio only swallows its own CancelledError), so it is absorbed here
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait(tasks)
+        self._unlink()
+
+    def _unlink(self) -> None:
+        """The socket has ended: break its reference cycles (its ended tasks hold their
+        exceptions, whose tracebacks hold the frames that hold this connection; the
+        outbox holds `close`; the requests hold the connection), so that it is freed when
+        its last reference goes. Left to the collector, a crowd of closed sockets was
+        ~55 objects each that only a full collection frees, ~0.4 s with 5,000 sockets
+        open, a stall of every one of them (docs/benchmarks.md, Reconnect storm)."""
+        self._reader = None
+        self.outbox.unlink()
+        self.requests.unlink()
+        # the server's receive and send are bound methods of its protocol, which holds
+        # the scope
+        self.websocket.scope.pop(ASGI_CHANNELS, None)
 
     def close(self, error: CloseError) -> None:
         """Close with `error.code` after what is already queued (or at once if overflowing)."""

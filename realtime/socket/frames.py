@@ -52,6 +52,12 @@ class Requests:
         self._limited_wait = 0.0
         self._violations = 0
 
+    def unlink(self) -> None:
+        """The socket has ended and its requests with it: drop the tasks' set (done
+        tasks hold their frames, which hold the connection) and the connection itself."""
+        self.tasks.clear()
+        del self.connection  # nothing is served any more: a use now is a bug, and fails
+
     # -- HOT PATH ----------------------------------------------------------------------
     # `spawn` (an inline=True handler, inline) and `_handle` (any other, in a task)
     # are two copies of one sequence on purpose: the inline one saves a task and an await

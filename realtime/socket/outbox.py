@@ -115,6 +115,11 @@ class Outbox:
         self.writer = asyncio.create_task(self._write_loop())
         return self.writer
 
+    def unlink(self) -> None:
+        """The socket has ended (its tasks too): drop what refers back to it."""
+        self.writer = self._sending = self.flusher = None
+        self._on_slow = _ended
+
     def tasks(self) -> list[asyncio.Task[None]]:
         """What to cancel when the socket ends."""
         return [t for t in (self.writer, self._sending) if t is not None]
@@ -284,18 +289,23 @@ class Outbox:
         loop = asyncio.get_running_loop()
         me = self.writer
         assert me is not None  # start() sets it before the loop runs
-        while True:
-            if self.peer_gone:
-                return
-            if self.queue and isinstance(self.queue[0], _Close):
-                await self._send_close(self.queue[0])
-                return
-            if not self.queue or self.flusher is not None:
-                self._wakeup = loop.create_future()
-                await self._wakeup
-                continue
-            if not await self.flush(me):
-                return  # the peer is gone
+        try:
+            while True:
+                if self.peer_gone:
+                    return
+                if self.queue and isinstance(self.queue[0], _Close):
+                    await self._send_close(self.queue[0])
+                    return
+                if not self.queue or self.flusher is not None:
+                    self._wakeup = loop.create_future()
+                    await self._wakeup
+                    continue
+                if not await self.flush(me):
+                    return  # the peer is gone
+        finally:
+            # the task ends with its exception, whose traceback holds this frame: were
+            # the task still in it, that would be a cycle only the collector frees
+            del me
 
     async def _send_close(self, item: _Close) -> None:
         # the close waits for the transport like any send (behind what a slow peer has not
@@ -303,3 +313,7 @@ class Outbox:
         with contextlib.suppress(TimeoutError, *PEER_GONE):
             async with asyncio.timeout(self._close_timeout):
                 await self._close_socket(item.code, item.reason)
+
+
+def _ended(error: CloseError) -> None:
+    """An ended socket's outbox: nothing is left to close."""
