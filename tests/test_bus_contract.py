@@ -15,6 +15,7 @@ import pytest
 from realtime.bus import Backend, Event, Offset, from_url
 from realtime.settings import Settings
 from tests.conftest import flush_redis, make_settings, redis_url
+from tests.proxy import running_proxy
 
 pytestmark = pytest.mark.anyio
 
@@ -356,6 +357,27 @@ async def test_presence_writes_of_an_unreachable_redis_all_fail_in_time(tmp_path
     finally:
         await backend.close()
     assert [type(outcome).__name__ for outcome in outcomes] == ["BusUnavailable"] * 21
+
+
+async def test_a_bounded_close_returns_while_a_presence_batch_hangs(tmp_path: Path) -> None:
+    """Redis black-holed (packets held, never answered) with a presence write on the wire:
+    the shutdown's bound on the bus's close holds, and the write is answered."""
+    from realtime.lifespan import bounded
+
+    with running_proxy(redis_url()) as proxy:
+        settings = make_settings(tmp_path, redis_timeout=30.0)  # the write never times out
+        backend = from_url(proxy.url(redis_url()), settings)
+        await backend.presence_set("t", "node:1", {"sub": "a"})  # connected, answered
+        proxy.hole()
+        writing = asyncio.create_task(backend.presence_set("t", "node:2", {"sub": "b"}))
+        await asyncio.sleep(0.2)  # the batch is on the wire, unanswered
+        started = time.monotonic()
+        async with asyncio.timeout(BOUND):
+            await bounded(backend.close(), 0.5, "the bus")
+            outcome = await asyncio.gather(writing, return_exceptions=True)
+        proxy.restore()
+    assert time.monotonic() - started < BOUND
+    assert [type(error).__name__ for error in outcome] == ["BusUnavailable"]
 
 
 async def test_ping_answers_true(subject: Subject) -> None:

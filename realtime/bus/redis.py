@@ -9,7 +9,6 @@ reads the same stream (XREAD BLOCK), so history and live delivery cannot disagre
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -199,8 +198,9 @@ class _PresenceWriter:
     async def close(self) -> None:
         if self._flusher is not None:
             self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+            # asyncio.wait, not `await`: the flusher's CancelledError is not ours, and a
+            # cancellation of this close (the shutdown's bound) must still reach it
+            await asyncio.wait([self._flusher])
         for *_, done in self._queue:
             _settle(done, BusUnavailable("the bus is closed"))
         self._queue.clear()
